@@ -1,0 +1,63 @@
+"""Installs the ROS 2 package ``sparseoccvla_ros`` (ament_python) and the pure-Python ``sparseoccvla_core``.
+
+Name and version come from package.xml, so the two files cannot disagree.  On a full ROS 2 install colcon
+runs this file; on a pip-only machine ``scripts/install.sh`` runs ``pip install -e .``.
+"""
+
+import xml.etree.ElementTree as ET
+from glob import glob
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+_manifest = ET.parse(Path(__file__).resolve().parent / "package.xml").getroot()
+PACKAGE_NAME = _manifest.findtext("name")
+VERSION = _manifest.findtext("version")
+
+# Every executable of the package: the research CLI and the ROS nodes.  The launch file may only name these.
+CONSOLE_SCRIPTS = [
+    "sparseoccvla = sparseoccvla_core.cli:main",
+]
+
+setup(
+    name=PACKAGE_NAME,
+    version=VERSION,
+    packages=find_packages(include=["sparseoccvla_core", "sparseoccvla_core.*", "sparseoccvla_ros", "sparseoccvla_ros.*"]),
+    package_data={"sparseoccvla_core": ["resources/*"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),
+        (f"share/{PACKAGE_NAME}", ["package.xml"]),
+        (f"share/{PACKAGE_NAME}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE_NAME}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE_NAME}/rviz", glob("rviz/*.rviz")),
+    ],
+    python_requires=">=3.10",
+    install_requires=[
+        # torch is pinned by scripts/install.sh (CPU wheel here); any CUDA build in this range works too.
+        "torch>=2.1",
+        "numpy",
+        "transformers>=4.45",
+        "tokenizers",
+        "peft>=0.12",
+        "accelerate>=0.30",
+        "safetensors",
+        "nuscenes-devkit>=1.1.11",
+        "rosbags>=0.10",
+        "mcap",
+        "mcap-ros2-support",
+        "pycocoevalcap",
+        "opencv-python-headless",
+        "tqdm",
+        "matplotlib",
+        "pyyaml",
+        "scipy",
+        "setuptools",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout"]},
+    zip_safe=True,
+    maintainer="SparseOccVLA maintainers",
+    maintainer_email="sparseoccvla@example.org",
+    description=_manifest.findtext("description").strip().split("\n")[0],
+    license="Apache-2.0",
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
+)

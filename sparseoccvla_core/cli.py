@@ -1,0 +1,55 @@
+"""The research command line: ``sparseoccvla <command> [options]``.
+
+Commands are implemented next to the concept they run (one module each) and imported only when chosen, so
+``sparseoccvla --help`` is instant.  Each command module provides ``add_arguments(parser)`` and ``run(args)``.
+
+    sparseoccvla --help
+    sparseoccvla synth --out data/synth --scenes 4 --seed 0
+    sparseoccvla <command> --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+# command -> (module implementing it, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="sparseoccvla",
+        description="SparseOccVLA research tools (data, training, evaluation, replay).",
+        epilog=f"commands:\n{lines}\n\nRun 'sparseoccvla <command> --help' for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command", help="one of the commands below")
+    return parser
+
+
+def build_command_parser(command: str) -> argparse.ArgumentParser:
+    """Parser of one command (imports its module)."""
+    module_name, help_ = COMMANDS[command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"sparseoccvla {command}", description=help_)
+    module.add_arguments(parser)
+    parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv[:1] or ["--help"])  # prints help or a clear 'invalid choice' error
+        return 2
+    args = build_command_parser(argv[0]).parse_args(argv[1:])
+    result = args._run(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
