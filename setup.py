@@ -17,13 +17,14 @@ VERSION = _manifest.findtext("version")
 # Every executable of the package: the research CLI and the ROS nodes.  The launch file may only name these.
 CONSOLE_SCRIPTS = [
     "sparseoccvla = sparseoccvla_core.cli:main",
+    "driving_node = sparseoccvla_ros.driving_node:main",
 ]
 
 setup(
     name=PACKAGE_NAME,
     version=VERSION,
     packages=find_packages(include=["sparseoccvla_core", "sparseoccvla_core.*", "sparseoccvla_ros", "sparseoccvla_ros.*"]),
-    package_data={"sparseoccvla_core": ["resources/*"]},
+    package_data={"sparseoccvla_core": ["resources/*", "synthetic/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),
         (f"share/{PACKAGE_NAME}", ["package.xml"]),

@@ -115,6 +115,10 @@ class DrivingBatch:
         frame_indices: [B] int64 index of the key frame within its scene.
         scene_lengths: [B] int64 number of key frames in the item's scene.
         timestamps: [B] int64 microseconds (nuScenes convention).
+        future_eval_points: [B, T, Ge, 3] each future frame's own Occ3D GT in its own ego frame (forecast
+            evaluation, REFERENCE_FACTS §7.1), padded.
+        future_eval_labels: [B, T, Ge] int64.
+        future_eval_mask: [B, T, Ge] bool (all False for a future frame beyond the end of the scene).
     """
 
     images: torch.Tensor
@@ -146,6 +150,9 @@ class DrivingBatch:
     frame_indices: Optional[torch.Tensor] = None
     scene_lengths: Optional[torch.Tensor] = None
     timestamps: Optional[torch.Tensor] = None
+    future_eval_points: Optional[torch.Tensor] = None
+    future_eval_labels: Optional[torch.Tensor] = None
+    future_eval_mask: Optional[torch.Tensor] = None
 
     @property
     def batch_size(self) -> int:

@@ -17,6 +17,12 @@ from typing import Optional, Sequence
 
 # command -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS["synth"] = ("sparseoccvla_core.synthetic.cli", "write a synthetic nuScenes-format driving dataset (DESIGN 6)")
+COMMANDS["train"] = ("sparseoccvla_core.training", "train one of the paper's three stages (sec. 4.2)")
+COMMANDS["anchors"] = ("sparseoccvla_core.data.anchors", "K-means planning anchors per driving command + dataset statistics")
+COMMANDS["inspect-data"] = ("sparseoccvla_core.data.inspect", "summarise a dataset root and time loading one batch")
+COMMANDS["info"] = ("sparseoccvla_core.model_info", "parameters of the model per part and training stage (markdown)")
+COMMANDS["eval"] = ("sparseoccvla_core.evaluation", "the paper's metrics of a checkpoint on a split (Tables 1, 2, 5)")
 
 
 def _top_parser() -> argparse.ArgumentParser:

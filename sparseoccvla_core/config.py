@@ -53,7 +53,8 @@ class SparseOccVLAConfig:
         num_heads: attention heads in the encoder (paper: 32).
         num_sampling_points: sampling points per query per frame (paper: 4).
         num_groups: channel groups of multi-view sampling / adaptive mixing (SparseBEV, [2.2]).
-        mixing_out_points: output spatial points of adaptive mixing (SparseBEV, [2.2]).
+        mixing_out_points: output spatial points of adaptive mixing (OPUS, the encoder SparseWorld builds on: 32;
+            SparseBEV uses 128) [2.2].
         ffn_dim: hidden width of encoder FFNs.
         dropout: dropout in encoder attention / FFN.
         adaptive_scale_range: (min, max) per-axis scale of the initial query range from ego state
@@ -138,7 +139,7 @@ class SparseOccVLAConfig:
     num_heads: int = 32
     num_sampling_points: int = 4
     num_groups: int = 4
-    mixing_out_points: int = 128
+    mixing_out_points: int = 32
     ffn_dim: int = 2048
     dropout: float = 0.1
     adaptive_scale_range: tuple[float, float] = (0.8, 1.5)

@@ -1,0 +1,143 @@
+"""Chamfer distance (eq. 1), focal loss, and the eq. 10 sum against brute-force numpy."""
+
+import numpy as np
+import pytest
+import torch
+
+from sparseoccvla_core import losses
+from sparseoccvla_core.config import SparseOccVLAConfig
+from sparseoccvla_core.losses import chamfer_distance, occupancy_losses, sigmoid_focal_loss
+
+
+def brute_chamfer(pred, gt, pmask, gmask):
+    """Eq. 1 by brute force: returns (sum form, mean form, p2g idx, g2p idx)."""
+    P, G = pred[pmask], gt[gmask]
+    pi, gi = np.flatnonzero(pmask), np.flatnonzero(gmask)
+    d = ((P[:, None, :] - G[None, :, :]) ** 2).sum(-1)  # [P, G]
+    p2g, g2p = d.min(1), d.min(0)
+    return p2g.sum() + g2p.sum(), p2g.mean() + g2p.mean(), gi[d.argmin(1)], pi[d.argmin(0)]
+
+
+def np_focal(logits, t, alpha, gamma):
+    p = 1 / (1 + np.exp(-logits))
+    pt = np.where(t == 1, p, 1 - p)
+    at = np.where(t == 1, alpha, 1 - alpha)
+    return -at * (1 - pt) ** gamma * np.log(pt)
+
+
+def test_chamfer_matches_bruteforce_with_masks():
+    rng = np.random.default_rng(0)
+    b, p, g = 3, 40, 55
+    pred = rng.normal(size=(b, p, 3)) * 5
+    gt = rng.normal(size=(b, g, 3)) * 5
+    gmask = rng.random((b, g)) > 0.3
+    pmask = rng.random((b, p)) > 0.2
+    tp = torch.tensor(pred, requires_grad=True)
+    for reduction, col in (("sum", 0), ("mean", 1)):
+        res = chamfer_distance(tp, torch.tensor(gt), torch.tensor(gmask), torch.tensor(pmask), reduction=reduction)
+        for i in range(b):
+            ref = brute_chamfer(pred[i], gt[i], pmask[i], gmask[i])
+            assert res.loss[i].item() == pytest.approx(ref[col], rel=1e-10)
+            np.testing.assert_array_equal(res.pred_to_gt_idx[i].numpy()[pmask[i]], ref[2])
+            np.testing.assert_array_equal(res.gt_to_pred_idx[i].numpy()[gmask[i]], ref[3])
+            assert (res.pred_to_gt_idx[i].numpy()[~pmask[i]] == -1).all()
+            assert (res.gt_to_pred_idx[i].numpy()[~gmask[i]] == -1).all()
+    # gradient of the sum form: d/dp of sum_p min_g |p-g|^2 + sum_g min_p |p-g|^2
+    res = chamfer_distance(tp, torch.tensor(gt), torch.tensor(gmask), torch.tensor(pmask), reduction="sum")
+    res.loss.sum().backward()
+    grad = np.zeros_like(pred)
+    for i in range(b):
+        _, _, p2g, g2p = brute_chamfer(pred[i], gt[i], pmask[i], gmask[i])
+        for j, k in zip(np.flatnonzero(pmask[i]), p2g):
+            grad[i, j] += 2 * (pred[i, j] - gt[i, k])
+        for k, j in zip(np.flatnonzero(gmask[i]), g2p):
+            grad[i, j] += 2 * (pred[i, j] - gt[i, k])
+    np.testing.assert_allclose(tp.grad.numpy(), grad, rtol=1e-10, atol=1e-12)
+
+
+def test_chamfer_chunking_bounds_memory_and_keeps_result(monkeypatch):
+    rng = np.random.default_rng(1)
+    pred = torch.tensor(rng.uniform(-40, 40, size=(2, 700, 3)), dtype=torch.float32)
+    gt = torch.tensor(rng.uniform(-40, 40, size=(2, 900, 3)), dtype=torch.float32)
+    mask = torch.ones(2, 900, dtype=torch.bool)
+    full = chamfer_distance(pred, gt, mask)
+    biggest = []
+    real_cdist = torch.cdist
+
+    def spy(a, b_, *args, **kwargs):
+        out = real_cdist(a, b_, *args, **kwargs)
+        biggest.append(out.numel())
+        return out
+
+    monkeypatch.setattr(losses.torch, "cdist", spy)
+    small = chamfer_distance(pred, gt, mask, max_chunk_elements=20_000)
+    assert max(biggest) <= 20_000
+    torch.testing.assert_close(small.loss, full.loss)
+    assert torch.equal(small.pred_to_gt_idx, full.pred_to_gt_idx)
+
+
+def test_chamfer_empty_gt_is_zero_and_flattens_query_points():
+    pred = torch.randn(2, 4, 3, 3, requires_grad=True)  # [B, N, P, 3]
+    gt = torch.randn(2, 5, 3)
+    mask = torch.tensor([[True] * 5, [False] * 5])
+    res = chamfer_distance(pred, gt, mask)
+    assert res.pred_to_gt_idx.shape == (2, 12)
+    assert res.loss[1] == 0 and (res.pred_to_gt_idx[1] == -1).all()
+    res.loss.sum().backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad[1].abs().sum() == 0
+
+
+def test_focal_loss_equals_formula():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(6, 17)) * 3
+    t = (rng.random((6, 17)) > 0.8).astype(np.float64)
+    for alpha, gamma in ((0.25, 2.0), (0.5, 0.0), (0.9, 1.5)):
+        ref = np_focal(logits, t, alpha, gamma)
+        got = sigmoid_focal_loss(torch.tensor(logits), torch.tensor(t), alpha, gamma, reduction="none")
+        np.testing.assert_allclose(got.numpy(), ref, rtol=1e-10)
+        for reduction, value in (("mean", ref.mean()), ("sum", ref.sum())):
+            got = sigmoid_focal_loss(torch.tensor(logits), torch.tensor(t), alpha, gamma, reduction)
+            assert got.item() == pytest.approx(value, rel=1e-10)
+
+
+def test_occupancy_losses_eq10_by_hand():
+    cfg = SparseOccVLAConfig.tiny()
+    rng = np.random.default_rng(3)
+    b, n, c = 2, 5, cfg.num_classes - 1
+    gt = rng.uniform(-10, 10, size=(b, 30, 3))
+    labels = rng.integers(0, c, size=(b, 30))
+    gmask = np.ones((b, 30), bool)
+    gmask[1, 20:] = False
+    labels[1, 20:] = 17  # padding carries the free label
+    pts = [rng.uniform(-10, 10, size=(b, n, k, 3)) for k in (1, 2, 4)]  # P_0, layer 1, layer 2
+    logits = [rng.normal(size=(b, n, k, c)) for k in (2, 4)]
+    out = occupancy_losses(
+        [torch.tensor(x) for x in pts], [torch.tensor(x) for x in logits],
+        torch.tensor(gt), torch.tensor(labels), torch.tensor(gmask), cfg,
+    )
+    cd_ref, focal_ref = 0.0, 0.0
+    for l, p in enumerate(pts):
+        per_sample = []
+        for i in range(b):
+            flat = p[i].reshape(-1, 3)
+            _, mean_form, p2g, _ = brute_chamfer(flat, gt[i], np.ones(len(flat), bool), gmask[i])
+            per_sample.append((mean_form, p2g))
+        cd_ref += np.mean([m for m, _ in per_sample])
+        if l >= 1:
+            tot, cnt = 0.0, 0
+            for i in range(b):
+                lg = logits[l - 1][i].reshape(-1, c)
+                onehot = np.eye(c)[labels[i][per_sample[i][1]]]
+                tot += np_focal(lg, onehot, cfg.focal_alpha, cfg.focal_gamma).sum()
+                cnt += len(lg)
+            focal_ref += tot / cnt
+    assert out["cd"].item() == pytest.approx(cd_ref, rel=1e-9)
+    assert out["focal"].item() == pytest.approx(focal_ref, rel=1e-9)
+    assert out["total"].item() == pytest.approx(cd_ref + cfg.lambda_focal * focal_ref, rel=1e-9)
+    # eq. 11 form: no P_0
+    fore = occupancy_losses([torch.tensor(pts[2])], [torch.tensor(logits[1])], torch.tensor(gt), torch.tensor(labels),
+                            torch.tensor(gmask), cfg, include_p0=False)
+    assert fore["focal"].item() > 0
+    with pytest.raises(ValueError, match="include_p0"):
+        occupancy_losses([torch.tensor(pts[2])], [torch.tensor(logits[1])], torch.tensor(gt), torch.tensor(labels),
+                         torch.tensor(gmask), cfg, include_p0=True)

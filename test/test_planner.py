@@ -1,0 +1,214 @@
+"""Anchor-diffusion planner (sec. 3.3, eq. 8): schedule and DDIM by hand, anchors, losses, inference step count."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparseoccvla_core.config import SparseOccVLAConfig
+from sparseoccvla_core.planner import (
+    AnchorDiffusionPlanner,
+    add_noise,
+    ddim_step,
+    inference_timesteps,
+    kinematic_fan,
+    plan_losses,
+    positive_anchor,
+    scaled_linear_alphas_cumprod,
+)
+
+
+@pytest.fixture
+def cfg() -> SparseOccVLAConfig:
+    return SparseOccVLAConfig.tiny()
+
+
+def _numpy_alphas_cumprod(n: int) -> np.ndarray:
+    betas = np.linspace(math.sqrt(1e-4), math.sqrt(0.02), n) ** 2  # scaled-linear, diffusers defaults
+    return np.cumprod(1.0 - betas)
+
+
+def _context(planner, cfg, b=2, seed=0, reasoning_len=5):
+    g = torch.Generator().manual_seed(seed)
+    n = cfg.num_queries
+    mask = torch.ones(b, reasoning_len, dtype=torch.bool)
+    mask[-1, 3:] = False
+    return planner.context(
+        torch.randn(b, n, cfg.query_dim, generator=g),
+        torch.rand(b, n, 3, generator=g) * 20 - 10,
+        torch.tensor([[5.0, 0.0, 0.0, 0.0, 0.0, 5.0]] * b),
+        torch.ones(b, dtype=torch.long),
+        torch.randn(b, reasoning_len, cfg.llm_hidden_size, generator=g),
+        mask,
+        torch.randn(b, cfg.num_global_queries + 1, cfg.llm_hidden_size, generator=g),
+    )
+
+
+def test_schedule_matches_numpy():
+    ours = scaled_linear_alphas_cumprod(1000).numpy()
+    assert np.allclose(ours, _numpy_alphas_cumprod(1000), rtol=1e-12)
+    assert ours[0] > ours[39] > ours[999] > 0
+
+
+def test_add_noise_is_eq8():
+    acp = scaled_linear_alphas_cumprod(1000)
+    x0, eps = torch.randn(2, 3, 6, 2), torch.randn(2, 3, 6, 2)
+    t = torch.tensor([5, 30])
+    out = add_noise(x0, eps, t, acp)
+    for i in range(2):
+        a = float(acp[t[i]])
+        assert torch.allclose(out[i], math.sqrt(a) * x0[i] + math.sqrt(1 - a) * eps[i], atol=1e-6)
+
+
+def test_ddim_step_equals_closed_form():
+    """One DDIM (eta = 0) step from t = 8 to 4 computed by hand from alpha-bar."""
+    acp = _numpy_alphas_cumprod(1000)
+    rng = np.random.default_rng(0)
+    x_t, x0 = rng.normal(size=(4, 6, 2)), rng.normal(size=(4, 6, 2)) * 0.5
+    a_t, a_prev = acp[8], acp[4]
+    eps = (x_t - np.sqrt(a_t) * x0) / np.sqrt(1 - a_t)
+    expect = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
+    got = ddim_step(torch.from_numpy(x_t), torch.from_numpy(x0), 8, 4, scaled_linear_alphas_cumprod(1000))
+    assert np.allclose(got.numpy(), expect, atol=1e-12)
+    # the last step (prev = -1, alpha-bar 1) returns the predicted clean sample
+    last = ddim_step(torch.from_numpy(x_t), torch.from_numpy(x0), 4, -1, scaled_linear_alphas_cumprod(1000))
+    assert np.allclose(last.numpy(), x0, atol=1e-12)
+
+
+def test_inference_timesteps():
+    assert inference_timesteps(8, 2) == [8, 4]
+    assert inference_timesteps(8, 1) == [8]
+    assert inference_timesteps(8, 9) == list(range(8, -1, -1))
+    assert inference_timesteps(39, 4) == [39, 29, 19, 9]
+    with pytest.raises(ValueError):
+        inference_timesteps(8, 10)
+
+
+def test_kinematic_fan_per_command(cfg):
+    anchors, commands = kinematic_fan(cfg)
+    k, per = cfg.num_anchors, cfg.anchors_per_command
+    assert anchors.shape == (k, cfg.plan_horizon, 2)
+    assert commands.tolist() == [c for c in range(cfg.num_commands) for _ in range(per)]
+    left, straight, right = anchors[:per], anchors[per : 2 * per], anchors[2 * per :]
+    assert (left[:, -1, 1] > 0).all() and (right[:, -1, 1] < 0).all() and (straight[..., 1] == 0).all()
+    assert torch.allclose(left[..., 1], -right[..., 1], atol=1e-5)  # mirror images
+    # constant speed: arc length per step = v * dt (chord ~ arc for small turns)
+    step = (anchors[:, 1:] - anchors[:, :-1]).norm(dim=-1)
+    assert torch.allclose(step, step[:, :1].expand_as(step), rtol=1e-4)
+    assert len({round(float(s), 4) for s in step[:per, 0]}) == per  # distinct speeds
+
+
+def test_positive_anchor_is_closest_by_mean_l2():
+    rng = np.random.default_rng(1)
+    anchors, gt = rng.normal(size=(7, 6, 2)) * 5, rng.normal(size=(3, 6, 2)) * 5
+    mask = np.ones((3, 6), dtype=bool)
+    mask[2, 3:] = False
+    got = positive_anchor(torch.tensor(anchors), torch.tensor(gt), torch.tensor(mask))
+    for b in range(3):
+        d = [np.mean(np.linalg.norm(anchors[k][mask[b]] - gt[b][mask[b]], axis=-1)) for k in range(7)]
+        assert got[b] == int(np.argmin(d))
+
+
+def test_l1_only_on_positive_anchor_and_bce_formula():
+    torch.manual_seed(0)
+    k, t = 6, 6
+    anchors = torch.randn(k, t, 2) * 5
+    gt = anchors[[2, 4]] + 0.1  # positives 2 and 4
+    mask = torch.ones(2, t, dtype=torch.bool)
+    traj = torch.randn(2, k, t, 2, requires_grad=True)
+    scores = torch.randn(2, k)
+    losses = plan_losses(traj, scores, anchors, gt, mask)
+    # manual: L1 of the positive's prediction; BCE with one positive
+    expect_l1 = torch.stack([(traj[0, 2] - gt[0]).abs().mean(), (traj[1, 4] - gt[1]).abs().mean()]).mean()
+    assert torch.allclose(losses["plan_l1"], expect_l1)
+    target = torch.zeros(2, k)
+    target[0, 2] = target[1, 4] = 1
+    p = scores.sigmoid()
+    expect_bce = -(target * p.log() + (1 - target) * (1 - p).log()).mean()
+    assert torch.allclose(losses["plan_cls"], expect_bce, atol=1e-6)
+    # changing any non-positive anchor's prediction leaves L1 unchanged; changing the positive does not
+    other = traj.detach().clone()
+    other[0, [0, 1, 3, 5]] += 10.0
+    other[1, [0, 1, 2, 3, 5]] -= 7.0
+    assert torch.equal(plan_losses(other, scores, anchors, gt, mask)["plan_l1"], losses["plan_l1"])
+    other[0, 2] += 1.0
+    assert not torch.allclose(plan_losses(other, scores, anchors, gt, mask)["plan_l1"], losses["plan_l1"])
+    losses["plan_l1"].backward()
+    grad_rows = traj.grad.abs().sum((-1, -2)) > 0
+    assert grad_rows.tolist() == [[False, False, True, False, False, False], [False, False, False, False, True, False]]
+    # an item without valid GT waypoints is left out
+    mask2 = mask.clone()
+    mask2[1] = False
+    only_first = plan_losses(traj.detach(), scores, anchors, gt, mask2)
+    assert torch.allclose(only_first["plan_l1"], (traj[0, 2] - gt[0]).abs().mean().detach())
+
+
+@pytest.mark.parametrize("steps", [2, 3])
+def test_inference_runs_exactly_denoise_steps(cfg, steps):
+    cfg = SparseOccVLAConfig.tiny(denoise_steps=steps)
+    torch.manual_seed(0)
+    planner = AnchorDiffusionPlanner(cfg).eval()
+    ctx = _context(planner, cfg)
+    seen_t = []
+    handle = planner.decoder.register_forward_hook(lambda m, args, out: seen_t.append(int(args[1][0])))
+    out = planner.sample(ctx, generator=torch.Generator().manual_seed(0))
+    handle.remove()
+    assert seen_t == inference_timesteps(cfg.diffusion_infer_start_timestep, steps)
+    b, k = 2, cfg.num_anchors
+    assert out.scores.shape == (b, k) and out.trajectories.shape == (b, k, cfg.plan_horizon, 2)
+    assert out.plan.shape == (b, cfg.plan_horizon, 2)
+    assert torch.equal(out.chosen, out.scores.argmax(1))
+    assert torch.equal(out.plan, out.trajectories[torch.arange(b), out.chosen])
+    assert ((out.scores > 0) & (out.scores < 1)).all()
+    # deterministic with a seeded generator, different noise with another seed
+    again = planner.sample(ctx, generator=torch.Generator().manual_seed(0))
+    other = planner.sample(ctx, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(again.trajectories, out.trajectories)
+    assert not torch.equal(other.trajectories, out.trajectories)
+
+
+def test_training_noise_is_truncated_and_losses_flow(cfg):
+    torch.manual_seed(0)
+    planner = AnchorDiffusionPlanner(cfg)
+    ctx = _context(planner, cfg)
+    seen_t = []
+    handle = planner.decoder.register_forward_hook(lambda m, args, out: seen_t.extend(args[1].tolist()))
+    gt = planner.anchors[[3, 10]] + 0.2
+    for seed in range(20):
+        losses = planner.loss(ctx, gt, torch.ones(2, cfg.plan_horizon, dtype=torch.bool), torch.Generator().manual_seed(seed))
+    handle.remove()
+    assert all(0 <= t < cfg.diffusion_trunc_timesteps for t in seen_t) and len(set(seen_t)) > 5
+    (losses["plan_cls"] + losses["plan_l1"]).backward()
+    for name in ("scorer.head.0.weight", "decoder.regression_head.0.weight", "reasoning_proj.weight", "ego_encoder.mlp.0.weight"):
+        assert dict(planner.named_parameters())[name].grad.abs().sum() > 0, name
+
+
+def test_reasoning_tokens_and_context_change_scores(cfg):
+    torch.manual_seed(0)
+    planner = AnchorDiffusionPlanner(cfg).eval()
+    ctx = _context(planner, cfg, seed=0)
+    ctx2 = _context(planner, cfg, seed=0)
+    ctx2.reasoning[:, 1:] = ctx2.reasoning[:, 1:] + 1.0  # different reasoning tokens (slot 0 is the null token)
+    with torch.no_grad():
+        assert not torch.allclose(planner.score(ctx), planner.score(ctx2))
+        # padded reasoning positions are ignored
+        ctx3 = _context(planner, cfg, seed=0)
+        ctx3.reasoning[-1, 4:] += 100.0  # item 1 pads from token 3 (slot 4 on)
+        assert torch.allclose(planner.score(ctx3), planner.score(ctx), atol=1e-6)
+
+
+def test_set_anchors(cfg):
+    planner = AnchorDiffusionPlanner(cfg)
+    assert not bool(planner.anchors_from_data)
+    data = torch.randn(cfg.num_commands, cfg.anchors_per_command, cfg.plan_horizon, 2)
+    planner.set_anchors(data)
+    assert bool(planner.anchors_from_data)
+    assert torch.equal(planner.anchors, data.flatten(0, 1))
+    assert planner.anchor_commands.tolist() == [c for c in range(3) for _ in range(cfg.anchors_per_command)]
+    with pytest.raises(ValueError, match="anchors must have shape"):
+        planner.set_anchors(torch.zeros(5, cfg.plan_horizon, 2))
+    with pytest.raises(ValueError, match="commands"):
+        planner.set_anchors(data.flatten(0, 1), torch.full((cfg.num_anchors,), 7))
