@@ -16,17 +16,18 @@ import sys
 from typing import Optional, Sequence
 
 # command -> (module implementing it, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {}
-COMMANDS["synth"] = ("sparseoccvla_core.synthetic.cli", "write a synthetic nuScenes-format driving dataset (DESIGN 6)")
-COMMANDS["train"] = ("sparseoccvla_core.training", "train one of the paper's three stages (sec. 4.2)")
-COMMANDS["anchors"] = ("sparseoccvla_core.data.anchors", "K-means planning anchors per driving command + dataset statistics")
-COMMANDS["inspect-data"] = ("sparseoccvla_core.data.inspect", "summarise a dataset root and time loading one batch")
-COMMANDS["info"] = ("sparseoccvla_core.model_info", "parameters of the model per part and training stage (markdown)")
-COMMANDS["eval"] = ("sparseoccvla_core.evaluation", "the paper's metrics of a checkpoint on a split (Tables 1, 2, 5)")
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("sparseoccvla_core.synthetic.cli", "write a synthetic nuScenes-format driving dataset"),
+    "inspect-data": ("sparseoccvla_core.data.inspect_data", "summarise a dataset root and time loading one batch"),
+    "anchors": ("sparseoccvla_core.data.anchors", "K-means planning anchors per driving command + dataset statistics"),
+    "info": ("sparseoccvla_core.model_info", "parameters of the model per part and training stage (markdown)"),
+    "train": ("sparseoccvla_core.training", "train one of the paper's three stages (sec. 4.2)"),
+    "eval": ("sparseoccvla_core.evaluation", "the paper's metrics of a checkpoint on a split (Tables 1, 2, 5)"),
+}
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
+    lines = "\n".join(f"  {name:<13} {help_}" for name, (_, help_) in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="sparseoccvla",
         description="SparseOccVLA research tools (data, training, evaluation, replay).",

@@ -89,7 +89,8 @@ class SparseOccVLAConfig:
         lora_r: LoRA rank (paper: 128).
         lora_alpha: LoRA alpha (paper: 16).
         lora_dropout: LoRA dropout.
-        lora_target_modules: LLM submodule names LoRA wraps.
+        lora_target_modules: LLM submodule names LoRA wraps (OmniDrive: q/k/v/o with r=128, alpha=16, dropout 0.05,
+            REFERENCE_FACTS §6.1; the paper names only r and alpha).
         max_text_tokens: longest prompt + answer kept by the tokenizer.
         max_new_tokens: longest generated answer / explanation.
         forecast_frames: future frames T (paper: 6 = 3 s at 2 Hz).
@@ -173,7 +174,7 @@ class SparseOccVLAConfig:
     lora_r: int = 128
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     max_text_tokens: int = 512
     max_new_tokens: int = 64
     # --- forecaster (part 6) ---

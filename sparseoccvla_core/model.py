@@ -152,13 +152,28 @@ class SparseOccVLA(nn.Module):
         self.set_stage(3)
 
     # ------------------------------------------------------------------ training stages
-    def set_stage(self, stage: int) -> None:
+    def set_stage(self, stage: int, train_llm_base: bool = False) -> None:
         """Set ``requires_grad`` for training stage 1, 2 or 3 (sec. 4.2) and put frozen parts in eval mode.
 
-        The CLIP teacher and the LLM's base weights are never trained; LoRA trains only in stage 3.
+        The CLIP teacher is never trained; LoRA trains only in stage 3.  The LLM's base weights are frozen (the
+        paper's rule, which protects a *pretrained* LLM) unless ``train_llm_base`` is set in stage 3, which is only
+        allowed for a randomly initialised LLM (``cfg.llm_path is None``, e.g. the tiny preset): such an LLM has no
+        language knowledge to protect and cannot learn to answer through low-rank adapters on frozen random
+        weights alone.
+
+        Args:
+            stage: 1, 2 or 3.
+            train_llm_base: also train the LLM base weights (stage 3, random LLM only).
+        Raises:
+            ValueError: a bad stage, or ``train_llm_base`` outside stage 3 or with a pretrained LLM.
         """
         if stage not in STAGE_MODULES:
             raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
+        if train_llm_base and (stage != 3 or self.cfg.llm_path is not None):
+            raise ValueError(
+                "train_llm_base is only for stage 3 with a randomly initialised LLM (llm_path None); a pretrained "
+                "LLM is tuned through LoRA only (paper sec. 4.2)"
+            )
         self.stage = stage
         self.requires_grad_(False)
         for name in STAGE_MODULES[stage]:
@@ -167,6 +182,8 @@ class SparseOccVLA(nn.Module):
         if stage == 3:
             for p in self.llm.lora_parameters():
                 p.requires_grad_(True)
+            if train_llm_base:
+                self.llm.requires_grad_(True)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> "SparseOccVLA":
@@ -265,14 +282,16 @@ class SparseOccVLA(nn.Module):
             n = cfg.num_queries
             # 5. scene prefix once; 6. text streams reuse its KV cache; eq. 5 over answer tokens of both streams
             prefix = self._scene_prefix(tokens, batch)
-            nll, count = prefix.hidden.sum() * 0.0, 0
+            # Eq. 5 is averaged per stream, then summed: pooling the tokens of both streams would let the long
+            # planning-reasoning answers outweigh the short QA answers (a few tokens) by an order of magnitude.
+            lm = prefix.hidden.sum() * 0.0
             if batch.qa_input_ids is not None:
                 qa_hidden = self.llm.run_text(prefix, batch.qa_input_ids, batch.qa_attention_mask)
                 qa_nll, qa_count = self.llm.lm_loss_terms(qa_hidden, batch.qa_labels)
-                nll, count = nll + qa_nll, count + qa_count
+                lm = lm + qa_nll / max(1, qa_count)
             plan_hidden = self.llm.run_text(prefix, batch.plan_input_ids, batch.plan_attention_mask)
             plan_nll, plan_count = self.llm.lm_loss_terms(plan_hidden, batch.plan_labels)
-            losses["lm"] = (nll + plan_nll) / max(1, count + plan_count)
+            losses["lm"] = lm + plan_nll / max(1, plan_count)
             # 7. forecasting from T'_o (LLM states at the occupancy positions) and Q_L
             forecast = self.forecaster(prefix.hidden[:, :n], enc.queries, enc.query_points, ego_state, batch.command)
             fore = forecast_losses(forecast, batch.future_points, batch.future_labels, batch.future_mask, cfg)

@@ -64,6 +64,12 @@ class TrainConfig:
         max_gt_points: keep at most this many points of each GT occupancy set per item (None = all; a cap bounds
             the Chamfer cost on dense real labels).
         augment: image augmentation in the loader (random resize / crop / colour, ``DatasetOptions``).
+        occ_visibility: which labelled voxels supervise the occupancy: "none" (all, as OPUS / SparseWorld train),
+            "camera" or "lidar" (Occ3D visibility masks; training with the camera mask raises the camera-masked
+            mIoU, REFERENCE_FACTS §8.9, at the cost of the unmasked one).
+        train_llm_base: stage 3 also trains the LLM base weights (not only LoRA).  Only valid for a randomly
+            initialised LLM (model ``llm_path`` None, e.g. the tiny preset used by the learning check): the paper's
+            LoRA-only rule (sec. 4.2) protects a pretrained LLM, and a random one has nothing to protect.
     """
 
     epochs: tuple[int, int, int] = (36, 6, 12)
@@ -87,6 +93,8 @@ class TrainConfig:
     qa_sources: Optional[tuple[str, ...]] = None
     max_gt_points: Optional[int] = None
     augment: bool = False
+    occ_visibility: str = "none"
+    train_llm_base: bool = False
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -126,6 +134,8 @@ class TrainConfig:
             raise ValueError("qa_sources must name at least one source, or be null for the loader's default")
         if self.max_gt_points is not None and self.max_gt_points < 1:
             raise ValueError(f"max_gt_points must be >= 1 or null, got {self.max_gt_points}")
+        if self.occ_visibility not in ("none", "camera", "lidar"):
+            raise ValueError(f"occ_visibility must be 'none', 'camera' or 'lidar', got {self.occ_visibility!r}")
         if not self.train_split:
             raise ValueError("train_split must name a dataset split, e.g. 'train'")
 

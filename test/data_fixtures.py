@@ -252,7 +252,8 @@ def synth_small_flags() -> list[str]:
 
     parser = build_command_parser("synth")
     known = {a for action in parser._actions for a in action.option_strings}
-    with_value = {"--frames": "12", "--num-frames": "12", "--key-frames": "12", "--width": "320", "--height": "180"}
+    # 12 key frames: the train scene then has 6 complete 6-step trajectories, enough for 6 anchors per command
+    with_value = {"--frames": "12", "--width": "160", "--height": "96"}
     switches = ("--no-lidar",)
     return [x for flag, value in with_value.items() if flag in known for x in (flag, value)] + [
         flag for flag in switches if flag in known

@@ -15,9 +15,7 @@ from sparseoccvla_core.data.dataset import DatasetOptions, DrivingDataset, colla
 from sparseoccvla_core.data.images import CorruptImageError
 from sparseoccvla_core.data.layout import resolve_layout
 
-from data_fixtures import (  # noqa: F401  (fixtures)
-    CAR_SIZE,
-    IMAGE_HW,
+from data_fixtures import (  # noqa: F401  (mini_nuscenes is a fixture)
     camera_calibration,
     car_box_world,
     ego_pose_at,
@@ -305,3 +303,12 @@ def test_anchors_command_on_small_split(mini_nuscenes, tmp_path, capsys):
     assert "3 anchors" in capsys.readouterr().out
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["per_command"] == 1 and len(doc["anchors_flat"]) == 3
+
+
+def test_inspect_data_command(mini_nuscenes, capsys):
+    from sparseoccvla_core.cli import main
+
+    assert main(["inspect-data", "--data", str(mini_nuscenes.root), "--items", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "key_frames: 7" in out and "with_occ3d: 7" in out and "with_omnidrive: 1" in out
+    assert "items/s" in out and "future_eval_points" in out

@@ -236,3 +236,26 @@ def test_planning_answer_format():
         "Here is the planning trajectory [PT, (+2.00, 0.0), (+4.50, -0.13), (+7.00, +0.50), (+9.50, +1.00), "
         "(+12.00, +1.50), (+14.50, +2.25)]."
     )
+
+
+def test_concat_gt_on_real_occ3d_sample_matches_set_union(occ3d_sample_dir):
+    """G of the real sample and a copy seen from 2 m further ahead equals the independent voxel-set union."""
+    from sparseoccvla_core.data.camera import pose_matrix
+    from sparseoccvla_core.data.occ3d import EXTENDED_RANGE_EGO, concat_gt, to_future_frame
+
+    cfg = SparseOccVLAConfig.tiny()
+    labels = load_occ3d_labels(occ3d_sample_dir / "29796060110c4163b07f06eff4af0753" / "labels.npz")
+    pts, lab = occ3d_points(labels, cfg.point_cloud_range, cfg.voxel_size)
+    fut_to_cur = pose_matrix([1, 0, 0, 0], [2.0, 0.0, 0.0])  # the future ego stands 2 m (5 voxels) ahead
+    g_pts, g_lab = concat_gt([(pts, lab), (pts, lab)], [np.eye(4), fut_to_cur], EXTENDED_RANGE_EGO, cfg.voxel_size)
+    ijk = np.argwhere(labels.semantics != FREE_CLASS)
+    union = {tuple(v) for v in ijk} | {(i + 5, j, k) for i, j, k in ijk}
+    assert len(g_pts) == len(union)
+    got = {tuple(v) for v in np.round((g_pts - np.asarray(cfg.point_cloud_range[:3])) / 0.4 - 0.5).astype(int)}
+    assert got == union
+    # where both frames occupy a voxel the current frame's label is kept
+    np.testing.assert_array_equal(g_lab[: len(lab)], lab)
+    # G seen from the future frame contains the future frame's own GT exactly
+    back, back_lab = to_future_frame(g_pts, g_lab, np.linalg.inv(fut_to_cur), EXTENDED_RANGE_EGO)
+    own = {tuple(p) for p in np.round(pts, 3)}
+    assert own <= {tuple(p) for p in np.round(back, 3)}

@@ -12,6 +12,9 @@ from sparseoccvla_core.data.dataset import DatasetOptions, DrivingDataset, make_
 
 from data_fixtures import synthetic_world  # noqa: F401  (fixture)
 
+# generating the world (2 scenes x 12 key frames at 160x96) takes ~10 s on 2 cores, once per session
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tokenizer():

@@ -199,8 +199,9 @@ def test_paper_preset_on_meta_device_has_paper_shapes():
         "connector + ego token", "global queries", "LLM base", "LoRA", "forecaster", "planner",
     ]
     assert table["LLM base"] == 6_738_415_616  # Vicuna-7B / Llama-2-7B parameter count
-    # LoRA r=128 on q,k,v,o,gate,up,down of 32 layers: r * (in + out) per wrapped matrix
-    per_layer = 4 * 128 * (4096 + 4096) + 3 * 128 * (4096 + 11008)
+    # LoRA r=128 on q, k, v, o of 32 layers (OmniDrive's targets): r * (in + out) per wrapped matrix
+    assert cfg.lora_target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    per_layer = 4 * 128 * (4096 + 4096)
     assert table["LoRA"] == 32 * per_layer
     assert all(v > 0 for v in table.values())
     assert next(model.parameters()).device.type == "meta"

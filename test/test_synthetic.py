@@ -152,7 +152,12 @@ def test_occupancy_format_and_ground_convention(tiny):
         assert sem[100, 100, 0] == OCC3D_CLASSES.index("driveable_surface")
         ground = [OCC3D_CLASSES.index(c) for c in ("driveable_surface", "sidewalk", "terrain", "other_flat")]
         assert not np.isin(sem[:, :, 1:], ground).any()
-        assert (sem[:, :, 0] != 17).all()  # every column has ground (or an object standing on it) in layer 0
+        # layer 0 is ground (or an object on it) everywhere except inside buildings, which are enclosed by walls
+        hole = sem[:, :, 0] == 17
+        wall = np.pad(sem[:, :, 1] == OCC3D_CLASSES.index("manmade"), 1, constant_values=True)  # grid edge may cut
+        enclosed = (np.maximum.accumulate(wall, 0) & np.maximum.accumulate(wall[::-1], 0)[::-1]
+                    & np.maximum.accumulate(wall, 1) & np.maximum.accumulate(wall[:, ::-1], 1)[:, ::-1])[1:-1, 1:-1]
+        assert np.all(enclosed[hole])
         assert 0.02 < mc.mean() < 0.5 and 0.02 < ml.mean() < 0.5
 
 
@@ -313,3 +318,76 @@ def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="num_frames"):
         SynthConfig(num_frames=0)
     assert [SynthConfig(num_scenes=10).split_of(i) for i in range(10)].count("val") == 2
+
+
+def test_traffic_is_collision_free(tiny):
+    """Vehicle boxes never overlap each other, and no annotated box overlaps the ego."""
+    from shapely.geometry import Polygon
+
+    cfg, out, nusc = tiny
+
+    def footprint(center, l, w, yaw):
+        c, s = np.cos(yaw), np.sin(yaw)
+        return Polygon([(center[0] + c * dx - s * dy, center[1] + s * dx + c * dy)
+                        for dx, dy in ((l / 2, w / 2), (-l / 2, w / 2), (-l / 2, -w / 2), (l / 2, -w / 2))])
+
+    for s in _samples(nusc):
+        boxes = [(b[0], footprint(b[1], b[2][0], b[2][1], b[3])) for b in _boxes_ego(nusc, s)]
+        ego = footprint((1.4, 0.0), 4.1, 1.8, 0.0)  # the ego's body around the rear axle
+        vehicles = [p for k, p in boxes if k in (CATEGORY_TO_OCC["vehicle.car"], CATEGORY_TO_OCC["vehicle.truck"],
+                                                  CATEGORY_TO_OCC["vehicle.bus.rigid"])]
+        assert not any(p.intersects(ego) for _, p in boxes)
+        for i in range(len(vehicles)):
+            for j in range(i + 1, len(vehicles)):
+                assert vehicles[i].intersection(vehicles[j]).area < 1e-3
+
+
+
+def test_signal_lamps_show_the_signal_state():
+    """Rendered signal heads facing the camera light exactly the lamp of their group's current state."""
+    seen: list = []
+    for seed in range(6):  # a few straight-road scenes until the ego's signal has been in view
+        cfg = SynthConfig(num_scenes=1, seed=seed, num_frames=6, width=352, height=198, layouts=("straight",))
+        _lamps_in_view(cfg, seen)
+        if len(seen) >= 3:
+            break
+    assert seen, "no signal head in view"
+    assert all(lit == state for lit, state in seen), seen
+
+
+def _lamps_in_view(cfg: SynthConfig, seen: list) -> None:
+    """Append (lit lamp colour, signal state) for every camera-facing, unoccluded head in CAM_FRONT (2x size)."""
+    from sparseoccvla_core.synthetic.generate import ego_matrix, frame_objects, sensor_rig
+    from sparseoccvla_core.synthetic.render import Camera, PackedScene, render
+
+    setup = setup_scene(cfg, 0)
+    front = sensor_rig(cfg.width, cfg.height).cameras[0]
+    big = Camera(front.name, front.K * np.array([[2.0], [2.0], [1.0]]), front.cam2ego, 2 * cfg.width, 2 * cfg.height)
+
+    def check(sim, k, state):
+        objects = frame_objects(setup.world, sim)
+        view = render(big, ego_matrix(state.ego_pose), PackedScene.pack(objects), setup.world.ground, setup.look, None)
+        ego2cam = np.linalg.inv(ego_matrix(state.ego_pose) @ big.cam2ego)
+        cam_xy = (ego_matrix(state.ego_pose) @ big.cam2ego)[:2, 3]
+        for head in setup.world.heads:
+            obj = objects[head.object_index]
+            lamps = obj.center[list(head.lamp_parts)]  # red, yellow, green
+            facing = np.array([np.cos(obj.yaw[head.lamp_parts[0]]), np.sin(obj.yaw[head.lamp_parts[0]])])
+            to_cam = cam_xy - lamps[0, :2]
+            if facing @ to_cam < 0.7 * np.linalg.norm(to_cam):
+                continue  # the lamps face away from (or across) this camera
+            pc = (ego2cam @ np.c_[lamps, np.ones(3)].T).T[:, :3]
+            if np.any(pc[:, 2] < 1.0):
+                continue
+            uv = (pc[:, :2] / pc[:, 2:3] * [big.K[0, 0], big.K[1, 1]] + big.K[:2, 2]).astype(int)
+            if not np.all((uv >= 0) & (uv < [big.width, big.height])):
+                continue
+            rgb = view.rgb[uv[:, 1], uv[:, 0]].astype(int)
+            if np.abs(view.depth[uv[:, 1], uv[:, 0]] - pc[:, 2]).max() > 0.5:
+                continue  # lamp hidden or seen from behind (then the dark head hides it)
+            brightness = rgb.sum(1)
+            assert brightness.max() - np.sort(brightness)[1] > 100, rgb  # exactly one lamp is lit
+            lit = int(np.argmax(brightness))
+            seen.append((("red", "yellow", "green")[lit], sim.signal_state(head.group)))
+
+    simulate_scene(cfg, setup, check)

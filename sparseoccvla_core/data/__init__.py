@@ -11,6 +11,7 @@ One concept per module:
 * :mod:`.qa`         - OmniDrive-nuScenes, nuScenes-QA and DriveLM question/answer pairs.
 * :mod:`.dataset`    - ``DrivingDataset`` (torch Dataset) and ``collate`` -> :class:`~sparseoccvla_core.batch.DrivingBatch`.
 * :mod:`.anchors`    - ``sparseoccvla anchors``: K-means planning anchors per driving command + dataset statistics.
+* :mod:`.inspect_data` - ``sparseoccvla inspect-data``: what a dataset root holds, one batch's shapes, loading speed.
 
 Submodules are imported on use (``from sparseoccvla_core.data.dataset import DrivingDataset``) so that importing
 the package stays cheap.

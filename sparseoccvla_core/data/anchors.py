@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -35,9 +34,6 @@ from ..batch import COMMANDS, EGO_STATE_FIELDS
 from .ego_motion import COMMAND_LEFT, COMMAND_RIGHT, driving_command, future_waypoints
 from .frames import index_split
 from .layout import resolve_layout
-
-logger = logging.getLogger(__name__)
-
 
 def kmeans(x: np.ndarray, k: int, seed: int = 0, n_init: int = 10, max_iter: int = 300) -> np.ndarray:
     """Deterministic K-means (k-means++ seeding, Lloyd iterations, best of ``n_init`` by inertia).
@@ -166,7 +162,6 @@ def compute_anchors(trajs: TrajectorySet, per_command: int = 6, seed: int = 0, m
         x = flat[cmd == c]
         if len(x) == 0 or len(np.unique(x, axis=0)) < per_command:
             fallback[name] = f"only {len(x)} samples: clustered on all {n} trajectories"
-            logger.warning("command %s has %d samples (< %d distinct); using all trajectories", name, len(x), per_command)
             x = flat
         anchors[c] = kmeans(x, per_command, seed=seed + c).reshape(per_command, t, 2)  # [K, T, 2]
     steps = np.diff(np.concatenate([np.zeros((n, 1, 2)), wp], axis=1), axis=1)  # [N, T, 2] per-step displacement

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -95,7 +95,8 @@ class DatasetOptions:
             (0.38, 0.55) at 0.44 test scale = (0.86, 1.25).
         aug_bottom_crop_range: (min, max) fraction of the resized height cut at the bottom (SparseBEV: 0).
         aug_color_jitter: max relative brightness / contrast change, 0 = off.
-        cache_items: entries of each LRU cache (decoded images, sparse Occ3D frames); 0 disables caching.
+        cache_items: entries of each LRU cache (decoded images, sparse Occ3D frames); None = sized for sequential
+            reading (2 F V images, 2 (T + 1) label frames: a few MB at the paper size), 0 disables caching.
         seed: base seed of the deterministic choices (skip policy order, "first" ties).
     """
 
@@ -118,7 +119,7 @@ class DatasetOptions:
     aug_scale_range: tuple[float, float] = (0.86, 1.25)
     aug_bottom_crop_range: tuple[float, float] = (0.0, 0.0)
     aug_color_jitter: float = 0.0
-    cache_items: int = 512
+    cache_items: Optional[int] = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -263,8 +264,9 @@ class DrivingDataset(Dataset):
         )
         lengths = np.asarray([len(s) for s in self.scenes], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
-        self._image_cache = LRUCache(opt.cache_items)
-        self._occ_cache = LRUCache(opt.cache_items)
+        auto = opt.cache_items is None
+        self._image_cache = LRUCache(2 * cfg.num_frames * cfg.num_views if auto else opt.cache_items)
+        self._occ_cache = LRUCache(2 * (cfg.forecast_frames + 1) if auto else opt.cache_items)
         self._warned_files: set[str] = set()
         self._setup_text()
 
@@ -614,7 +616,3 @@ def make_collate(tokenizer) -> Callable[[Sequence[DrivingItem]], DrivingBatch]:
     pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
     return functools.partial(collate, pad_token_id=pad)
 
-
-def item_field_names() -> list[str]:
-    """Names of :class:`DrivingItem` fields (for inspection tools)."""
-    return [f.name for f in fields(DrivingItem)]

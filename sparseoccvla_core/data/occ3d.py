@@ -24,7 +24,6 @@ import numpy as np
 
 from ..batch import FREE_CLASS
 from ..occ_grid import OCC3D_Z_SHIFT, grid_shape, labels_to_points
-from .camera import transform_points
 
 OCC3D_GRID_SHAPE: tuple[int, int, int] = (200, 200, 16)
 #: SparseWorld's extended range for the stacked (concatenated) GT, Occ3D nominal z (REFERENCE_FACTS §1.2) ...
@@ -109,11 +108,30 @@ def occ3d_points(
     return labels_to_points(sem, pc_range, voxel_size, free_class=FREE_CLASS)
 
 
+def _inside(points: np.ndarray, pc_range: Sequence[float]) -> np.ndarray:
+    """[P] bool: inside ``[x_min, x_max) x [y_min, y_max) x [z_min, z_max)`` (per-column compares, no 2D reduce)."""
+    keep = (points[:, 0] >= pc_range[0]) & (points[:, 0] < pc_range[3])
+    keep &= (points[:, 1] >= pc_range[1]) & (points[:, 1] < pc_range[4])
+    keep &= (points[:, 2] >= pc_range[2]) & (points[:, 2] < pc_range[5])
+    return keep
+
+
 def crop_to_range(points: np.ndarray, labels: np.ndarray, pc_range: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Keep points inside ``[x_min, x_max) x [y_min, y_max) x [z_min, z_max)``."""
-    lo, hi = np.asarray(pc_range[:3]), np.asarray(pc_range[3:])
-    keep = np.all((points >= lo) & (points < hi), axis=1)
+    keep = _inside(points, pc_range)
     return points[keep], labels[keep]
+
+
+def _rigid_f32(m: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Rigid transform of points [P, 3] in float32, one column at a time (2-4x faster than a [P, 3] @ [3, 3]
+    matmul in numpy).  Relative ego transforms have small translations, so float32 keeps ~1e-5 m accuracy at
+    100 m, far below the 0.4 m voxels."""
+    pts = np.asarray(points, dtype=np.float32)
+    x, y, z = pts[:, 0], pts[:, 1], pts[:, 2]
+    out = np.empty_like(pts)
+    for r in range(3):
+        out[:, r] = np.float32(m[r, 0]) * x + np.float32(m[r, 1]) * y + np.float32(m[r, 2]) * z + np.float32(m[r, 3])
+    return out
 
 
 def concat_gt(
@@ -136,31 +154,44 @@ def concat_gt(
     """
     if len(frames) != len(frame_to_current):
         raise ValueError("one transform per frame is required")
-    lo = np.asarray(extended_range[:3], dtype=np.float64)
-    shape = np.asarray(grid_shape(extended_range, voxel_size), dtype=np.int64)
-    all_idx, all_lab = [], []
+    lo = np.asarray(extended_range[:3], dtype=np.float32)
+    shape = grid_shape(extended_range, voxel_size)
+    inv_voxel = np.float32(1.0 / voxel_size)
+    # Frames are added in time order; a dense "seen" grid of the extended range (400 x 300 x 24 cells = 2.9 MB)
+    # drops voxels an earlier frame already holds, so deduplication is O(points) instead of a sort.
+    seen = np.zeros(shape[0] * shape[1] * shape[2], dtype=bool)
+    n_seen = 0
+    kept_idx, kept_lab = [], []
     for (pts, lab), m in zip(frames, frame_to_current):
         if len(pts) == 0:
             continue
-        warped = transform_points(m, pts.astype(np.float64))  # [M_t, 3] current ego frame
-        ijk = np.floor((warped - lo) / voxel_size).astype(np.int64)  # [M_t, 3]
-        inside = np.all((ijk >= 0) & (ijk < shape), axis=1)
-        all_idx.append(ijk[inside])
-        all_lab.append(np.asarray(lab)[inside])
-    if not all_idx:
+        warped = pts.astype(np.float32) if np.array_equal(m, np.eye(4)) else _rigid_f32(m, pts)  # [M_t, 3]
+        cell = (warped - lo) * inv_voxel  # [M_t, 3] continuous voxel coordinates
+        inside = (cell[:, 0] >= 0) & (cell[:, 0] < shape[0]) & (cell[:, 1] >= 0) & (cell[:, 1] < shape[1])
+        inside &= (cell[:, 2] >= 0) & (cell[:, 2] < shape[2])
+        ijk = cell[inside].astype(np.int64)  # truncation = floor for the non-negative coordinates left
+        linear = (ijk[:, 0] * shape[1] + ijk[:, 1]) * shape[2] + ijk[:, 2]  # [M']
+        new = ~seen[linear]
+        linear, lab_t = linear[new], np.asarray(lab)[inside][new]
+        seen[linear] = True
+        count = int(np.count_nonzero(seen))
+        if count - n_seen != len(linear):  # some voxel hit twice within this frame (rotation): keep the first
+            _, first = np.unique(linear, return_index=True)
+            first.sort()  # keep the frame's own order
+            linear, lab_t = linear[first], lab_t[first]
+        n_seen = count
+        kept_idx.append(linear)
+        kept_lab.append(lab_t)
+    if not kept_idx:
         return np.zeros((0, 3), np.float32), np.zeros((0,), np.int64)
-    ijk = np.concatenate(all_idx)  # [M, 3] in frame order
-    lab = np.concatenate(all_lab).astype(np.int64)
-    linear = (ijk[:, 0] * shape[1] + ijk[:, 1]) * shape[2] + ijk[:, 2]  # [M]
-    _, first = np.unique(linear, return_index=True)  # first occurrence = earliest frame
-    first.sort()  # keep frame order (current frame first)
-    centres = (lo + (ijk[first] + 0.5) * voxel_size).astype(np.float32)  # [G, 3]
-    return centres, lab[first]
+    linear = np.concatenate(kept_idx)  # [G] in frame order
+    ijk = np.stack(np.unravel_index(linear, shape), axis=1)  # [G, 3]
+    centres = (lo + (ijk + 0.5).astype(np.float32) * np.float32(voxel_size)).astype(np.float32)  # [G, 3]
+    return centres, np.concatenate(kept_lab).astype(np.int64)
 
 
 def to_future_frame(
     points: np.ndarray, labels: np.ndarray, current_to_future: np.ndarray, crop_range: Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray]:
     """``G_t`` of eq. 11: the concatenated GT in future frame t's ego frame (``inv(E_t) @ E_cur``), cropped."""
-    moved = transform_points(current_to_future, points)
-    return crop_to_range(moved.astype(np.float32), labels, crop_range)
+    return crop_to_range(_rigid_f32(current_to_future, points), labels, crop_range)

@@ -37,9 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .generate import default_workers, generate_dataset
 
-    cfg = SynthConfig(num_scenes=args.scenes, seed=args.seed, num_frames=args.frames, width=args.width,
-                      height=args.height, jpeg_quality=args.jpeg_quality, version=args.version,
-                      layouts=tuple(args.layouts), write_lidar=not args.no_lidar)
+    try:
+        cfg = SynthConfig(num_scenes=args.scenes, seed=args.seed, num_frames=args.frames, width=args.width,
+                          height=args.height, jpeg_quality=args.jpeg_quality, version=args.version,
+                          layouts=tuple(args.layouts), write_lidar=not args.no_lidar)
+    except ValueError as err:
+        raise SystemExit(f"sparseoccvla synth: error: {err}") from None
     workers = default_workers() if args.workers is None else max(1, args.workers)
     start = time.perf_counter()
 
@@ -47,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - start
         print(f"[synth] {name} done ({done}/{total}, {elapsed:.1f} s)", flush=True)
 
-    info = generate_dataset(cfg, args.out, workers=workers, overwrite=args.overwrite, progress=progress)
+    try:
+        info = generate_dataset(cfg, args.out, workers=workers, overwrite=args.overwrite, progress=progress)
+    except FileExistsError as err:
+        raise SystemExit(f"sparseoccvla synth: error: {err}") from None
     elapsed = time.perf_counter() - start
     print(f"[synth] wrote {len(info['scenes'])} scenes ({info['key_frames']} key frames, train {len(info['train'])}, "
           f"val {len(info['val'])}) to {args.out} in {elapsed:.1f} s = {info['key_frames'] / elapsed:.2f} key frames/s")

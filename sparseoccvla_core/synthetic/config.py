@@ -1,7 +1,8 @@
 """Settings of the synthetic nuScenes-format driving world (``sparseoccvla synth``).
 
 One typed dataclass; the command line maps onto it one flag per field.  Defaults give ~20 s scenes at the
-nuScenes key-frame rate (2 Hz) rendered at half the native nuScenes camera resolution (800 x 450).
+nuScenes key-frame rate (2 Hz) rendered at 704 x 396, i.e. the native 1600 x 900 nuScenes images scaled by 0.44,
+the resize the paper's 256 x 704 input uses before cropping (so the loader only crops).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class SynthConfig:
     num_scenes: int = 1
     seed: int = 0
     num_frames: int = 40
-    width: int = 800
-    height: int = 450
+    width: int = 704
+    height: int = 396
     jpeg_quality: int = 90
     version: str = "v1.0-synth"
     layouts: tuple[str, ...] = LAYOUTS

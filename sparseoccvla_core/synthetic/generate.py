@@ -225,8 +225,9 @@ def generate_scene(cfg: SynthConfig, index: int, out: Path) -> dict:
                 "camera": CAMERA_NAMES[int(np.argmax(per_cam[:, a.index]))], "distance": dist,
                 "ego_xy": (float(c * rel[0] + s * rel[1]), float(-s * rel[0] + c * rel[1])), "rel_heading": a.yaw - ego_yaw,
             })
+        class_px = sum(np.bincount(v.cls.ravel(), minlength=18) for v in views) / sum(v.cls.size for v in views)
         frames.append({"timestamp": ts, "files": files, "pose": state.ego_pose.copy(), "anns": anns, "state": state,
-                       "sample_token": sample_token})
+                       "sample_token": sample_token, "class_fraction": class_px})
 
     states = simulate_scene(cfg, setup, on_key_frame)
     tables = _scene_tables(cfg, index, world, frames, log_name, out)
@@ -323,8 +324,10 @@ def frame_facts(world: StaticWorld, frames: list, states: list, k: int) -> Frame
             objs.append(qa_obj)
     horizon = min(k + 6, len(states) - 1)
     turn_ahead = any(s.in_turn for s in states[k:horizon + 1])
+    frac = f["class_fraction"]
+    scenery = [word for word, cls, share in (("buildings", 15, 0.03), ("trees", 16, 0.01)) if frac[cls] >= share]
     return FrameFacts(world.description, objs, state.signal_ahead, state.ego_behavior, state.ego_maneuver,
-                      turn_ahead, state.ego_speed, leader, states[horizon].ego_speed)
+                      turn_ahead, state.ego_speed, leader, states[horizon].ego_speed, scenery)
 
 
 def _scene_qa(cfg, index, world, frames, states, split, out: Path, rng) -> list:

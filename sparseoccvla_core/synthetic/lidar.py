@@ -1,9 +1,10 @@
 """Simulated roof LiDAR (LIDAR_TOP): a 32-beam, 360-degree sweep from the rendered depth of the world.
 
 The sensor sits at the real nuScenes LIDAR_TOP mounting (embedded calibration).  Its field of view is covered
-by four 90-degree virtual pinhole views at the sensor origin (vertical +11 to -31 degrees), rendered depth-only
+by three 120-degree virtual pinhole views at the sensor origin (vertical +11 to -31 degrees), rendered depth-only
 by :mod:`render`.  Each beam (32 elevations from -30.67 to +10.67 degrees, the Velodyne HDL-32E pattern used by
-nuScenes, times ``azimuths`` directions) reads the depth of its pixel; hits within ``max_range`` become points
+nuScenes, times ``azimuths`` directions) reads its pixel; the surface point on that pixel's ray (at most half a
+pixel, 0.13 degrees, off the nominal beam, so points lie exactly on surfaces) within ``max_range`` becomes a point
 ``(x, y, z, intensity, ring)`` in the LiDAR frame (x right, y forward, z up), the nuScenes ``.pcd.bin`` layout.
 The same panorama gives the Occ3D ``mask_lidar``.
 """
@@ -21,15 +22,19 @@ TOP_DEG, BOTTOM_DEG = 11.0, 31.0
 _INTENSITY = np.array([30, 40, 25, 35, 30, 30, 30, 15, 60, 30, 30, 8, 12, 20, 6, 25, 5, 0], np.float32)
 
 
-def virtual_views(lidar: SensorCalibration, width: int = 360) -> list[Camera]:
-    """Four 90-degree pinhole views (yaw 0, 90, 180, 270 degrees in the ego frame) at the LiDAR origin."""
-    f = 0.5 * width
+NUM_VIEWS = 3
+VIEW_FOV = 2 * np.pi / NUM_VIEWS
+
+
+def virtual_views(lidar: SensorCalibration, width: int = 480) -> list[Camera]:
+    """Three 120-degree pinhole views (yaw 0, 120, 240 degrees in the ego frame) at the LiDAR origin."""
+    f = 0.5 * width / np.tan(0.5 * VIEW_FOV)
     cy = f * np.tan(np.radians(TOP_DEG))
     height = int(np.ceil(cy + f * np.tan(np.radians(BOTTOM_DEG))))
     K = np.array([[f, 0.0, 0.5 * width], [0.0, f, cy], [0.0, 0.0, 1.0]])
     views = []
-    for k in range(4):
-        yaw = k * np.pi / 2
+    for k in range(NUM_VIEWS):
+        yaw = k * VIEW_FOV
         m = np.eye(4)
         m[:3, 0] = [np.sin(yaw), -np.cos(yaw), 0.0]  # camera x (right)
         m[:3, 1] = [0.0, 0.0, -1.0]  # camera y (down)
@@ -58,17 +63,17 @@ class LidarModel:
         dirs = np.stack(np.broadcast_arrays(np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)), -1)  # [32, A, 3]
         self.dirs = dirs.reshape(-1, 3)  # [32 * A, 3] ego-frame unit directions
         self.ring = np.repeat(np.arange(len(BEAM_ELEVATIONS_DEG)), azimuths).astype(np.float32)
-        sector = np.floor(((az[0] + np.pi / 4) % (2 * np.pi)) / (np.pi / 2)).astype(int) % 4
+        sector = np.floor(((az[0] + 0.5 * VIEW_FOV) % (2 * np.pi)) / VIEW_FOV).astype(int) % NUM_VIEWS
         self.view_of = np.tile(sector, len(BEAM_ELEVATIONS_DEG))
         self.pix = np.zeros(len(self.dirs), np.int64)
-        self.cos_axis = np.zeros(len(self.dirs))  # ray length per unit camera depth
+        self.pix_rays = np.zeros((len(self.dirs), 3))  # ego-frame ray of each beam's pixel, unit camera depth
         for k, cam in enumerate(views):
             sel = self.view_of == k
             dc = self.dirs[sel] @ cam.cam2ego[:3, :3]  # ego -> camera rotation (transpose)
             u = np.clip((dc[:, 0] / dc[:, 2] * cam.K[0, 0] + cam.K[0, 2]).astype(int), 0, cam.width - 1)
             v = np.clip((dc[:, 1] / dc[:, 2] * cam.K[1, 1] + cam.K[1, 2]).astype(int), 0, cam.height - 1)
             self.pix[sel] = v * cam.width + u
-            self.cos_axis[sel] = dc[:, 2]
+            self.pix_rays[sel] = cam.rays_cam[self.pix[sel]] @ cam.cam2ego[:3, :3].T
 
     def sweep(self, views: list[View], rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
         """Points [M, 5] float32 (x, y, z, intensity, ring) in the LiDAR frame and their instance ids [M]."""
@@ -80,12 +85,13 @@ class LidarModel:
             depth[sel] = view.depth.reshape(-1)[self.pix[sel]]
             cls[sel] = view.cls.reshape(-1)[self.pix[sel]]
             inst[sel] = view.instance.reshape(-1)[self.pix[sel]]
-        rng_m = depth / self.cos_axis
+        ray_len = np.linalg.norm(self.pix_rays, axis=1)
+        rng_m = depth * ray_len
         keep = np.isfinite(rng_m) & (rng_m < self.max_range) & (rng_m > 1.0)
         r = rng_m[keep]
         if rng is not None:
-            r = r + rng.normal(0.0, 0.02, r.shape)
-        p_ego = np.asarray(self.lidar.translation) + r[:, None] * self.dirs[keep]
+            r = r + rng.normal(0.0, 0.02, r.shape)  # 2 cm range noise (HDL-32E spec)
+        p_ego = np.asarray(self.lidar.translation) + (r / ray_len[keep])[:, None] * self.pix_rays[keep]
         s2e = self.lidar.sensor2ego
         p_lidar = (p_ego - s2e[:3, 3]) @ s2e[:3, :3]  # ego -> lidar (inverse rotation)
         intensity = _INTENSITY[cls[keep]]

@@ -7,13 +7,14 @@ labels).
 * ``semantics``: 17 (free) everywhere, then layer 0 takes the ground class under each voxel column (surface
   raster: driveable_surface / sidewalk / terrain / other_flat), then every object primitive marks the voxels
   whose centre lies inside it (thin scenery primitives are widened to one voxel so poles are not lost; an
-  annotated object smaller than the voxel spacing keeps the one voxel nearest its centre).  Buildings keep only their outer 0.45 m shell (walls, roof, floor), as real labels built from LiDAR surfaces do.  Movers
+  annotated object smaller than the voxel spacing keeps the one voxel nearest its centre).  Buildings keep only their outer 0.45 m shell (walls and roof; their inside, ground included, is free), as
+  real labels built from LiDAR surfaces do.  Movers
   are written after scenery.  The ego car itself is free.
 * ``mask_camera``: a voxel is observed by a camera when its centre projects inside the image with a z-depth no
   larger than the rendered depth at that pixel plus ``VISIBILITY_TOLERANCE`` (a depth-buffer test, equivalent
   to Occ3D's ray casting up to the first occupied voxel); union over the six cameras.
 * ``mask_lidar``: the same test against a 360-degree depth panorama rendered from the LIDAR_TOP position with
-  the HDL-32E vertical field of view (+10 to -30 degrees), as four 90-degree virtual pinhole views.
+  the HDL-32E vertical field of view (+11 to -31 degrees), as three 120-degree virtual pinhole views.
 
 Voxel centres are fixed in the ego frame and so are the sensors, so each voxel's pixel and depth per sensor are
 computed once (:class:`VoxelProjector`) and every frame only gathers and compares.
@@ -109,12 +110,12 @@ def _label_points(pts: np.ndarray, ex: np.ndarray, ey: np.ndarray, obj: SceneObj
         if obj.kind[k] == BOX:
             inside = (np.abs(lx) <= hx) & (np.abs(ly) <= hy) & (np.abs(dz) <= hz)
             if obj.hollow and k == 0:
-                interior = (np.abs(lx) < hx - SHELL) & (np.abs(ly) < hy - SHELL) & (np.abs(dz) < hz - SHELL)
+                interior = (np.abs(lx) < hx - SHELL) & (np.abs(ly) < hy - SHELL) & (dz < hz - SHELL)
         else:
             inside = (lx / hx) ** 2 + (ly / hy) ** 2 + (dz / hz) ** 2 <= 1.0
         out[inside] = obj.cls[k]
     if obj.hollow:
-        out[interior] = -1
+        out[interior] = FREE  # never observed, like the inside of a real building
     if obj.instance >= 0 and not (out >= 0).any():
         # an annotated object smaller than the voxel spacing still occupies the voxel holding its centre
         base = np.argmin((pts[:, 0] - ex.mean()) ** 2 + (pts[:, 1] - ey.mean()) ** 2 + (pts[:, 2] - obj.center[:, 2].mean()) ** 2)

@@ -79,38 +79,3 @@ class ObjectBuilder:
             instance=instance,
             hollow=hollow,
         )
-
-
-def object_corners(obj: SceneObject) -> np.ndarray:
-    """[8K, 3] corners of every primitive's bounding box (ellipsoids: their bounding box), global frame."""
-    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
-    local = signs[None] * obj.half[:, None, :]  # [K, 8, 3]
-    c, s = np.cos(obj.yaw)[:, None], np.sin(obj.yaw)[:, None]
-    x = obj.center[:, None, 0] + c * local[..., 0] - s * local[..., 1]
-    y = obj.center[:, None, 1] + s * local[..., 0] + c * local[..., 1]
-    z = obj.center[:, None, 2] + local[..., 2]
-    return np.stack([x, y, z], axis=-1).reshape(-1, 3)
-
-
-def points_in_primitives(points: np.ndarray, obj: SceneObject) -> np.ndarray:
-    """Index of the last primitive of ``obj`` containing each point, -1 if none.
-
-    Args:
-        points: [N, 3] global points.
-    Returns:
-        [N] int primitive index.
-    """
-    out = np.full(len(points), -1, dtype=np.int64)
-    for k in range(len(obj.kind)):
-        d = points - obj.center[k]
-        c, s = np.cos(obj.yaw[k]), np.sin(obj.yaw[k])
-        lx = c * d[:, 0] + s * d[:, 1]
-        ly = -s * d[:, 0] + c * d[:, 1]
-        lz = d[:, 2]
-        hx, hy, hz = obj.half[k]
-        if obj.kind[k] == BOX:
-            inside = (np.abs(lx) <= hx) & (np.abs(ly) <= hy) & (np.abs(lz) <= hz)
-        else:
-            inside = (lx / hx) ** 2 + (ly / hy) ** 2 + (lz / hz) ** 2 <= 1.0
-        out[inside] = k
-    return out

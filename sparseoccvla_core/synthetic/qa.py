@@ -92,6 +92,7 @@ class FrameFacts:
     speed: float  # m/s
     leader: QAObject | None  # what the ego follows
     future_speed: float  # ego speed 3 s later (or last known), m/s
+    scenery: list  # roadside scenery words in view ("buildings", "trees"), from the rendered class shares
 
 
 def _count_words(objects: list) -> str:
@@ -159,9 +160,9 @@ def omnidrive(f: FrameFacts) -> dict:
         light = f" The traffic light ahead is {f.signal[0]}, {f.signal[1]:.0f} m away."
     near = f.objects[0] if f.objects else None
     near_txt = f" The nearest one is a {near.name} {_where(near)}, {_motion(near)}." if near is not None else ""
+    side = f", with {' and '.join(f.scenery)} along the road" if f.scenery else ""
     description = (f"The ego vehicle is driving at {f.speed:.1f} m/s on {f.layout_description} in clear daytime "
-                   f"weather, with buildings and trees along the road.{light} Around the ego vehicle there "
-                   f"{'is' if len(f.objects) == 1 else 'are'} {_count_words(f.objects)}.{near_txt}")
+                   f"weather{side}.{light} Around the ego vehicle the cameras show {_count_words(f.objects)}.{near_txt}")
     conv = []
     if f.signal is not None:
         conv.append({"question": "What is the state of the traffic light ahead of the ego vehicle?",
@@ -189,8 +190,11 @@ def omnidrive(f: FrameFacts) -> dict:
         vqa.append({"question": f"How many {_PLURAL[name]} can be seen around the ego vehicle, and where?",
                     "answer": f"{len(group)} {name if len(group) == 1 else _PLURAL[name]}, in the "
                               f"{', '.join(cams)} view{'s' if len(cams) > 1 else ''}."})
-    for o in f.objects[:3]:
-        vqa.append({"question": f"Describe the {o.name} in the {CAMERA_WORDS[o.camera]} view closest to the ego vehicle.",
+    firsts = {}
+    for o in f.objects:  # nearest first: the first object of each (class, view) is the closest one there
+        firsts.setdefault((o.name, o.camera), o)
+    for o in list(firsts.values())[:3]:
+        vqa.append({"question": f"Describe the {o.name} closest to the ego vehicle in the {CAMERA_WORDS[o.camera]} view.",
                     "answer": f"It is a {o.name} {_where(o)}, {_motion(o)}."})
     return {"desc": {"description": description, "action": act}, "conv": conv, "vqa": vqa, "keywords": short}
 

@@ -6,13 +6,15 @@ z-depth ``t``.  Per camera:
 
 1. **Ground**: rays going down hit the plane z = 0; colour from the surface / marking raster with asphalt and grass
    grain and sidewalk paving joints.
-2. **Boxes**: each box's front-facing faces (at most three, which tile its silhouette) are clipped at the near
-   plane, projected and filled with OpenCV into a window; each covered pixel gets the exact depth of its face plane
-   ``t = (n . p0) / (n . d)`` and is kept only where it is nearer than the z-buffer.
+2. **Boxes**: per object, the front-facing faces of its boxes (at most three per box, tiling its silhouette) are
+   clipped at the near plane, projected and filled with OpenCV into one window (far to near within the object);
+   each covered pixel gets the exact depth of its face plane ``t = (n . p0) / (n . d)`` and is kept only where it
+   is nearer than the z-buffer (objects are drawn front to back and skipped when already hidden).
 3. **Ellipsoids** (tree crowns, heads): ray-quadric intersection on the pixels of their projected bounding box,
    same z-test.
 4. **Shading** of all object pixels at once: Lambert with a per-scene sun plus sky light, textures (building
-   window grid, bus window band, leaf grain), emissive signal lamps.  Sky is a vertical gradient; colours fade into
+   window grid, bus window band, leaf grain), emissive signal lamps; road users cast a contact shadow (the
+   ground under their footprint is darkened).  Sky is a vertical gradient; colours fade into
    haze with distance (``1 - exp(-d / 350 m)``); a per-camera exposure gain and Gaussian sensor noise follow.
 
 Besides RGB the renderer returns the z-depth, the Occ3D class and the annotated-object instance of every pixel:
@@ -116,6 +118,8 @@ class PackedScene:
     corners: np.ndarray  # [P, 8, 3] world corners (ellipsoids: of their bounding box)
     face_normal: np.ndarray  # [P, 6, 3] world outward normals
     face_point: np.ndarray  # [P, 6, 3] a point on each face (its centre), world
+    object_of: np.ndarray  # [P] index of the object each primitive belongs to
+    object_start: np.ndarray  # [O] first primitive of each object
 
     @staticmethod
     def pack(objects: list[SceneObject]) -> "PackedScene":
@@ -133,7 +137,7 @@ class PackedScene:
         return PackedScene(center.astype(f32), half.astype(f32), c.astype(f32), s.astype(f32), cat("kind"),
                            cat("color").astype(f32), cat("cls"), cat("texture"),
                            np.repeat(np.array([o.instance for o in objects]), counts), corners, normals.astype(f32),
-                           points)
+                           points, np.repeat(np.arange(len(objects)), counts), np.cumsum(counts) - counts)
 
 
 def _hash(p: np.ndarray) -> np.ndarray:
@@ -157,32 +161,20 @@ def _clip_near(poly: np.ndarray) -> np.ndarray:
     return np.array(out) if len(out) >= 3 else np.zeros((0, 3))
 
 
-def _shade(sc: PackedScene, prim: np.ndarray, normal_w: np.ndarray, p_world: np.ndarray, look: Look) -> np.ndarray:
-    """RGB [R, 3] of object hits (Lambert + sky light + textures)."""
+def _light(normal_w: np.ndarray, look: Look) -> np.ndarray:
+    """Light on surfaces with world normals [..., 3]: ambient + sky light (up-facing brighter) + Lambert sun."""
     lambert = np.clip(normal_w @ look.sun, 0.0, 1.0)
-    shade = np.float32(0.49) + np.float32(0.11) * normal_w[:, 2] + np.float32(0.55) * lambert
+    return np.float32(0.49) + np.float32(0.11) * normal_w[..., 2] + np.float32(0.55) * lambert
+
+
+def _shade(sc: PackedScene, prim: np.ndarray, normal_w: np.ndarray, p_world: np.ndarray, look: Look) -> np.ndarray:
+    """RGB [R, 3] of curved or leafy hits: Lambert + sky light, leaf grain, emissive lamps."""
+    shade = _light(normal_w, look)
     color = sc.color[prim].copy()
     tex = sc.texture[prim]
-    rel = p_world - sc.center[prim]
-    c, s = sc.cos[prim], sc.sin[prim]
-    lx, ly = c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1]
-    hz = sc.half[prim, 2]
-    side = np.abs(normal_w[:, 2]) < 0.5
-    win = (tex == TEX_WINDOWS) & side
-    if win.any():
-        nl_x = np.abs(c * normal_w[:, 0] + s * normal_w[:, 1]) > 0.5  # face normal along the local x axis
-        u = np.where(nl_x, ly, lx)[win]
-        z = (rel[:, 2] + hz)[win]  # height above the primitive bottom
-        fu, fz = np.modf(np.abs(u + 50.0) / 3.2)[0], np.modf(z / 3.3)[0]
-        glass = (fu > 0.28) & (fu < 0.72) & (fz > 0.3) & (fz < 0.8) & (z > 1.0) & (z < 2 * hz[win] - 0.6)
-        color[np.nonzero(win)[0][glass]] = np.array([0.16, 0.20, 0.26]) + 0.12 * look.sky_horizon
-    band = (tex == TEX_WINDOW_BAND) & side
-    if band.any():
-        rz = (rel[:, 2] / hz)[band]  # -1 bottom .. 1 top
-        color[np.nonzero(band)[0][(rz > 0.05) & (rz < 0.7)]] = np.array([0.12, 0.15, 0.2])
     leaves = tex == TEX_LEAVES
     if leaves.any():
-        color[leaves] *= (0.7 + 0.6 * _hash(rel[leaves]))[:, None]
+        color[leaves] *= (0.7 + 0.6 * _hash(p_world[leaves] - sc.center[prim[leaves]]))[:, None]
     out = color * shade[:, None]
     emis = tex == TEX_EMISSIVE
     out[emis] = color[emis]
@@ -208,7 +200,8 @@ def bake_ground(ground: GroundMap, look: Look, rows: np.ndarray | None = None, c
     if rows is None:
         tiles = np.argwhere(~ground.baked)
     else:
-        ids = np.unique((rows // BAKE_TILE) * nt + cols // BAKE_TILE)
+        used = np.bincount((rows // BAKE_TILE) * nt + cols // BAKE_TILE, minlength=nt * nt) > 0  # no sort needed
+        ids = np.nonzero(used)[0]
         tiles = np.stack([ids // nt, ids % nt], 1)
         tiles = tiles[~ground.baked[tiles[:, 0], tiles[:, 1]]]
     cy, sy = np.cos(look.frame_yaw), np.sin(look.frame_yaw)
@@ -227,6 +220,35 @@ def bake_ground(ground: GroundMap, look: Look, rows: np.ndarray | None = None, c
         rgb[rr, cc] = _MARK_RGB[mark[rr, cc]] * (1.0 + 0.04 * grain[rr, cc])[:, None]
         ground.rgb[r0:r0 + BAKE_TILE, c0:c0 + BAKE_TILE] = np.clip(rgb * gain, 0, 255).astype(np.uint8)
         ground.baked[ti, tj] = True
+
+
+SHADOW_GAIN = 0.55  # ground brightness under a road user (contact shadow / ambient occlusion)
+SHADOW_MARGIN = 0.15  # m the shadow extends beyond the footprint
+
+
+def _contact_shadows(scene: PackedScene, g2c: np.ndarray, K: np.ndarray, w: int, h: int) -> np.ndarray | None:
+    """[H, W] uint8 mask of the ground under annotated objects (their footprint hull, slightly enlarged)."""
+    agents = np.nonzero(scene.instance[scene.object_start] >= 0)[0]
+    if len(agents) == 0:
+        return None
+    mask = np.zeros((h, w), np.uint8)
+    counts = np.diff(np.append(scene.object_start, len(scene.kind)))
+    for o in agents:
+        a = scene.object_start[o]
+        xy = scene.corners[a:a + counts[o], :, :2].reshape(-1, 2).astype(np.float32)
+        hull = cv2.convexHull(xy)[:, 0, :].astype(np.float64)  # [M, 2] footprint outline
+        centre = hull.mean(0)
+        d = hull - centre
+        hull = hull + SHADOW_MARGIN * d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
+        pc = np.c_[hull, np.full(len(hull), 0.01)] @ g2c[:3, :3].T + g2c[:3, 3]
+        if np.any(pc[:, 2] < 1.0):
+            continue  # behind or straddling the camera: no shadow drawn
+        uv = pc[:, :2] / pc[:, 2:3] * [K[0, 0], K[1, 1]] + K[:2, 2] - 0.5
+        if uv[:, 0].max() < 0 or uv[:, 1].max() < 0 or uv[:, 0].min() >= w or uv[:, 1].min() >= h:
+            continue
+        pts = np.round(np.clip(uv, -8 * w, 8 * w) * (1 << SUBPIXEL_BITS)).astype(np.int32)
+        cv2.fillConvexPoly(mask, pts, 1, lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
+    return mask
 
 
 def render(camera: Camera, ego2global: np.ndarray, scene: PackedScene, ground: GroundMap, look: Look,
@@ -282,45 +304,71 @@ def render(camera: Camera, ego2global: np.ndarray, scene: PackedScene, ground: G
     uv_fixed = np.round(np.clip(np.nan_to_num(uv) - 0.5, -8 * w, 8 * w) * scale).astype(np.int32)
     zmin = np.maximum(zc.min(1), NEAR)
     depth2d = depth.reshape(h, w)
+    # one pass per object: its boxes' front faces are filled far-to-near into one window (within an object the
+    # painter's order is exact enough: parts only touch), then every covered pixel is z-tested against the buffer
     boxes = np.nonzero(candidate & (scene.kind == BOX))[0]
-    for p in boxes[np.argsort(zmin[boxes], kind="stable")]:  # front to back, so occluded boxes are skipped early
-        faces = np.nonzero(facing[p])[0]
-        if len(faces) == 0:
-            continue
-        if in_front[p]:
-            c0, r0 = max(int(lo[p, 0] - 0.5), 0), max(int(lo[p, 1] - 0.5), 0)
-            c1, r1 = min(int(hi[p, 0] + 1.5), w), min(int(hi[p, 1] + 1.5), h)
-            polys = [(f, uv_fixed[p, _FACES[f]]) for f in faces]
-        else:
-            polys = []
-            for f in faces:
-                quad = _clip_near(corners_c[p, _FACES[f]])
-                if len(quad):
-                    q = np.stack([quad[:, 0] / quad[:, 2] * fx + cx, quad[:, 1] / quad[:, 2] * fy + cy], 1)
-                    polys.append((f, np.round(np.clip(q - 0.5, -8 * w, 8 * w) * scale).astype(np.int32)))
-            if not polys:
+    obj = scene.object_of[boxes]
+    starts = np.concatenate([[0], np.nonzero(np.diff(obj))[0] + 1]) if len(boxes) else np.zeros(0, np.int64)
+    groups = np.split(boxes, starts[1:]) if len(boxes) else []
+    # window of each object whose boxes are all in front of the camera, from the projected corner bounds
+    g_lo = np.minimum.reduceat(lo[boxes], starts, axis=0) if len(boxes) else np.zeros((0, 2))
+    g_hi = np.maximum.reduceat(hi[boxes], starts, axis=0) if len(boxes) else np.zeros((0, 2))
+    g_front = np.minimum.reduceat(in_front[boxes].astype(np.int8), starts) > 0 if len(boxes) else np.zeros(0, bool)
+    g_zmin = np.minimum.reduceat(zmin[boxes], starts) if len(boxes) else np.zeros(0)
+    for g in np.argsort(g_zmin, kind="stable"):  # front to back
+        members = groups[g]
+        if g_front[g]:  # cheap occlusion test before any per-face work
+            c0, r0 = max(int(g_lo[g, 0] - 0.5), 0), max(int(g_lo[g, 1] - 0.5), 0)
+            c1, r1 = min(int(g_hi[g, 0] + 1.5), w), min(int(g_hi[g, 1] + 1.5), h)
+            if c0 >= c1 or r0 >= r1:
                 continue
-            allpts = np.concatenate([q for _, q in polys]) / scale + 0.5
-            c0, r0 = np.maximum(np.floor(allpts.min(0) - 0.5).astype(np.int64), 0)
-            c1, r1 = np.minimum(np.ceil(allpts.max(0) + 0.5).astype(np.int64) + 1, [w, h])
-        if c0 >= c1 or r0 >= r1 or not (depth2d[r0:r1, c0:c1] > zmin[p]).any():
-            continue  # outside the image, or everything there is already nearer than the box
+            open_px = depth2d[r0:r1, c0:c1] > g_zmin[g]  # pixels whose current surface is farther
+            if not open_px.any():
+                continue
+        faces = []  # (depth of the face centre, primitive, face, fixed-point polygon)
+        for p in members:
+            for f in np.nonzero(facing[p])[0]:
+                if in_front[p]:
+                    q = uv_fixed[p, _FACES[f]]
+                else:
+                    quad = _clip_near(corners_c[p, _FACES[f]])
+                    if len(quad) == 0:
+                        continue
+                    q = np.stack([quad[:, 0] / quad[:, 2] * fx + cx, quad[:, 1] / quad[:, 2] * fy + cy], 1)
+                    q = np.round(np.clip(q - 0.5, -8 * w, 8 * w) * scale).astype(np.int32)
+                faces.append((point_c[p, f, 2], p, f, q))
+        if not faces:
+            continue
+        if not g_front[g]:
+            allpts = np.concatenate([fc[3] for fc in faces])
+            c0, r0 = np.maximum((allpts.min(0) >> SUBPIXEL_BITS) - 1, 0)
+            c1, r1 = np.minimum((allpts.max(0) >> SUBPIXEL_BITS) + 2, [w, h])
+            if c0 >= c1 or r0 >= r1:
+                continue
+            open_px = depth2d[r0:r1, c0:c1] > g_zmin[g]
+            if not open_px.any():
+                continue
         window = np.zeros((r1 - r0, c1 - c0), np.uint8)
         offset = np.array([c0, r0], np.int32) << SUBPIXEL_BITS
-        for f, q in polys:
-            cv2.fillConvexPoly(window, q - offset, int(f) + 1, lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
+        faces.sort(key=lambda item: -item[0])  # far to near
+        face_prim = np.array([fc[1] for fc in faces])
+        face_id = np.array([fc[2] for fc in faces])
+        for k, (_, _, _, q) in enumerate(faces):
+            cv2.fillConvexPoly(window, q - offset, k + 1, lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
+        window[~open_px] = 0
         rr, cc = np.nonzero(window)
         if len(rr) == 0:
             continue
-        f = window[rr, cc].astype(np.int64) - 1
+        k = window[rr, cc].astype(np.int64) - 1
+        pp, ff = face_prim[k], face_id[k]
         pix = (rr + r0) * w + (cc + c0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = plane_d[p, f] / np.einsum("ij,ij->i", normal_c[p, f], rays[pix])
+            t = plane_d[pp, ff] / np.einsum("ij,ij->i", normal_c[pp, ff], rays[pix])
         closer = (t < depth[pix]) & (t > NEAR)
         pix = pix[closer]
         depth[pix] = t[closer]
-        prim_of[pix] = p
-        face_of[pix] = f[closer]
+        prim_of[pix] = pp[closer]
+        face_of[pix] = ff[closer]
     # 3. ellipsoids: ray-quadric on their projected bounding rectangle
     for p in np.nonzero(candidate & (scene.kind != BOX))[0]:
         if in_front[p]:
@@ -369,33 +417,67 @@ def render(camera: Camera, ego2global: np.ndarray, scene: PackedScene, ground: G
     if not shade:
         return View(np.zeros((h, w, 3), np.uint8), view_depth, cls.reshape(h, w), inst.reshape(h, w))
     # 5. colours: ground, objects, sky, haze
-    rgb = np.empty((n, 3), np.float32)
+    rgb = np.zeros((n, 3), np.float32)
     rgb[gnd] = np.where(inside[:, None], ground.rgb[row, col], ground.rgb[0, 0]) * np.float32(1.0 / 255.0)
+    shadow = _contact_shadows(scene, g2c, camera.K, w, h)
+    if shadow is not None:
+        rgb[gnd] *= np.where(shadow.reshape(-1)[gnd], np.float32(SHADOW_GAIN), np.float32(1.0))[:, None]
     if len(obj):
         p = prim_of[obj]
         f = face_of[obj].astype(np.int64)
-        p_world = origin.astype(np.float32) + depth[obj, None] * dirs[obj]
-        normal = np.empty((len(obj), 3), np.float32)
+        # flat box faces have one shade each: a [P, 6, 3] table, gathered per pixel
+        face_rgb = scene.color[:, None, :] * _light(scene.face_normal, look)[..., None]
+        emissive = scene.texture == TEX_EMISSIVE
+        face_rgb[emissive] = scene.color[emissive, None, :]
         is_box = f >= 0
-        normal[is_box] = scene.face_normal[p[is_box], f[is_box]]
-        if (~is_box).any():
-            e = ~is_box
-            rel = p_world[e] - scene.center[p[e]]
-            c, s = scene.cos[p[e]], scene.sin[p[e]]
-            lx, ly = c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1]
-            r2 = scene.half[p[e]] ** 2
-            gx, gy, gz = lx / r2[:, 0], ly / r2[:, 1], rel[:, 2] / r2[:, 2]
-            g = np.stack([c * gx - s * gy, s * gx + c * gy, gz], 1)
-            normal[e] = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-9)
-        rgb[obj] = _shade(scene, p, normal, p_world, look)
+        rgb[obj[is_box]] = face_rgb[p[is_box], f[is_box]]
+        # per-pixel work only where a texture or a curved surface needs it
+        tex = scene.texture[p]
+        win = is_box & (f < 4) & (tex == TEX_WINDOWS)  # side faces (0-3) of buildings: window grid
+        if win.any():
+            o, pw, fw = obj[win], p[win], f[win]
+            xyz = origin.astype(np.float32) + depth[o, None] * dirs[o]
+            rx, ry = xyz[:, 0] - scene.center[pw, 0], xyz[:, 1] - scene.center[pw, 1]
+            c, sn = scene.cos[pw], scene.sin[pw]
+            u = np.where(fw < 2, -sn * rx + c * ry, c * rx + sn * ry)  # along the face
+            z = xyz[:, 2] - (scene.center[pw, 2] - scene.half[pw, 2])  # above the building's base
+            fu, fz = np.modf(np.abs(u + 50.0) / 3.2)[0], np.modf(z / 3.3)[0]
+            glass = (fu > 0.28) & (fu < 0.72) & (fz > 0.3) & (fz < 0.8) & (z > 1.0) & (z < 2 * scene.half[pw, 2] - 0.6)
+            glass_rgb = np.array([0.16, 0.20, 0.26], np.float32) + 0.12 * look.sky_horizon
+            light = _light(scene.face_normal[pw[glass], fw[glass]], look)
+            rgb[o[glass]] = glass_rgb * light[:, None]
+        band = is_box & (f < 4) & (tex == TEX_WINDOW_BAND)  # bus window band
+        if band.any():
+            o, pb, fb = obj[band], p[band], f[band]
+            rz = (origin[2] + depth[o] * dirs[o, 2] - scene.center[pb, 2]) / scene.half[pb, 2]  # -1 bottom .. 1 top
+            sel = (rz > 0.05) & (rz < 0.7)
+            light = _light(scene.face_normal[pb[sel], fb[sel]], look)
+            rgb[o[sel]] = np.array([0.12, 0.15, 0.2], np.float32) * light[:, None]
+        detail = ~is_box | (tex == TEX_LEAVES)
+        if detail.any():
+            o, pd, fd = obj[detail], p[detail], f[detail]
+            p_world = origin.astype(np.float32) + depth[o, None] * dirs[o]
+            normal = np.empty((len(o), 3), np.float32)
+            box = fd >= 0
+            normal[box] = scene.face_normal[pd[box], fd[box]]
+            if (~box).any():
+                e = ~box
+                rel = p_world[e] - scene.center[pd[e]]
+                c, s = scene.cos[pd[e]], scene.sin[pd[e]]
+                lx, ly = c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1]
+                r2 = scene.half[pd[e]] ** 2
+                gx, gy, gz = lx / r2[:, 0], ly / r2[:, 1], rel[:, 2] / r2[:, 2]
+                g = np.stack([c * gx - s * gy, s * gx + c * gy, gz], 1)
+                normal[e] = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-9)
+            rgb[o] = _shade(scene, pd, normal, p_world, look)
+    # haze over every surface (full-array ops: cheaper than gathers), then the sky gradient
+    dist = np.where(np.isfinite(depth), depth, 0.0) * camera.ray_norm
+    fog = (1.0 - np.exp(-dist / np.float32(HAZE_DISTANCE)))[:, None]
+    rgb *= 1.0 - fog
+    rgb += look.sky_horizon * fog
     sky = np.nonzero(~np.isfinite(depth))[0]
-    elev = dirs[sky, 2] / camera.ray_norm[sky]
-    mix = np.clip(elev * 2.5, 0.0, 1.0)[:, None]
+    mix = np.clip(dirs[sky, 2] / camera.ray_norm[sky] * 2.5, 0.0, 1.0)[:, None]
     rgb[sky] = look.sky_horizon * (1 - mix) + look.sky_zenith * mix
-    solid = np.nonzero(np.isfinite(depth))[0]
-    dist = depth[solid] * camera.ray_norm[solid]
-    fog = (1.0 - np.exp(-dist / HAZE_DISTANCE))[:, None]
-    rgb[solid] = rgb[solid] * (1 - fog) + look.sky_horizon * fog
     img = rgb.reshape(h, w, 3) * 255.0
     if rng is not None:
         img *= rng.uniform(0.95, 1.05)

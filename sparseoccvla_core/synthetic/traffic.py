@@ -11,11 +11,10 @@ sidewalks and cross on zebras only while vehicles have red.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from .paths import Path
 from .primitives import TEX_PLAIN, TEX_WINDOW_BAND, ObjectBuilder, SceneObject
 from .world import Route, StaticWorld, vehicle_size
 
@@ -65,9 +64,8 @@ def body_builder(category: str, size, color_seed: int, with_rider: bool = True) 
         b.box(0.0, 0.0, 0.3, 0.6 * h, l, w, paint, cls)
         b.box(-0.08 * l, 0.0, 0.6 * h, 0.93 * h, 0.5 * l, 0.88 * w, _GLASS, cls)
         b.box(-0.08 * l, 0.0, 0.93 * h, h, 0.46 * l, 0.86 * w, paint, cls)
-        for sx in (-0.32, 0.32):
-            for sy in (-1, 1):
-                b.box(sx * l, sy * (0.5 * w - 0.13), 0.0, 0.62, 0.62, 0.24, _TYRE, cls)
+        for sx in (-0.32, 0.32):  # one box per axle: the wheel pair (the body hides the axle between them)
+            b.box(sx * l, 0.0, 0.0, 0.62, 0.62, w - 0.02, _TYRE, cls)
     elif category in ("vehicle.truck", "vehicle.construction"):
         paint = _CAR_COLORS[r.integers(len(_CAR_COLORS))] if category == "vehicle.truck" else np.array([0.9, 0.65, 0.05])
         cargo = np.array([0.85, 0.85, 0.82]) if category == "vehicle.truck" else paint * 0.8
@@ -76,14 +74,12 @@ def body_builder(category: str, size, color_seed: int, with_rider: bool = True) 
         b.box(0.5 * l - 0.45 * cab, 0.0, 0.55 * h, 0.8 * h, cab * 0.8, w * 1.01, _GLASS, cls)
         b.box(-0.5 * cab, 0.0, 0.8, h, l - cab - 0.2, w, cargo, cls)
         for sx in (0.38, -0.1, -0.38):
-            for sy in (-1, 1):
-                b.box(sx * l, sy * (0.5 * w - 0.17), 0.0, 0.95, 0.95, 0.3, _TYRE, cls)
+            b.box(sx * l, 0.0, 0.0, 0.95, 0.95, w - 0.04, _TYRE, cls)
     elif category == "vehicle.bus.rigid":
         paint = np.array([[0.85, 0.2, 0.15], [0.15, 0.35, 0.7], [0.9, 0.9, 0.88]])[r.integers(3)]
         b.box(0.0, 0.0, 0.4, h, l, w, paint, cls, TEX_WINDOW_BAND)
         for sx in (0.33, -0.3):
-            for sy in (-1, 1):
-                b.box(sx * l, sy * (0.5 * w - 0.17), 0.0, 1.0, 1.0, 0.3, _TYRE, cls)
+            b.box(sx * l, 0.0, 0.0, 1.0, 1.0, w - 0.04, _TYRE, cls)
     elif category in ("vehicle.motorcycle", "vehicle.bicycle"):
         frame = _CAR_COLORS[r.integers(len(_CAR_COLORS))] if category == "vehicle.motorcycle" else np.array([0.1, 0.3, 0.6])
         wheel_r = 0.33 if category == "vehicle.bicycle" else 0.32
@@ -149,13 +145,6 @@ class Agent:
     constraint: str = "free"  # what limited the last acceleration: free / leader / signal / yield / curve
     leader: int = -1
     gap: float = float("inf")  # m to the leader (or the binding stop point)
-    history: list = field(default_factory=list)
-
-    @property
-    def moving_kind(self) -> str:
-        if self.route is None:
-            return "static"
-        return "walker" if self.route.walk else "driver"
 
 
 @dataclass
@@ -252,10 +241,11 @@ class TrafficSimulation:
         ego = self.agents[0]
         ego_xy, _ = ego.route.path.pose(ego.s)
         cyclists = 0
+        spacing = float(r.uniform(25.0, 60.0))  # mean gap between spawned vehicles: the scene's traffic density
         for route, kerb_lane in self.world.vehicle_routes:
             s = float(r.uniform(0, 30))
             while s < route.path.length - 5:
-                s += float(r.uniform(18.0, 70.0))
+                s += float(r.uniform(0.5, 1.5) * spacing)
                 xy, _ = route.path.pose(s)
                 if not self._near_focus(xy) or not self._clear(xy, 9.0):
                     continue
@@ -292,6 +282,8 @@ class TrafficSimulation:
                 if not self._near_focus(xy) or not self._clear(xy, 1.5):
                     continue
                 standing = r.random() < 0.25
+                if not route.stops:  # walkers keep to their own side of the sidewalk
+                    route = Route(route.path.offset(float(r.uniform(-0.6, 0.6))), walk=True)
                 size = (float(r.uniform(0.6, 0.85)), float(r.uniform(0.55, 0.75)), float(r.uniform(1.55, 1.9)))
                 v = 0.0 if standing else float(r.uniform(1.0, 1.6))
                 body = body_builder("human.pedestrian.adult", size, int(r.integers(1 << 30)))
@@ -390,7 +382,8 @@ class TrafficSimulation:
                 gap, v_lead, leader, constraint = max(dist, 0.01), 0.0, -1, "signal"
             break
         # 3. a left-turning ego yields to oncoming traffic before entering the junction
-        if a.is_ego and a.route.maneuver == "left" and a.route.turn_span is not None:
+        if (a.is_ego and a.route.maneuver == "left" and a.route.turn_span is not None
+                and self.world.layout == "intersection"):
             dist = a.route.turn_span[0] - a.s - 0.5 * lengths[i]
             if -0.5 < dist < 60.0 and self._oncoming_traffic(i) and dist < gap:
                 gap, v_lead, leader, constraint = max(dist, 0.01), 0.0, -1, "yield"

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from .paths import Path, bezier, offset_polyline
-from .primitives import TEX_EMISSIVE, TEX_LEAVES, TEX_PLAIN, TEX_WINDOWS, ObjectBuilder, SceneObject
+from .primitives import TEX_EMISSIVE, TEX_LEAVES, TEX_WINDOWS, ObjectBuilder, SceneObject
 
 # Ground surface codes of the raster and their Occ3D classes.
 SURF_TERRAIN, SURF_ROAD, SURF_SIDEWALK, SURF_OTHER_FLAT = 0, 1, 2, 3
@@ -427,7 +427,6 @@ class _LayoutBuilder:
     # --- scenery -----------------------------------------------------------------------------------------------
     def free(self, corners_global: np.ndarray, margin_cells: int = 5) -> bool:
         """True when a footprint lies on terrain that no other scenery uses (checked on the raster)."""
-        mask = np.zeros((64, 64), np.uint8)
         lo = np.floor(corners_global.min(axis=0) / MAP_RES).astype(int) - margin_cells
         hi = np.ceil(corners_global.max(axis=0) / MAP_RES).astype(int) + margin_cells
         n = self.surface.shape[0]
@@ -479,8 +478,6 @@ class _LayoutBuilder:
                     self.scenery.append(tree_object(p[0], p[1], r.uniform(1.8, 3.2), crown, r.uniform(2.4, 4.5),
                                                     np.clip(green, 0, 1)))
                     self.block(_rect(p, 0.0, 1.6 * crown, 1.6 * crown))
-                elif r.random() < 0.3:
-                    pass
                 s += r.uniform(7.0, 16.0)
             # hedges
             for _ in range(int(r.integers(0, 4))):
@@ -531,34 +528,34 @@ class _LayoutBuilder:
                 s += size[0] + r.uniform(1.0, 9.0)
 
     def work_zone(self, road: Road, local_pts: np.ndarray, s_center: float) -> None:
-        """Cones along a closed parking strip / kerb lane, barriers on the sidewalk edge, maybe a digger."""
+        """A closed parking strip: cones along its lane-side edge, barriers on the sidewalk edge, maybe a digger
+        parked just beyond the cones (roads without parking strips get no work zone)."""
+        if road.parking <= 0:
+            return
         r = self.rng
         direction = int(r.choice([1, -1]))
         pts = local_pts if direction == 1 else local_pts[::-1]
         path0 = Path(self.frame.xy(pts))
         s0 = s_center if direction == 1 else path0.length - s_center
         length = r.uniform(12, 24)
-        strip = road.parking if road.parking > 0 else 1.2
-        cone_off = -(0.5 * road.median + road.lanes * road.lane_width + 0.15)
-        cone_path = Path(self.frame.xy(offset_polyline(pts, cone_off)))
+        lane_edge = 0.5 * road.median + road.lanes * road.lane_width
+        cone_path = Path(self.frame.xy(offset_polyline(pts, -(lane_edge + 0.35))))
         for s in np.arange(s0, s0 + length, r.uniform(2.5, 4.0)):
             xy, h = cone_path.pose(s)
             self.parked.append(("movable_object.trafficcone", float(xy[0]), float(xy[1]), float(h),
                                 (0.41, 0.41, 1.0), None, 0))
-        bar_off = -(road.kerb + 0.4)
-        bar_path = Path(self.frame.xy(offset_polyline(pts, bar_off)))
+        bar_path = Path(self.frame.xy(offset_polyline(pts, -(road.kerb + 0.45))))
         for s in np.arange(s0 + 1.0, s0 + length, 2.6):
             xy, h = bar_path.pose(s)
             self.parked.append(("movable_object.barrier", float(xy[0]), float(xy[1]), float(h + np.pi / 2),
                                 (0.5, 2.4, 1.0), None, 0))
-        if road.parking > 0 and r.random() < 0.6:
-            park_off = -(0.5 * road.median + road.lanes * road.lane_width + 0.5 * strip)
-            ppath = Path(self.frame.xy(offset_polyline(pts, park_off)))
-            xy, h = ppath.pose(s0 + 0.5 * length)
+        if r.random() < 0.6:
+            ppath = Path(self.frame.xy(offset_polyline(pts, -(lane_edge + 0.5 * road.parking))))
+            xy, h = ppath.pose(s0 + length + 5.0)
             self.parked.append(("vehicle.construction", float(xy[0]), float(xy[1]), float(h),
-                                (5.5, 2.4, 3.0), "vehicle.parked", 0))
+                                (5.5, 2.3, 3.0), "vehicle.parked", 0))
         xy, _ = path0.pose(s0 + 0.5 * length)
-        self.no_parking.append((xy, 0.5 * length + 6.0))
+        self.no_parking.append((xy, 0.5 * length + 12.0))
 
     def parked_bicycles(self, road: Road, s: float, side: float) -> None:
         xy, h = road.centerline.pose(s)
