@@ -79,6 +79,42 @@ def test_stage_2_freezes_the_encoder(model, batch):
     assert model.connector.mlp[0].weight.grad.abs().sum() > 0
 
 
+def test_train_llm_base_only_for_a_random_llm_in_stage_3(model, batch):
+    """The explicit flag trains the whole (random) LLM in stage 3; elsewhere, or with a pretrained LLM, it is refused."""
+    model.set_stage(3, train_llm_base=True)
+    assert _all_trainable(model.llm)
+    with pytest.raises(ValueError, match="train_llm_base"):
+        model.set_stage(2, train_llm_base=True)
+    model.cfg.llm_path = "/some/pretrained/llm"
+    try:
+        with pytest.raises(ValueError, match="pretrained"):
+            model.set_stage(3, train_llm_base=True)
+    finally:
+        model.cfg.llm_path = None
+    model.set_stage(3)
+    assert all("lora_" in n for n in _trainable(model.llm))
+
+
+def test_lm_loss_is_the_sum_of_per_stream_means(model, batch):
+    """Eq. 5 per stream (QA and reasoning), each averaged over its own answer tokens, then summed."""
+    from sparseoccvla_core.batch import IGNORE_INDEX
+
+    model.eval()
+    model.set_stage(2)
+    with torch.no_grad():
+        losses = model(batch, stage=2)
+        enc = model._encode(batch)
+        prefix = model._scene_prefix(model.connector(enc.queries, enc.query_points), batch)
+        parts = []
+        for ids, mask, labels in ((batch.qa_input_ids, batch.qa_attention_mask, batch.qa_labels),
+                                  (batch.plan_input_ids, batch.plan_attention_mask, batch.plan_labels)):
+            logits = model.llm.lm_head(model.llm.run_text(prefix, ids, mask))[:, :-1]
+            parts.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                                           ignore_index=IGNORE_INDEX))
+    assert batch.qa_input_ids is not None
+    assert torch.allclose(losses["lm"], parts[0] + parts[1], rtol=1e-4)
+
+
 def test_stage_3_only_lora_inside_the_llm(model, batch):
     model.set_stage(3)
     llm_trainable = _trainable(model.llm)

@@ -493,3 +493,22 @@ def test_ddp_two_processes_equal_one_process_with_the_total_batch(tmp_path):
     assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == list(range(1, 9))
     assert [r["lr"] for r in rows_a] == pytest.approx([r["lr"] for r in rows_b])
     assert [r["loss"] for r in rows_a] == pytest.approx([r["loss"] for r in rows_b], rel=1e-5)  # reduced over ranks
+
+
+def test_fallback_commands_get_distinct_kinematic_anchors():
+    """A command K-means had to pool (no trajectories of its own) gets its kinematic arcs, so no anchor duplicates
+    another one and the positive anchor (closest to the GT) is unique."""
+    from sparseoccvla_core.config import SparseOccVLAConfig
+    from sparseoccvla_core.planner import kinematic_fan
+
+    cfg = SparseOccVLAConfig.tiny()
+    per = cfg.anchors_per_command
+    straight = kinematic_fan(cfg)[0][per:2 * per]  # [K/C, T, 2]
+    flat = straight.repeat(3, 1, 1)  # what pooled clustering gives: every command the same anchors
+    commands = torch.arange(3).repeat_interleave(per)
+    out = training._replace_fallback_anchors(flat.clone(), commands, {"left": "pooled", "right": "pooled"}, cfg)
+    fan, fan_commands = kinematic_fan(cfg)
+    assert torch.equal(out[per:2 * per], straight)
+    assert torch.allclose(out[:per], fan[fan_commands == 0]) and torch.allclose(out[2 * per:], fan[fan_commands == 2])
+    dist = torch.cdist(out.flatten(1), out.flatten(1)) + torch.eye(3 * per) * 1e6
+    assert float(dist.min()) > 0.5
