@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import yaml
 
@@ -23,8 +23,64 @@ def _tuple(x: Any) -> tuple:
     return tuple(_tuple(v) if isinstance(v, list) else v for v in x)
 
 
+class PresetYamlMixin:
+    """YAML round trip shared by the project's dataclass configs (model: this file; training: train_config.py).
+
+    A YAML file holds either every field, or ``preset: <name>`` (a classmethod of the config, e.g. ``tiny``)
+    plus overrides.  Unknown keys are rejected with the list of valid ones.
+    """
+
+    _yaml_label: ClassVar[str] = "config"
+    _presets: ClassVar[tuple[str, ...]] = ("tiny", "paper")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        data = dict(data)
+        preset = data.pop("preset", None)
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls._yaml_label} keys {unknown}; valid keys: {sorted(known)}")
+        if preset is None:
+            return cls(**data)
+        if preset not in cls._presets:
+            raise ValueError(f"{cls._yaml_label} preset must be one of {list(cls._presets)}, got {preset!r}")
+        base = getattr(cls, preset)().to_dict()
+        base.update(data)
+        return cls(**base)
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        """Load a file holding ``preset: <name>`` plus overrides, or every field."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{cls._yaml_label} file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of {cls._yaml_label} fields")
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
+
+    def diff(self, other) -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ: {name: (self_value, other_value)}."""
+        a, b = self.to_dict(), other.to_dict()
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+
+
 @dataclass
-class SparseOccVLAConfig:
+class SparseOccVLAConfig(PresetYamlMixin):
     """All model hyper-parameters.  Deployment knobs (device, topics) live in ROS parameters, not here.
 
     Args:
@@ -322,45 +378,3 @@ class SparseOccVLAConfig:
         )
         values.update(overrides)
         return cls(**values)
-
-    # ------------------------------------------------------------------ YAML
-    def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SparseOccVLAConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; valid keys are the fields of SparseOccVLAConfig")
-        return cls(**data)
-
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "SparseOccVLAConfig":
-        """Load a config.  A file may hold ``preset: tiny|paper`` plus overrides, or every field."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields")
-        preset = data.pop("preset", None)
-        if preset is None:
-            return cls.from_dict(data)
-        if preset not in ("tiny", "paper"):
-            raise ValueError(f"{path}: preset must be 'tiny' or 'paper', got {preset!r}")
-        base = (cls.tiny() if preset == "tiny" else cls.paper()).to_dict()
-        unknown = sorted(set(data) - set(base))
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {unknown}")
-        base.update(data)
-        return cls(**base)
-
-    def diff(self, other: "SparseOccVLAConfig") -> dict[str, tuple[Any, Any]]:
-        """Fields whose values differ: {name: (self_value, other_value)}."""
-        a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}

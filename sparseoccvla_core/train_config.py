@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
-import yaml
+from .config import PresetYamlMixin
 
 #: The paper's training stages (sec. 4.2).
 STAGES: tuple[int, ...] = (1, 2, 3)
@@ -30,7 +29,7 @@ MIXED_PRECISION_CHOICES: tuple[str, ...] = ("auto", "no", "bf16", "fp16")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(PresetYamlMixin):
     """Optimisation settings shared by the three stages (only ``epochs`` differs per stage).
 
     Args:
@@ -71,6 +70,9 @@ class TrainConfig:
             initialised LLM (model ``llm_path`` None, e.g. the tiny preset used by the learning check): the paper's
             LoRA-only rule (sec. 4.2) protects a pretrained LLM, and a random one has nothing to protect.
     """
+
+    _yaml_label: ClassVar[str] = "training config"
+
 
     epochs: tuple[int, int, int] = (36, 6, 12)
     batch_size: int = 2
@@ -164,47 +166,3 @@ class TrainConfig:
         )
         values.update(overrides)
         return cls(**values)
-
-    # ------------------------------------------------------------------ YAML
-    def to_dict(self) -> dict[str, Any]:
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        data = dict(data)
-        preset = data.pop("preset", None)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; valid keys: {sorted(known)}")
-        if preset is None:
-            return cls(**data)
-        if preset not in ("tiny", "paper"):
-            raise ValueError(f"training preset must be 'tiny' or 'paper', got {preset!r}")
-        return cls.tiny(**data) if preset == "tiny" else cls.paper(**data)
-
-    def to_yaml(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        """Load a file holding ``preset: tiny|paper`` plus overrides, or every field."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of training config fields")
-        try:
-            return cls.from_dict(data)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from err
-
-    def diff(self, other: "TrainConfig") -> dict[str, tuple[Any, Any]]:
-        """Fields whose values differ: {name: (self_value, other_value)}."""
-        a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
