@@ -42,6 +42,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from . import metrics
 from .batch import CAMERA_NAMES, EGO_STATE_DIM
 from .config import SparseOccVLAConfig
 from .data.camera import ResizeCrop, invert_pose, resize_crop_for
@@ -226,21 +227,15 @@ class PipelineOptions:
 def path_headings(waypoints: np.ndarray) -> np.ndarray:
     """Heading (rad) along a path starting at the ego origin: direction from the previous point to each waypoint.
 
+    The same tangent rule the planning metrics use for the ego box (:func:`metrics.path_headings`), for one path
+    and with a 1 cm stand-still threshold.
+
     Args:
         waypoints: [T, 2] (x, y), m.
     Returns:
         [T] float64 yaw; a waypoint that does not move (< 1 cm) keeps the previous heading (0 at the start).
     """
-    pts = np.concatenate([np.zeros((1, 2)), np.asarray(waypoints, dtype=np.float64)], axis=0)  # [T+1, 2]
-    d = np.diff(pts, axis=0)  # [T, 2]
-    yaw = np.arctan2(d[:, 1], d[:, 0])
-    moving = np.hypot(d[:, 0], d[:, 1]) >= 0.01
-    out = np.zeros(len(d))
-    last = 0.0
-    for i in range(len(d)):
-        last = float(yaw[i]) if moving[i] else last
-        out[i] = last
-    return out
+    return metrics.path_headings(np.asarray(waypoints, dtype=np.float64)[None], min_move=0.01)[0]
 
 
 def poses_along_path(waypoints: np.ndarray, waypoint_dt: float, times_s: Sequence[float]) -> np.ndarray:
