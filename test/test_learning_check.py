@@ -108,6 +108,9 @@ def test_tiny_model_beats_trivial_baselines(tmp_path):
         # Measured 2026-11-23 (epochs 6/6/6, 3.5 min on 2 cores): camera-mask mIoU 0.37 % vs 2.94 % for 'terrain on
         # every GT-occupied voxel'; the 64 x 32 decoded points land a median ~1 m from the nearest GT voxel after 192
         # stage-1 updates (geometry IoU ~1 %) while the baseline is handed the exact geometry.
+        # Session 2 (same day): with 256 queries x [4, 32] points and epochs 16/6/10 (6.6 min) occupancy beats it,
+        # 3.79 % vs 2.94 % (QA 60.4 % vs 33.7 %), but planning L2 then misses its baseline, 1.81 m vs 1.35 m;
+        # 128 x [4, 64] misses both (2.45 %, 1.46 m).  No setting tried passes all three within the CI budget yet.
         pytest.xfail(
             "occupancy mIoU (camera mask) {:.2f} % does not beat the most-frequent-class baseline {:.2f} % yet".format(
                 numbers["occupancy_miou_camera_mask"], numbers["baseline_occupancy_miou_camera_mask"]
