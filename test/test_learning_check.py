@@ -111,6 +111,8 @@ def test_tiny_model_beats_trivial_baselines(tmp_path):
         # Session 2 (same day): with 256 queries x [4, 32] points and epochs 16/6/10 (6.6 min) occupancy beats it,
         # 3.79 % vs 2.94 % (QA 60.4 % vs 33.7 %), but planning L2 then misses its baseline, 1.81 m vs 1.35 m;
         # 128 x [4, 64] misses both (2.45 %, 1.46 m).  No setting tried passes all three within the CI budget yet.
+        # (Those runs used a faster Chamfer NN search, since reverted: its different float tie-breaks alone moved
+        # this setting's planning L2 from 1.18 m to 1.44 m - the planning pass is fragile on 10 val samples.)
         pytest.xfail(
             "occupancy mIoU (camera mask) {:.2f} % does not beat the most-frequent-class baseline {:.2f} % yet".format(
                 numbers["occupancy_miou_camera_mask"], numbers["baseline_occupancy_miou_camera_mask"]
