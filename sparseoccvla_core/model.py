@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
+import yaml
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -493,6 +495,10 @@ class SparseOccVLA(nn.Module):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found: not a SparseOccVLA checkpoint folder")
         saved = SparseOccVLAConfig.from_yaml(directory / CONFIG_FILE)
+        written = yaml.safe_load((directory / CONFIG_FILE).read_text()) or {}
+        if "preset" not in written and "plan_regression" not in written:
+            # a full config written before the field existed: that checkpoint was trained with the residual head
+            saved = dataclasses.replace(saved, plan_regression="residual")
         cfg = saved
         if config is not None:
             diff = {k: v for k, v in saved.diff(config).items() if k not in PATH_FIELDS}

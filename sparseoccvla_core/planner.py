@@ -13,8 +13,10 @@
   (DiffusionDrive, REFERENCE_FACTS §5.1/5.2; noisy samples clamped to [-1, 1] as there).
 * **Diffusion decoder** (Fig. 3): trajectory encoder (sine embedding of the waypoints -> MLP) -> cross-attention
   to the occupancy queries -> to the encoded ego state -> to the LLM reasoning tokens -> FFN -> timestep
-  modulation (scale/shift), ``planner_num_layers`` layers; it regresses the clean trajectory (prediction of x0,
-  as DiffusionDrive), as an offset from the noisy input.  L1 on the positive anchor only.
+  modulation (scale/shift), ``planner_num_layers`` layers; it regresses the clean trajectory x0 (DDIM
+  ``prediction_type="sample"``, as DiffusionDrive): by default directly, as the paper states
+  (``plan_regression="direct"``: the head's output is x0 in normalised units), or as DiffusionDrive's code does,
+  an offset in metres added to the noisy input (``"residual"``).  L1 on the positive anchor only.
 * **Inference**: the anchors are noised at ``diffusion_infer_start_timestep`` and denoised with exactly
   ``denoise_steps`` DDIM steps (eta = 0); the plan is the denoised trajectory of the highest-scoring anchor.
 """
@@ -287,6 +289,7 @@ class DiffusionDecoder(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(d, 4 * d), nn.Mish(), nn.Linear(4 * d, d))
         self.layers = nn.ModuleList(DiffusionDecoderLayer(cfg) for _ in range(cfg.planner_num_layers))
         self.regression_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 2 * cfg.plan_horizon))
+        self.residual = cfg.plan_regression == "residual"
         self.register_buffer("norm_scale", torch.tensor(cfg.traj_norm_scale, dtype=torch.float32), persistent=False)
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, ctx: PlannerContext) -> torch.Tensor:
@@ -303,8 +306,10 @@ class DiffusionDecoder(nn.Module):
         time_emb = self.time_embed(timestep_embedding(timesteps, x.shape[-1]).to(x.dtype))  # [B, D]
         for layer in self.layers:
             x = layer(x, ctx, time_emb)
-        offset = self.regression_head(x).view(batch, k, self.plan_horizon, 2)  # [B, K, T, 2] m
-        return noisy * self.norm_scale + offset
+        out = self.regression_head(x).view(batch, k, self.plan_horizon, 2)  # [B, K, T, 2]
+        if self.residual:  # DiffusionDrive: an offset in metres on the noisy input
+            return noisy * self.norm_scale + out
+        return out * self.norm_scale  # the paper: the clean trajectory directly (normalised units -> metres)
 
 
 class AnchorScorer(nn.Module):

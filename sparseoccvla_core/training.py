@@ -535,10 +535,8 @@ def train_stage(
         out_dir.mkdir(parents=True, exist_ok=True)
 
     # 1. stage -> trainable parameters -> optimizer (only trainable parameters enter it)
-    if tcfg.train_llm_base and stage == 3:
-        model.set_stage(stage, train_llm_base=True)  # random LLM only; the model refuses a pretrained one
-    else:
-        model.set_stage(stage)
+    # train_llm_base applies to stage 3 only, with a random LLM (the model refuses a pretrained one)
+    model.set_stage(stage, train_llm_base=tcfg.train_llm_base and stage == 3)
     optimizer = build_optimizer(model, tcfg)
     sampler = EpochShuffleSampler(len(dataset), tcfg.seed)
     loader = DataLoader(

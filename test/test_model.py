@@ -300,3 +300,20 @@ def test_checkpoint_with_local_llm_keeps_only_what_it_cannot_reload(tmp_path, to
     loaded = SparseOccVLA.from_pretrained(tmp_path / "ckpt")
     for (n, a), (_, b) in zip(model.llm.state_dict().items(), loaded.llm.state_dict().items()):
         assert torch.equal(a, b), n  # base weights from llm_path, new embedding rows and LoRA from the checkpoint
+
+
+def test_checkpoint_without_plan_regression_loads_with_the_residual_head(tmp_path):
+    """A full config written before ``plan_regression`` existed belongs to a model trained with the residual head."""
+    import yaml
+
+    from sparseoccvla_core.config import SparseOccVLAConfig
+    from sparseoccvla_core.model import SparseOccVLA
+
+    model = SparseOccVLA(SparseOccVLAConfig.tiny(num_queries=8, points_per_layer=(2, 4)))
+    model.save_pretrained(tmp_path / "ckpt")
+    assert SparseOccVLA.from_pretrained(tmp_path / "ckpt").cfg.plan_regression == "direct"
+    written = yaml.safe_load((tmp_path / "ckpt" / "config.yaml").read_text())
+    del written["plan_regression"]
+    (tmp_path / "ckpt" / "config.yaml").write_text(yaml.safe_dump(written))
+    legacy = SparseOccVLA.from_pretrained(tmp_path / "ckpt")
+    assert legacy.cfg.plan_regression == "residual" and legacy.planner.decoder.residual
