@@ -33,14 +33,13 @@ from torch import nn
 
 from .config import SparseOccVLAConfig
 from .connector import EgoStateEncoder, PointPositionalEncoding, sine_embedding
+from .data.ego_motion import FAN_MAX_SPEED, FAN_TURN_YAW_RATE  # noqa: F401  (re-exported: the fan's parameters)
+from .data.ego_motion import kinematic_fan as ego_kinematic_fan
 
 #: Scaled-linear beta schedule end points: diffusers' DDIMScheduler defaults, which DiffusionDrive instantiates
 #: with ``beta_schedule="scaled_linear"`` (REFERENCE_FACTS §5.1).
 BETA_START: float = 1e-4
 BETA_END: float = 0.02
-#: Default kinematic fan (used only until data anchors are set): top speed and turn yaw rate.
-FAN_MAX_SPEED: float = 10.0  # m/s, a typical urban speed in nuScenes
-FAN_TURN_YAW_RATE: float = 0.3  # rad/s, a moderate urban turn (about 50 degrees over 3 s)
 
 
 # ---------------------------------------------------------------------------------------------------------- schedule
@@ -119,31 +118,15 @@ def _randn(shape: tuple[int, ...], generator: Optional[torch.Generator], device:
 
 # ---------------------------------------------------------------------------------------------------------- anchors
 def kinematic_fan(cfg: SparseOccVLAConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic default anchors: per command, constant-speed constant-yaw-rate arcs at evenly spaced speeds.
-
-    Commands are ordered left, straight, right (batch.COMMANDS); yaw rates span +FAN_TURN_YAW_RATE (left, +y) to
-    -FAN_TURN_YAW_RATE (right); speeds are ``FAN_MAX_SPEED * k / anchors_per_command`` for k = 1..K/C.
+    """Deterministic default anchors: :func:`~sparseoccvla_core.data.ego_motion.kinematic_fan` for this config
+    (constant-speed, constant-yaw-rate arcs per command; ``FAN_MAX_SPEED``, ``FAN_TURN_YAW_RATE``).
 
     Returns:
-        anchors [K, plan_horizon, 2] (x, y) m in the ego frame, commands [K] int64.
+        anchors [K, plan_horizon, 2] (x, y) m in the ego frame (CPU float32), commands [K] int64.
     """
-    per = cfg.anchors_per_command
-    # built on the CPU explicitly: a constant, also when the model is constructed on the meta device
-    f64 = dict(dtype=torch.float64, device="cpu")
-    yaw_rates = torch.linspace(FAN_TURN_YAW_RATE, -FAN_TURN_YAW_RATE, cfg.num_commands, **f64)
-    if cfg.num_commands == 1:
-        yaw_rates = torch.zeros(1, **f64)
-    speeds = FAN_MAX_SPEED * torch.arange(1, per + 1, **f64) / per  # [K/C]
-    times = cfg.plan_dt * torch.arange(1, cfg.plan_horizon + 1, **f64)  # [T]
-    omega = yaw_rates.repeat_interleave(per)[:, None]  # [K, 1]
-    speed = speeds.repeat(cfg.num_commands)[:, None]  # [K, 1]
-    heading = omega * times  # [K, T]
-    straight = omega.abs() < 1e-9
-    safe = torch.where(straight, torch.ones_like(omega), omega)
-    x = torch.where(straight, speed * times, speed / safe * torch.sin(heading))
-    y = torch.where(straight, torch.zeros_like(heading), speed / safe * (1.0 - torch.cos(heading)))
-    commands = torch.arange(cfg.num_commands, device="cpu").repeat_interleave(per)
-    return torch.stack([x, y], dim=-1).float(), commands
+    anchors, commands = ego_kinematic_fan(cfg.num_commands, cfg.anchors_per_command, cfg.plan_horizon, cfg.plan_dt)
+    # CPU tensors explicitly: a constant, also when the model is constructed on the meta device
+    return torch.from_numpy(anchors), torch.from_numpy(commands)
 
 
 def positive_anchor(anchors: torch.Tensor, gt: torch.Tensor, gt_mask: torch.Tensor) -> torch.Tensor:

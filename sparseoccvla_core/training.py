@@ -535,8 +535,12 @@ def train_stage(
         out_dir.mkdir(parents=True, exist_ok=True)
 
     # 1. stage -> trainable parameters -> optimizer (only trainable parameters enter it)
-    # train_llm_base applies to stage 3 only, with a random LLM (the model refuses a pretrained one)
-    model.set_stage(stage, train_llm_base=tcfg.train_llm_base and stage == 3)
+    # the protocol is set_stage(stage); train_llm_base is passed only where it applies (stage 3, random LLM: the
+    # model refuses a pretrained one), so models without that option keep working
+    if tcfg.train_llm_base and stage == 3:
+        model.set_stage(stage, train_llm_base=True)
+    else:
+        model.set_stage(stage)
     optimizer = build_optimizer(model, tcfg)
     sampler = EpochShuffleSampler(len(dataset), tcfg.seed)
     loader = DataLoader(
@@ -732,45 +736,19 @@ def _install_anchors(model: Any, anchors_file: Optional[str], data_root: Path, s
         anchor_set, source = load_anchors(anchors_file), str(anchors_file)
     else:
         trajs = collect_trajectories(data_root, split, cfg.plan_horizon)
-        anchor_set, source = compute_anchors(trajs, cfg.anchors_per_command, seed=seed), f"K-means on {data_root} {split}"
+        anchor_set = compute_anchors(trajs, cfg.anchors_per_command, seed=seed, dt=cfg.plan_dt)
+        source = f"K-means on {data_root} {split}"
+        for name, why in anchor_set.info["fallback"].items():
+            print(f"planning anchors: command {name}: {why}")
     flat = torch.as_tensor(anchor_set.anchors_flat).clone()
     commands = torch.as_tensor(anchor_set.anchor_commands)
     expect = (cfg.num_anchors, cfg.plan_horizon, 2)
-    if tuple(flat.shape) == expect:
-        flat = _replace_fallback_anchors(flat, commands, anchor_set.info.get("fallback", {}), cfg)
     if tuple(flat.shape) != expect:
         raise ValueError(f"anchors from {source} have shape {tuple(flat.shape)}, the model needs {expect} "
                          f"(num_anchors, plan_horizon, 2): rerun 'sparseoccvla anchors' with --per-command "
                          f"{cfg.anchors_per_command} --horizon {cfg.plan_horizon}")
     model.planner.set_anchors(flat, commands)
     return source
-
-
-def _replace_fallback_anchors(flat: torch.Tensor, commands: torch.Tensor, fallback: dict, cfg: Any) -> torch.Tensor:
-    """Give a command without its own trajectories the planner's kinematic-fan arcs of that command.
-
-    ``compute_anchors`` clusters such a command (e.g. no turn in a small synthetic split) on the pooled trajectories,
-    which duplicates the other commands' anchors: duplicated anchors get identical scores and make the positive
-    anchor (argmin distance, first of the ties) ill-defined, so the scorer's BCE cannot fall below that of a
-    uniform score.  The kinematic arcs (constant speed and yaw rate of that command) are distinct and well defined.
-
-    Args:
-        flat: [K, T, 2] anchors, command-major.
-        commands: [K] command of each anchor.
-        fallback: ``AnchorSet.info["fallback"]`` (command name -> why).
-        cfg: model config (anchors_per_command, plan_horizon, plan_dt).
-    Returns:
-        [K, T, 2] anchors.
-    """
-    from .batch import COMMANDS
-    from .planner import kinematic_fan
-
-    fan, fan_commands = kinematic_fan(cfg)  # [K, T, 2], [K]
-    for name in fallback:
-        c = COMMANDS.index(name)
-        flat[commands == c] = fan[fan_commands == c].to(flat.dtype)
-        print(f"planning anchors: command {name} has no trajectories of its own; using its kinematic arcs")
-    return flat
 
 
 def dataset_options(tcfg: TrainConfig) -> Any:

@@ -297,8 +297,12 @@ def test_anchors_command_on_small_split(mini_nuscenes, tmp_path, capsys):
     assert set(result.info["fallback"]) == {"left", "right"}
     ang = SPEED / RADIUS * 0.5 * np.arange(1, 4)
     expect = np.stack([RADIUS * np.sin(ang), RADIUS * (1 - np.cos(ang))], 1)
-    for c in range(3):
-        np.testing.assert_allclose(result.anchors[c, 0], expect, atol=1e-3)
+    np.testing.assert_allclose(result.anchors[1, 0], expect, atol=1e-3)  # straight: the circle itself
+    # left / right have no trajectories of their own: the kinematic arc of that command (v = 10 m/s, w = +-0.3 rad/s)
+    t = 0.5 * np.arange(1, 4)
+    for c, w in ((0, 0.3), (2, -0.3)):
+        arc = np.stack([10.0 / w * np.sin(w * t), 10.0 / w * (1 - np.cos(w * t))], 1)
+        np.testing.assert_allclose(result.anchors[c, 0], arc, atol=1e-4)
     np.testing.assert_allclose(result.stats["ego_state_mean"][5], SPEED, rtol=1e-3)
     assert "3 anchors" in capsys.readouterr().out
     doc = json.loads((tmp_path / "a.json").read_text())

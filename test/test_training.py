@@ -496,19 +496,28 @@ def test_ddp_two_processes_equal_one_process_with_the_total_batch(tmp_path):
 
 
 def test_fallback_commands_get_distinct_kinematic_anchors():
-    """A command K-means had to pool (no trajectories of its own) gets its kinematic arcs, so no anchor duplicates
-    another one and the positive anchor (closest to the GT) is unique."""
+    """A command with too few trajectories of its own (here: none) gets its kinematic arcs from compute_anchors, so
+    no anchor duplicates another one and the positive anchor (closest to the GT) is unique; the other commands are
+    still K-means of their own trajectories."""
     from sparseoccvla_core.config import SparseOccVLAConfig
+    from sparseoccvla_core.data.anchors import TrajectorySet, compute_anchors
     from sparseoccvla_core.planner import kinematic_fan
 
     cfg = SparseOccVLAConfig.tiny()
-    per = cfg.anchors_per_command
-    straight = kinematic_fan(cfg)[0][per:2 * per]  # [K/C, T, 2]
-    flat = straight.repeat(3, 1, 1)  # what pooled clustering gives: every command the same anchors
-    commands = torch.arange(3).repeat_interleave(per)
-    out = training._replace_fallback_anchors(flat.clone(), commands, {"left": "pooled", "right": "pooled"}, cfg)
+    per, horizon = cfg.anchors_per_command, cfg.plan_horizon
+    rng = np.random.default_rng(0)
+    speeds = rng.uniform(2.0, 12.0, 40)  # straight trajectories only, as in a small synthetic split
+    t = cfg.plan_dt * np.arange(1, horizon + 1)
+    waypoints = np.stack([speeds[:, None] * t, np.zeros((40, horizon))], -1)  # [N, T, 2]
+    trajs = TrajectorySet(waypoints=waypoints, valid=np.ones((40, horizon), bool), commands=np.ones(40, np.int64),
+                          ego_state=np.zeros((40, 6)))
+    result = compute_anchors(trajs, per, dt=cfg.plan_dt)
+    assert set(result.info["fallback"]) == {"left", "right"}
+    out = torch.as_tensor(result.anchors_flat)
     fan, fan_commands = kinematic_fan(cfg)
-    assert torch.equal(out[per:2 * per], straight)
-    assert torch.allclose(out[:per], fan[fan_commands == 0]) and torch.allclose(out[2 * per:], fan[fan_commands == 2])
+    assert torch.equal(out[:per], fan[fan_commands == 0]) and torch.equal(out[2 * per:], fan[fan_commands == 2])
+    straight = out[per:2 * per]
+    assert torch.allclose(straight[..., 1], torch.zeros(per, horizon))  # clustered from the straight data
+    assert 2.0 * t[-1] < float(straight[:, -1, 0].min()) and float(straight[:, -1, 0].max()) < 12.0 * t[-1]
     dist = torch.cdist(out.flatten(1), out.flatten(1)) + torch.eye(3 * per) * 1e6
     assert float(dist.min()) > 0.5

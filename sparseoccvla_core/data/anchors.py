@@ -15,8 +15,11 @@ writes ``anchors.npz`` (or ``.safetensors``) and ``anchors.json`` (the same stat
   ``step_mean`` / ``step_std`` [2] of the per-step displacements; ``counts`` [C] samples per command;
   ``ego_state_mean`` / ``ego_state_std`` [EGO_STATE_DIM] over all key frames of the split.
 
-A command with fewer distinct trajectories than K (small or synthetic datasets) is clustered on the pooled
-trajectories of all commands instead; the JSON records that under ``fallback``.  ``--mirror`` adds each
+A command with fewer distinct trajectories than K (small or synthetic datasets) gets the kinematic arcs of that
+command instead (constant speed and yaw rate, :func:`.ego_motion.kinematic_fan`, the planner's default anchors); the
+JSON records that under ``fallback``.  (Clustering such a command on the pooled trajectories would duplicate the
+other commands' anchors: duplicated anchors get identical scores and make the positive anchor, the first of the
+tied argmin, ill-defined.)  ``--mirror`` adds each
 trajectory mirrored in y (left <-> right turns) before clustering, a symmetric augmentation for small sets.
 """
 
@@ -31,7 +34,7 @@ from typing import Optional
 import numpy as np
 
 from ..batch import COMMANDS, EGO_STATE_FIELDS
-from .ego_motion import COMMAND_LEFT, COMMAND_RIGHT, driving_command, future_waypoints
+from .ego_motion import COMMAND_LEFT, COMMAND_RIGHT, driving_command, future_waypoints, kinematic_fan
 from .frames import index_split
 from .layout import resolve_layout
 
@@ -136,8 +139,18 @@ class AnchorSet:
         return np.repeat(np.arange(c), k)
 
 
-def compute_anchors(trajs: TrajectorySet, per_command: int = 6, seed: int = 0, mirror: bool = False) -> AnchorSet:
+def compute_anchors(
+    trajs: TrajectorySet, per_command: int = 6, seed: int = 0, mirror: bool = False, dt: float = 0.5
+) -> AnchorSet:
     """K-means anchors per command + statistics from a :class:`TrajectorySet`.
+
+    Args:
+        trajs: the split's trajectories.
+        per_command: anchors per command.
+        seed: K-means seed (command c uses ``seed + c``).
+        mirror: add y-mirrored trajectories first.
+        dt: seconds between waypoints (nuScenes key frames: 0.5), for the kinematic arcs of a command with too few
+            trajectories.
 
     Raises:
         ValueError: fewer than ``per_command`` distinct complete trajectories in the whole split.
@@ -157,12 +170,15 @@ def compute_anchors(trajs: TrajectorySet, per_command: int = 6, seed: int = 0, m
             "(use more scenes or a smaller --per-command)"
         )
     anchors = np.zeros((len(COMMANDS), per_command, t, 2))
+    fan, fan_commands = kinematic_fan(len(COMMANDS), per_command, t, dt)  # [C*K, T, 2], [C*K]
     fallback: dict[str, str] = {}
     for c, name in enumerate(COMMANDS):
         x = flat[cmd == c]
-        if len(x) == 0 or len(np.unique(x, axis=0)) < per_command:
-            fallback[name] = f"only {len(x)} samples: clustered on all {n} trajectories"
-            x = flat
+        distinct = len(np.unique(x, axis=0)) if len(x) else 0
+        if distinct < per_command:
+            fallback[name] = f"only {distinct} distinct trajectories (< {per_command}): kinematic arcs"
+            anchors[c] = fan[fan_commands == c]
+            continue
         anchors[c] = kmeans(x, per_command, seed=seed + c).reshape(per_command, t, 2)  # [K, T, 2]
     steps = np.diff(np.concatenate([np.zeros((n, 1, 2)), wp], axis=1), axis=1)  # [N, T, 2] per-step displacement
     stats = {
@@ -244,13 +260,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output file, .npz or .safetensors (a .json is written beside)")
     parser.add_argument("--per-command", type=int, default=6, help="anchors per driving command (default 6 -> 18)")
     parser.add_argument("--horizon", type=int, default=6, help="waypoints per trajectory at 0.5 s (default 6)")
+    parser.add_argument("--dt", type=float, default=0.5,
+                        help="seconds between waypoints, for the kinematic arcs of a command with too few trajectories")
     parser.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
     parser.add_argument("--mirror", action="store_true", help="add y-mirrored trajectories (left <-> right)")
 
 
 def run(args: argparse.Namespace) -> int:
     trajs = collect_trajectories(args.data, args.split, args.horizon, args.version)
-    anchor_set = compute_anchors(trajs, args.per_command, args.seed, args.mirror)
+    anchor_set = compute_anchors(trajs, args.per_command, args.seed, args.mirror, dt=args.dt)
     out, json_path = save_anchors(anchor_set, args.out)
     counts = dict(zip(COMMANDS, anchor_set.stats["counts"].tolist()))
     print(f"{anchor_set.anchors_flat.shape[0]} anchors from {anchor_set.info['num_complete_trajectories']} complete "

@@ -24,6 +24,10 @@ from .camera import invert_pose, yaw_of
 #: |lateral offset| (m) of the last valid GT waypoint above which the command is a turn (UniAD / VAD / OmniDrive).
 COMMAND_LATERAL_THRESHOLD_M: float = 2.0
 COMMAND_LEFT, COMMAND_STRAIGHT, COMMAND_RIGHT = 0, 1, 2
+#: Kinematic fan (planner anchors before data anchors exist, and for a command the data has too few trajectories
+#: of): top speed and turn yaw rate.
+FAN_MAX_SPEED: float = 10.0  # m/s, a typical urban speed in nuScenes
+FAN_TURN_YAW_RATE: float = 0.3  # rad/s, a moderate urban turn (about 50 degrees over 3 s)
 
 
 def _wrap(angle: np.ndarray) -> np.ndarray:
@@ -110,3 +114,33 @@ def driving_command(waypoints: np.ndarray, valid: np.ndarray, threshold: float =
     if y <= -threshold:
         return COMMAND_RIGHT
     return COMMAND_STRAIGHT
+
+
+def kinematic_fan(num_commands: int, per_command: int, horizon: int, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    """Constant-speed, constant-yaw-rate arcs per driving command: deterministic, distinct trajectories.
+
+    Commands are ordered left, straight, right; yaw rates span +FAN_TURN_YAW_RATE (left, +y) to -FAN_TURN_YAW_RATE
+    (right) (0 with a single command); speeds are ``FAN_MAX_SPEED * k / per_command`` for k = 1..per_command.  An arc
+    of speed v and yaw rate w reaches ``(v/w sin(w t), v/w (1 - cos(w t)))`` at time t (``(v t, 0)`` when w = 0).
+
+    Args:
+        num_commands: C.
+        per_command: arcs per command.
+        horizon: waypoints T.
+        dt: seconds between waypoints.
+    Returns:
+        anchors [C*per_command, T, 2] float32 (x, y) m in the ego frame, command-major; commands [C*per_command]
+        int64.
+    """
+    yaw_rates = np.linspace(FAN_TURN_YAW_RATE, -FAN_TURN_YAW_RATE, num_commands) if num_commands > 1 else np.zeros(1)
+    speeds = FAN_MAX_SPEED * np.arange(1, per_command + 1, dtype=np.float64) / per_command  # [K/C]
+    times = dt * np.arange(1, horizon + 1, dtype=np.float64)  # [T]
+    omega = np.repeat(yaw_rates, per_command)[:, None]  # [K, 1]
+    speed = np.tile(speeds, num_commands)[:, None]  # [K, 1]
+    heading = omega * times  # [K, T]
+    straight = np.abs(omega) < 1e-9
+    safe = np.where(straight, 1.0, omega)
+    x = np.where(straight, speed * times, speed / safe * np.sin(heading))
+    y = np.where(straight, 0.0, speed / safe * (1.0 - np.cos(heading)))
+    commands = np.repeat(np.arange(num_commands, dtype=np.int64), per_command)
+    return np.stack([x, y], axis=-1).astype(np.float32), commands
