@@ -4,9 +4,13 @@ The loss searches nearest neighbours both ways for every point set of every enco
 so this search is the hot path of stage-1 training on CPU.  Compared here on a stage-1-sized problem:
 
 * ``cdist``: ``torch.cdist`` + a masked [B, S, D] copy + argmin (the straightforward form, the reference);
-* ``nearest_neighbors`` (``sparseoccvla_core.losses``): one GEMM on augmented coordinates per chunk, the
-  mask applied once per destination point, at several chunk sizes (the default is the device's entry of
-  ``DEFAULT_CHUNK_ELEMENTS``).
+* ``nearest_neighbors(method="gemm")`` (``sparseoccvla_core.losses``): one GEMM on augmented coordinates per
+  chunk, the mask applied once per destination point, at several chunk sizes (the default is the device's entry
+  of ``DEFAULT_CHUNK_ELEMENTS``); the accelerator path;
+* ``nearest_neighbors(method="kdtree")``: one SciPy cKDTree per sample; what "auto" picks for CPU tensors.
+
+"same index" is the share of queries whose index equals the reference's; the rest are float ties (the squared
+distances agree to 1e-5 m^2).
 
     python benchmarks/bench_chamfer.py [--pred 8192] [--gt 2000] [--batch 2] [--threads 2]
 """
@@ -53,17 +57,22 @@ def main(argv=None) -> None:
     print(f"  cdist + masked copy + argmin      {ref:8.1f} ms   1.00x")
     default = DEFAULT_CHUNK_ELEMENTS.get("cpu")
     for elems in (1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24):
-        idx = nearest_neighbors(pred, gt, mask, max_chunk_elements=elems)
+        idx = nearest_neighbors(pred, gt, mask, max_chunk_elements=elems, method="gemm")
         agree = (idx == ref_idx).float().mean().item()
-        ms = _ms(lambda: nearest_neighbors(pred, gt, mask, max_chunk_elements=elems), args.repeats)
-        tag = "  <- CPU default" if elems == default else ""
-        print(f"  nearest_neighbors chunk 2^{elems.bit_length() - 1:<2}     {ms:8.1f} ms   {ref / ms:4.2f}x  (same index: {agree:.4%}){tag}")
+        ms = _ms(lambda: nearest_neighbors(pred, gt, mask, max_chunk_elements=elems, method="gemm"), args.repeats)
+        tag = "  <- GEMM default" if elems == default else ""
+        print(f"  gemm, chunk 2^{elems.bit_length() - 1:<2}                {ms:8.1f} ms   {ref / ms:4.2f}x  (same index: {agree:.4%}){tag}")
+    idx = nearest_neighbors(pred, gt, mask, method="kdtree")
+    agree = (idx == ref_idx).float().mean().item()
+    ms = _ms(lambda: nearest_neighbors(pred, gt, mask, method="kdtree"), args.repeats)
+    print(f"  kdtree (CPU default)              {ms:8.1f} ms   {ref / ms:4.2f}x  (same index: {agree:.4%})")
     pred.requires_grad_(True)
 
-    def loss_step() -> None:
-        chamfer_distance(pred, gt, mask).loss.sum().backward()
+    for method in ("gemm", "kdtree"):
+        def loss_step() -> None:
+            chamfer_distance(pred, gt, mask, nn_method=method).loss.sum().backward()
 
-    print(f"  chamfer_distance forward+backward {_ms(loss_step, args.repeats):8.1f} ms (both directions)")
+        print(f"  chamfer_distance fwd+bwd, {method:<6}  {_ms(loss_step, args.repeats):8.1f} ms (both directions)")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def np_focal(logits, t, alpha, gamma):
     return -at * (1 - pt) ** gamma * np.log(pt)
 
 
-def test_chamfer_matches_bruteforce_with_masks():
+@pytest.mark.parametrize("nn_method", ["kdtree", "gemm"])
+def test_chamfer_matches_bruteforce_with_masks(nn_method):
     rng = np.random.default_rng(0)
     b, p, g = 3, 40, 55
     pred = rng.normal(size=(b, p, 3)) * 5
@@ -34,7 +35,8 @@ def test_chamfer_matches_bruteforce_with_masks():
     pmask = rng.random((b, p)) > 0.2
     tp = torch.tensor(pred, requires_grad=True)
     for reduction, col in (("sum", 0), ("mean", 1)):
-        res = chamfer_distance(tp, torch.tensor(gt), torch.tensor(gmask), torch.tensor(pmask), reduction=reduction)
+        res = chamfer_distance(tp, torch.tensor(gt), torch.tensor(gmask), torch.tensor(pmask), reduction=reduction,
+                               nn_method=nn_method)
         for i in range(b):
             ref = brute_chamfer(pred[i], gt[i], pmask[i], gmask[i])
             assert res.loss[i].item() == pytest.approx(ref[col], rel=1e-10)
@@ -43,7 +45,8 @@ def test_chamfer_matches_bruteforce_with_masks():
             assert (res.pred_to_gt_idx[i].numpy()[~pmask[i]] == -1).all()
             assert (res.gt_to_pred_idx[i].numpy()[~gmask[i]] == -1).all()
     # gradient of the sum form: d/dp of sum_p min_g |p-g|^2 + sum_g min_p |p-g|^2
-    res = chamfer_distance(tp, torch.tensor(gt), torch.tensor(gmask), torch.tensor(pmask), reduction="sum")
+    res = chamfer_distance(tp, torch.tensor(gt), torch.tensor(gmask), torch.tensor(pmask), reduction="sum",
+                           nn_method=nn_method)
     res.loss.sum().backward()
     grad = np.zeros_like(pred)
     for i in range(b):
@@ -60,7 +63,7 @@ def test_chamfer_chunking_bounds_memory_and_keeps_result(monkeypatch):
     pred = torch.tensor(rng.uniform(-40, 40, size=(2, 700, 3)), dtype=torch.float32)
     gt = torch.tensor(rng.uniform(-40, 40, size=(2, 900, 3)), dtype=torch.float32)
     mask = torch.ones(2, 900, dtype=torch.bool)
-    full = chamfer_distance(pred, gt, mask)
+    full = chamfer_distance(pred, gt, mask, nn_method="gemm")
     biggest = []
     real_bmm = torch.bmm
 
@@ -70,10 +73,36 @@ def test_chamfer_chunking_bounds_memory_and_keeps_result(monkeypatch):
         return out
 
     monkeypatch.setattr(losses.torch, "bmm", spy)
-    small = chamfer_distance(pred, gt, mask, max_chunk_elements=20_000)
+    small = chamfer_distance(pred, gt, mask, max_chunk_elements=20_000, nn_method="gemm")
     assert max(biggest) <= 20_000
     torch.testing.assert_close(small.loss, full.loss)
     assert torch.equal(small.pred_to_gt_idx, full.pred_to_gt_idx)
+
+
+def test_kdtree_and_gemm_searches_agree_on_voxel_ties_and_cpu_uses_the_kdtree(monkeypatch):
+    """GT points are voxel centres (many equidistant pairs): both searches must find a nearest point, the
+    same squared distance for every query; on CPU "auto" must not run the GEMM search."""
+    rng = np.random.default_rng(3)
+    gt = torch.tensor(np.round(rng.uniform(-20, 20, size=(2, 600, 3)) / 0.4) * 0.4 + 0.2, dtype=torch.float32)
+    pred = torch.tensor(np.round(rng.uniform(-20, 20, size=(2, 900, 3)) / 0.2) * 0.2, dtype=torch.float32)
+    mask = torch.tensor(rng.random((2, 600)) > 0.25)
+    by = {m: chamfer_distance(pred, gt, mask, nn_method=m) for m in ("kdtree", "gemm")}
+    for field in ("pred_to_gt_sqdist", "gt_to_pred_sqdist"):
+        torch.testing.assert_close(getattr(by["kdtree"], field), getattr(by["gemm"], field), rtol=0, atol=1e-5)
+    assert mask.gather(1, by["kdtree"].pred_to_gt_idx).all()  # never a masked GT point
+    calls = []
+    monkeypatch.setattr(losses.torch, "bmm", lambda *a, **k: calls.append(1))
+    auto = chamfer_distance(pred, gt, mask)
+    assert not calls and torch.equal(auto.pred_to_gt_idx, by["kdtree"].pred_to_gt_idx)
+
+
+def test_nonfinite_points_give_a_nan_loss_not_a_search_error():
+    pred = torch.randn(1, 20, 3)
+    pred[0, 3, 1] = float("nan")
+    res = chamfer_distance(pred, torch.randn(1, 30, 3), torch.ones(1, 30, dtype=torch.bool))
+    assert torch.isnan(res.loss).all()  # the trainer's non-finite check then names the loss
+    with pytest.raises(ValueError, match="method"):
+        losses.nearest_neighbors(pred, pred, method="faiss")
 
 
 def test_chamfer_empty_gt_is_zero_and_flattens_query_points():
