@@ -909,8 +909,37 @@ def render_markdown(metrics: dict, title: str = "SparseOccVLA evaluation") -> st
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _grouped_bars(ax, keys: Sequence[str], series: Sequence[tuple[str, dict]], title: str, fmt: str) -> None:
+    """One group of bars per horizon, one bar per series, each bar labelled with its value; y from 0."""
+    x = np.arange(len(keys))
+    width = 0.8 / max(len(series), 1)
+    top = 0.0
+    for j, (label, vals) in enumerate(series):
+        heights = [vals.get(k) or 0.0 for k in keys]
+        bars = ax.bar(x + j * width - 0.4 + width / 2, heights, width, label=label)
+        ax.bar_label(bars, labels=[fmt.format(h) for h in heights], fontsize=6, padding=1)
+        top = max(top, *heights)
+    ax.set_ylim(0.0, 1.15 * top if top > 0 else 1.0)  # an all-zero panel still shows its zero bars on a 0..1 axis
+    ax.set_title(title)
+    ax.set_xticks(x)
+    ax.set_xticklabels(keys)
+    ax.grid(axis="y", alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+
+
 def plot_horizons(metrics: dict, path: Path) -> None:
-    """Per-horizon bars: forecasting mIoU, L2 and collision rate (both conventions), with the baselines' L2."""
+    """Write :func:`horizons_figure` to ``path`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig = horizons_figure(metrics)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def horizons_figure(metrics: dict):
+    """Per-horizon bars of a metrics dict: forecasting mIoU; L2 and collision rate of the model (both conventions)
+    and of the planning baselines (ST-P3 convention).  Returns the matplotlib figure (3 axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -918,40 +947,23 @@ def plot_horizons(metrics: dict, path: Path) -> None:
 
     keys = [M.horizon_key(h) for h in M.FORECAST_HORIZONS_S]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    x = np.arange(len(keys))
     fc = metrics["forecasting"]
-    axes[0].bar(x, [fc[k]["miou"] or 0.0 for k in keys], color="tab:blue")
-    axes[0].set_title("Forecasting mIoU (%) - no camera mask")
+    _grouped_bars(axes[0], keys, [("model", {k: fc[k]["miou"] for k in keys if k in fc})],
+                  "Forecasting mIoU (%) - no camera mask", "{:.2f}")
     pl, bl = metrics["planning"], metrics["baselines"]
-    series: list[tuple[str, dict]] = []
-    if pl["l2"] is not None:
-        series += [("model ST-P3", pl["l2"]["stp3"]), ("model UniAD", pl["l2"]["uniad"])]
-    for name, label in (
-        ("planning_mean_trajectory", "mean traj. ST-P3"),
-        ("planning_constant_velocity", "const. vel. ST-P3"),
-    ):
-        if name in bl:
-            series.append((label, bl[name]["l2"]["stp3"]))
-    width = 0.8 / max(len(series), 1)
-    for j, (label, vals) in enumerate(series):
-        axes[1].bar(x + j * width - 0.4 + width / 2, [vals[k] or 0.0 for k in keys], width, label=label)
-    axes[1].set_title("Planning L2 (m)")
-    if series:
-        axes[1].legend(fontsize=8)
-    if pl["collision"] is not None:
-        for j, conv in enumerate(M.PLAN_CONVENTIONS):
-            vals = pl["collision"][conv]
-            label = "model ST-P3" if conv == "stp3" else "model UniAD"
-            axes[2].bar(x + j * 0.4 - 0.2, [vals[k] or 0.0 for k in keys], 0.4, label=label)
-        axes[2].legend(fontsize=8)
-    axes[2].set_title("Collision rate (%)")
-    for ax in axes:
-        ax.set_xticks(x)
-        ax.set_xticklabels(keys)
-        ax.grid(axis="y", alpha=0.3)
+    for ax, metric, title in ((axes[1], "l2", "Planning L2 (m)"), (axes[2], "collision", "Collision rate (%)")):
+        series: list[tuple[str, dict]] = []
+        if pl[metric] is not None:
+            series += [("model ST-P3", pl[metric]["stp3"]), ("model UniAD", pl[metric]["uniad"])]
+        for name, label in (
+            ("planning_mean_trajectory", "mean traj. ST-P3"),
+            ("planning_constant_velocity", "const. vel. ST-P3"),
+        ):
+            if name in bl and bl[name].get(metric) is not None:
+                series.append((label, bl[name][metric]["stp3"]))
+        _grouped_bars(ax, keys, series, title, "{:.2f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def _class_image(top: np.ndarray) -> np.ndarray:

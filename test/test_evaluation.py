@@ -121,6 +121,25 @@ def test_markdown_tables_state_their_protocol(tmp_path):
     assert "Java METEOR" in md and "first 5 and last 7" in md and "4.084 m x 1.85 m" in md
 
 
+def test_horizon_bars_show_model_and_baselines_from_zero():
+    import matplotlib.pyplot as plt
+
+    metrics = _fake_metrics()
+    zero = {"1s": 0.0, "2s": 0.0, "3s": 0.0, "avg": 0.0}
+    metrics["planning"]["collision"] = {"stp3": zero, "uniad": zero}  # a model that never collides
+    fig = E.horizons_figure(metrics)
+    try:
+        _, l2_ax, coll_ax = fig.axes
+        for ax, model_vals in ((l2_ax, [1.0, 2.0, 3.0]), (coll_ax, [0.0, 0.0, 0.0])):
+            labels = [t.get_text() for t in ax.get_legend().get_texts()]
+            assert labels == ["model ST-P3", "model UniAD", "mean traj. ST-P3"]
+            heights = [[bar.get_height() for bar in bars] for bars in ax.containers]
+            assert heights == [model_vals, model_vals, [1.0, 2.0, 3.0]]  # the baseline's bars beside the model's
+            assert ax.get_ylim()[0] == 0.0 and ax.get_ylim()[1] >= 3.0
+    finally:
+        plt.close(fig)
+
+
 # ------------------------------------------------------------------------------------------ end to end
 ROOT = Path(__file__).resolve().parents[1]
 
