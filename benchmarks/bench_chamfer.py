@@ -54,25 +54,25 @@ def main(argv=None) -> None:
     ref_idx = cdist_reference(pred, gt, mask)
     ref = _ms(lambda: cdist_reference(pred, gt, mask), args.repeats)
     print(f"B={args.batch} pred={args.pred} gt={args.gt}, {args.threads} threads; pred -> gt search")
-    print(f"  cdist + masked copy + argmin      {ref:8.1f} ms   1.00x")
+    print(f"  {'cdist + masked copy + argmin':<34}{ref:8.1f} ms   1.00x")
     default = DEFAULT_CHUNK_ELEMENTS.get("cpu")
     for elems in (1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24):
         idx = nearest_neighbors(pred, gt, mask, max_chunk_elements=elems, method="gemm")
         agree = (idx == ref_idx).float().mean().item()
         ms = _ms(lambda: nearest_neighbors(pred, gt, mask, max_chunk_elements=elems, method="gemm"), args.repeats)
         tag = "  <- GEMM default" if elems == default else ""
-        print(f"  gemm, chunk 2^{elems.bit_length() - 1:<2}                {ms:8.1f} ms   {ref / ms:4.2f}x  (same index: {agree:.4%}){tag}")
+        print(f"  {'gemm, chunk 2^' + str(elems.bit_length() - 1):<34}{ms:8.1f} ms   {ref / ms:4.2f}x  (same index: {agree:.4%}){tag}")
     idx = nearest_neighbors(pred, gt, mask, method="kdtree")
     agree = (idx == ref_idx).float().mean().item()
     ms = _ms(lambda: nearest_neighbors(pred, gt, mask, method="kdtree"), args.repeats)
-    print(f"  kdtree (CPU default)              {ms:8.1f} ms   {ref / ms:4.2f}x  (same index: {agree:.4%})")
+    print(f"  {'kdtree (CPU default)':<34}{ms:8.1f} ms   {ref / ms:4.2f}x  (same index: {agree:.4%})")
     pred.requires_grad_(True)
 
     for method in ("gemm", "kdtree"):
         def loss_step() -> None:
             chamfer_distance(pred, gt, mask, nn_method=method).loss.sum().backward()
 
-        print(f"  chamfer_distance fwd+bwd, {method:<6}  {_ms(loss_step, args.repeats):8.1f} ms (both directions)")
+        print(f"  {'chamfer_distance fwd+bwd, ' + method:<34}{_ms(loss_step, args.repeats):8.1f} ms (both directions)")
 
 
 if __name__ == "__main__":
