@@ -909,15 +909,15 @@ def render_markdown(metrics: dict, title: str = "SparseOccVLA evaluation") -> st
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _grouped_bars(ax, keys: Sequence[str], series: Sequence[tuple[str, dict]], title: str, fmt: str) -> None:
-    """One group of bars per horizon, one bar per series, each bar labelled with its value; y from 0."""
+def _grouped_bars(ax, keys: Sequence[str], series: Sequence[tuple[str, dict]], title: str) -> None:
+    """One group of bars per horizon, one bar per series, each bar labelled with its value (2 decimals); y from 0."""
     x = np.arange(len(keys))
     width = 0.8 / max(len(series), 1)
     top = 0.0
     for j, (label, vals) in enumerate(series):
         heights = [vals.get(k) or 0.0 for k in keys]
         bars = ax.bar(x + j * width - 0.4 + width / 2, heights, width, label=label)
-        ax.bar_label(bars, labels=[fmt.format(h) for h in heights], fontsize=6, padding=1)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
         top = max(top, *heights)
     ax.set_ylim(0.0, 1.15 * top if top > 0 else 1.0)  # an all-zero panel still shows its zero bars on a 0..1 axis
     ax.set_title(title)
@@ -949,7 +949,7 @@ def horizons_figure(metrics: dict):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     fc = metrics["forecasting"]
     _grouped_bars(axes[0], keys, [("model", {k: fc[k]["miou"] for k in keys if k in fc})],
-                  "Forecasting mIoU (%) - no camera mask", "{:.2f}")
+                  "Forecasting mIoU (%) - no camera mask")
     pl, bl = metrics["planning"], metrics["baselines"]
     for ax, metric, title in ((axes[1], "l2", "Planning L2 (m)"), (axes[2], "collision", "Collision rate (%)")):
         series: list[tuple[str, dict]] = []
@@ -961,7 +961,7 @@ def horizons_figure(metrics: dict):
         ):
             if name in bl and bl[name].get(metric) is not None:
                 series.append((label, bl[name][metric]["stp3"]))
-        _grouped_bars(ax, keys, series, title, "{:.2f}")
+        _grouped_bars(ax, keys, series, title)
     fig.tight_layout()
     return fig
 
