@@ -1,7 +1,7 @@
 """Image backbone + FPN: 4-scale features per view per frame (paper sec. 3.1 "lightweight image encoder", sec. 4.2).
 
 The paper uses ResNet-50 on 256x704 images; OPUS / SparseWorld follow it with a 4-level FPN of 256 channels
-(REFERENCE_FACTS §1.2, §2.7).  The ResNet is ``transformers``' ``ResNetBackbone`` built from the config, so
+(docs/reference_choices.md §2.7).  The ResNet is ``transformers``' ``ResNetBackbone`` built from the config, so
 real pretrained weights load where a user has them (``cfg.backbone_weights``: a local Hugging Face folder
 or a ``.safetensors`` file; never a hub download).  The FPN is the standard one (lateral 1x1 convs, top-down
 nearest upsampling + addition, 3x3 output convs) and outputs strides 4, 8, 16, 32.
@@ -162,7 +162,8 @@ class ImageBackbone(nn.Module):
     def train(self, mode: bool = True) -> "ImageBackbone":
         super().train(mode)
         if mode and self.cfg.backbone_norm_eval:
-            # Frozen BN statistics for a pretrained ResNet at small per-GPU batches (OPUS norm_eval, §2.7).
+            # Frozen BN statistics for a pretrained ResNet at small per-GPU batches (OPUS norm_eval,
+            # docs/reference_choices.md §2.7).
             for module in self.resnet.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()

@@ -64,6 +64,30 @@ OCC3D_CLASSES: tuple[str, ...] = (
 FREE_CLASS: int = 17
 NUM_SEMANTIC_CLASSES: int = 17
 
+#: Occ3D-nuScenes class colours, RGB 0-255, index = class id (the palette commonly used to draw Occ3D-nuScenes
+#: occupancy); free (17) is white.  The one palette of the repository: the evaluation plots and the ROS markers
+#: both draw with it.
+OCC3D_COLORS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0),  # others
+    (255, 120, 50),  # barrier
+    (255, 192, 203),  # bicycle
+    (255, 255, 0),  # bus
+    (0, 150, 245),  # car
+    (0, 255, 255),  # construction_vehicle
+    (200, 180, 0),  # motorcycle
+    (255, 0, 0),  # pedestrian
+    (255, 240, 150),  # traffic_cone
+    (135, 60, 0),  # trailer
+    (160, 32, 240),  # truck
+    (255, 0, 255),  # driveable_surface
+    (139, 137, 137),  # other_flat
+    (75, 0, 75),  # sidewalk
+    (150, 240, 80),  # terrain
+    (230, 230, 250),  # manmade
+    (0, 175, 0),  # vegetation
+    (255, 255, 255),  # free
+)
+
 #: Ego-state vector layout (current ego frame, SI units).
 EGO_STATE_FIELDS: tuple[str, ...] = (
     "vx",  # m/s, forward velocity
@@ -116,7 +140,7 @@ class DrivingBatch:
         scene_lengths: [B] int64 number of key frames in the item's scene.
         timestamps: [B] int64 microseconds (nuScenes convention).
         future_eval_points: [B, T, Ge, 3] each future frame's own Occ3D GT in its own ego frame (forecast
-            evaluation, REFERENCE_FACTS §7.1), padded.
+            evaluation, docs/reference_choices.md §8.2), padded.
         future_eval_labels: [B, T, Ge] int64.
         future_eval_mask: [B, T, Ge] bool (all False for a future frame beyond the end of the scene).
     """

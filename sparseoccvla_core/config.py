@@ -1,7 +1,7 @@
 """SparseOccVLA configuration: one typed dataclass, YAML round trip, the paper and tiny presets.
 
 Paper numbers: sec. 4.2 and appendix A of SparseOccVLA (arXiv 2601.06474).  Where the paper is silent the
-value follows the public reference code named in the comment (``REFERENCE_FACTS.md`` section in brackets).
+value follows the public project named in the comment ([§x.y] = that section of ``docs/reference_choices.md``).
 
 Usage::
 
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import yaml
+
+from .data.qa import ACTION_QUESTION
 
 #: What the planner's diffusion decoder regresses (see ``SparseOccVLAConfig.plan_regression``).
 PLAN_REGRESSION_CHOICES: tuple[str, ...] = ("direct", "residual")
@@ -98,7 +100,7 @@ class SparseOccVLAConfig(PresetYamlMixin):
         backbone_embedding_size: stem channels.
         backbone_weights: local path of pretrained ResNet weights (HF folder or safetensors); None = random.
         backbone_norm_eval: keep the backbone's BatchNorm layers in eval mode while training (OPUS / SparseBEV
-            freeze BN statistics of a pretrained ResNet, [2.7]); use False when training from random init.
+            freeze BN statistics of a pretrained ResNet, [§2.7]); use False when training from random init.
         fpn_dim: FPN output channels, shared by all scales.
         num_levels: feature scales sampled by the encoder (paper: 4).
         point_cloud_range: (x_min, y_min, z_min, x_max, y_max, z_max) of the Occ3D grid in the ego frame, m
@@ -111,17 +113,17 @@ class SparseOccVLAConfig(PresetYamlMixin):
         query_dim: query width D (paper: 1024).
         num_heads: attention heads in the encoder (paper: 32).
         num_sampling_points: sampling points per query per frame (paper: 4).
-        num_groups: channel groups of multi-view sampling / adaptive mixing (SparseBEV, [2.2]).
+        num_groups: channel groups of multi-view sampling / adaptive mixing (SparseBEV, [§2.3]).
         mixing_out_points: output spatial points of adaptive mixing (OPUS, the encoder SparseWorld builds on: 32;
-            SparseBEV uses 128) [2.2].
+            SparseBEV uses 128) [§2.3].
         ffn_dim: hidden width of encoder FFNs.
         dropout: dropout in encoder attention / FFN.
         adaptive_scale_range: (min, max) per-axis scale of the initial query range from ego state
-            (SparseWorld adaptive scaling, [1.2]).
+            (SparseWorld adaptive scaling, [§2.5]).
         point_offset_scale: metres per unit of the point-offset head output; decoded points are the query
-            centre plus this times the head output (OPUS / SparseWorld scale 0.5, [2.2]).
+            centre plus this times the head output (OPUS / SparseWorld scale 0.5, [§2.4]).
         projection_min_depth: camera-frame depth (m) below which a projected point counts as behind the
-            camera (OPUS 1e-5, [2.2]).
+            camera (OPUS 1e-5, [§2.2]).
         lambda_focal: weight of the focal loss (paper: 0.2).
         focal_alpha: focal loss alpha.
         focal_gamma: focal loss gamma.
@@ -149,14 +151,18 @@ class SparseOccVLAConfig(PresetYamlMixin):
         lora_alpha: LoRA alpha (paper: 16).
         lora_dropout: LoRA dropout.
         lora_target_modules: LLM submodule names LoRA wraps (OmniDrive: q/k/v/o with r=128, alpha=16, dropout 0.05,
-            REFERENCE_FACTS §6.1; the paper names only r and alpha).
+            [§5.1]; the paper names only r and alpha).
         max_text_tokens: longest prompt + answer kept by the tokenizer.
         max_new_tokens: longest generated answer / explanation.
+        plan_question: the driving-decision prompt of the plan text stream: the dataset trains the reasoning as its
+            answer and every inference path (``predict``, the pipeline, the ROS node, the evaluation) asks it, so a
+            checkpoint records the prompt it was trained with (HERMES' action question, ``data/qa.py``; checkpoints
+            written before the field existed were trained with it too).
         forecast_frames: future frames T (paper: 6 = 3 s at 2 Hz).
         forecast_dt: seconds between forecast frames.
         forecast_points_per_query: points each query decodes per forecast frame.
         num_anchors: K planning anchors (paper: 18 = 3 commands x 6).
-        num_commands: driving commands the anchors are clustered per (DiffusionDrive-nuScenes, [5.2]).
+        num_commands: driving commands the anchors are clustered per (DiffusionDrive-nuScenes, [§7.1]).
         plan_horizon: waypoints per trajectory (6 at 0.5 s).
         plan_dt: seconds between waypoints.
         planner_num_layers: diffusion decoder layers (DiffusionDrive: 2).
@@ -167,10 +173,8 @@ class SparseOccVLAConfig(PresetYamlMixin):
         traj_norm_scale: (x, y) metres mapped to [-1, 1] for diffusion (config, not model code).
         plan_regression: what the diffusion decoder's head outputs: "direct" (the clean trajectory itself, in
             normalised units; paper sec. 3.3: the decoder "regress[es] the clean trajectories directly") or
-            "residual" (an offset in metres added to the noisy input, DiffusionDrive's code,
-            REFERENCE_FACTS §5.1).  With "residual" the tiny decoder learned the identity (denoised positive
-            anchors 1.0 m from the GT, the inference noise level, vs 0.45 m for the raw anchor, after 2000
-            planner updates on cached contexts); "direct" reached 0.11 m (train) / 0.5-0.8 m (held out) in 1000.
+            "residual" (an offset in metres added to the noisy input, DiffusionDrive's code) [§7.5].  Why
+            "direct" is the default (measurements): docs/experiments.md §1.
         plan_cls_weight: weight of the anchor-scorer BCE.
         plan_reg_weight: weight of the positive-anchor L1.
     """
@@ -242,6 +246,7 @@ class SparseOccVLAConfig(PresetYamlMixin):
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     max_text_tokens: int = 512
     max_new_tokens: int = 64
+    plan_question: str = ACTION_QUESTION
     # --- forecaster (part 6) ---
     forecast_frames: int = 6
     forecast_dt: float = 0.5
@@ -321,6 +326,8 @@ class SparseOccVLAConfig(PresetYamlMixin):
         lo, hi = self.adaptive_scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"adaptive_scale_range {self.adaptive_scale_range} must satisfy 0 < min <= max")
+        if not isinstance(self.plan_question, str) or not self.plan_question.strip():
+            raise ValueError(f"plan_question must be a non-empty question, got {self.plan_question!r}")
         if self.forecast_frames < 1 or self.plan_horizon < 1:
             raise ValueError("forecast_frames and plan_horizon must be >= 1")
 

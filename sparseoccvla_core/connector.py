@@ -7,11 +7,11 @@ Three small modules turn the encoder's output into the LLM's scene prefix ``[T_o
 * :class:`GlobalSceneQueries` - eq. 4, ``T_g = CrossAttn(T_g, T_o, T_o)``: a few learnable global scene tokens
   that read all occupancy tokens.
 * :class:`EgoStateEncoder` - the ego state (velocity, acceleration, yaw rate, speed) and the driving command
-  encoded into one token, as OmniDrive does (paper appendix A; REFERENCE_FACTS §4.6, §6.1: CAN bus + command
+  encoded into one token, as OmniDrive does (paper appendix A; docs/reference_choices.md §4.2: CAN bus + command
   -> MLP -> one extra LLM token).  The forecaster (eq. 7 "+ Ego") and the planner reuse the class at width D.
 
 The positional encoding is the sine/cosine embedding of the point normalised to the point-cloud range followed by
-an MLP, the 3D form used by the SparseBEV/OPUS family (REFERENCE_FACTS §2); the paper only says "PE".
+an MLP, the 3D form used by the SparseBEV/OPUS family (docs/reference_choices.md §4.1); the paper only says "PE".
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class GlobalSceneQueries(nn.Module):
 
 
 class EgoStateEncoder(nn.Module):
-    """Ego state + driving command -> one token (OmniDrive's CAN-bus token, REFERENCE_FACTS §4.6).
+    """Ego state + driving command -> one token (OmniDrive's CAN-bus token, docs/reference_choices.md §4.2).
 
     Input features: the :data:`~sparseoccvla_core.batch.EGO_STATE_FIELDS` vector (SI units) concatenated with the
     one-hot command.  The state goes through ``sign(x) * log(1 + |x|)`` first: speeds (~10 m/s) and yaw rates

@@ -6,9 +6,9 @@
 2. Eq. 7: at each future step t the queries get a 4D embedding of their centre and time, ``embed(X, Y, Z, t)``,
    and the encoded ego state: ``Q_hat_o^t = Q^(t-1) + embed(X^(t-1), Y^(t-1), Z^(t-1), t) + Ego``.
 3. One **shared** forecaster layer is applied **recursively** for t = 1..T: step t consumes the queries and
-   centres of step t-1 (SparseWorld's recursive head, REFERENCE_FACTS §1.2; centres enter the next step detached,
-   as there).  Each step moves the query centres, decodes ``forecast_points_per_query`` points around them and
-   their class logits: the forecast occupancy of future frame t in that frame's ego frame.
+   centres of step t-1 (SparseWorld's recursive head, docs/reference_choices.md §6.1; centres enter the next
+   step detached, as there).  Each step moves the query centres, decodes ``forecast_points_per_query`` points
+   around them and their class logits: the forecast occupancy of future frame t in that frame's ego frame.
 
 The forecaster layer is self-attention among the queries followed by an FFN (pre-norm); the paper only says "a
 shared forecaster", SparseWorld fuses an ego token and decodes with per-query heads.  Supervision (eq. 11):

@@ -6,17 +6,21 @@ all tokens").  Understanding is trained with the MLE loss of eq. 5 on answer tok
 
 Because the scene tokens come first and attention is causal, their hidden states do not depend on the text.  The
 scene prefix is therefore run through the LLM **once** per frame; its KV cache then serves every text stream of the
-frame (the QA answer, the planning reasoning, user questions through ``ask()``; DESIGN §4).  After each stream the
-cache is cropped back to the prefix.  The last hidden states of the prefix give ``T'_o`` for the forecaster (eq. 6).
+frame (the QA answer, the planning reasoning, user questions through ``ask()``; docs/design.md §5).  After each
+stream the cache is cropped back to the prefix.  The last hidden states of the prefix give ``T'_o`` for the
+forecaster (eq. 6).
+The cache is a transformers ``DynamicCache`` passed through the decoder's ``cache`` argument (``past_key_values``
+on transformers releases from before that rename, which now warn about the old name on every call).
 
 The LLM is loaded from ``cfg.llm_path`` (local files only, never a hub) or, when no path is given, built as a
 ``LlamaForCausalLM`` from ``cfg.llm_*`` - the paper preset then has Vicuna-7B's shapes.  LoRA (r, alpha, dropout,
-target modules from the config; OmniDrive uses r=128 / alpha=16, REFERENCE_FACTS §6.1) is always attached; its
-``B`` matrices start at zero, so the wrapped model equals the base model until stage 3 trains it.
+target modules from the config; OmniDrive uses r=128 / alpha=16, docs/reference_choices.md §5.1) is always
+attached; its ``B`` matrices start at zero, so the wrapped model equals the base model until stage 3 trains it.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +88,11 @@ def build_causal_lm(cfg: SparseOccVLAConfig, vocab_size: int, tokenizer: Optiona
         **special,
     )
     return LlamaForCausalLM(config)
+
+
+def cache_keyword(decoder: nn.Module) -> str:
+    """Name of the decoder's KV-cache argument: ``cache`` (current transformers) or ``past_key_values`` (older)."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 def _crop_cache(cache: DynamicCache, length: int) -> None:
@@ -154,6 +163,11 @@ class SceneLanguageModel(nn.Module):
             warnings.simplefilter("ignore", FutureWarning)
             self.model = get_peft_model(base, lora)
         self.hidden_size = base.config.hidden_size
+        self._cache_keyword = cache_keyword(self.decoder)
+
+    def _run_decoder(self, cache: DynamicCache, **inputs: torch.Tensor) -> torch.Tensor:
+        """The decoder with ``cache`` as its KV cache (extended in place); returns [B, L, H] last hidden states."""
+        return self.decoder(**inputs, **{self._cache_keyword: cache}, use_cache=True).last_hidden_state
 
     # ------------------------------------------------------------------ pieces of the wrapped model
     @property
@@ -190,8 +204,8 @@ class SceneLanguageModel(nn.Module):
             :class:`ScenePrefix` with the cache and [B, P, H] last hidden states.
         """
         cache = DynamicCache()
-        out = self.decoder(inputs_embeds=prefix_embeds, past_key_values=cache, use_cache=True)
-        return ScenePrefix(cache=cache, hidden=out.last_hidden_state, length=prefix_embeds.shape[1])
+        hidden = self._run_decoder(cache, inputs_embeds=prefix_embeds)
+        return ScenePrefix(cache=cache, hidden=hidden, length=prefix_embeds.shape[1])
 
     def run_text(
         self, prefix: ScenePrefix, input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -208,15 +222,11 @@ class SceneLanguageModel(nn.Module):
         batch, length = input_ids.shape
         full_mask = torch.cat([attention_mask.new_ones(batch, prefix.length), attention_mask], dim=1)  # [B, P+L]
         positions = torch.arange(prefix.length, prefix.length + length, device=input_ids.device).expand(batch, -1)
-        out = self.decoder(
-            inputs_embeds=self.embed(input_ids),
-            attention_mask=full_mask,
-            position_ids=positions,
-            past_key_values=prefix.cache,
-            use_cache=True,
+        hidden = self._run_decoder(
+            prefix.cache, inputs_embeds=self.embed(input_ids), attention_mask=full_mask, position_ids=positions
         )
         _crop_cache(prefix.cache, prefix.length)
-        return out.last_hidden_state
+        return hidden
 
     def lm_loss_terms(self, text_hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Eq. 5 (summed) over labelled tokens; the LM head runs only where a label exists.
@@ -275,12 +285,9 @@ class SceneLanguageModel(nn.Module):
             text_mask[i, width - len(p) :] = 1
         mask = torch.cat([text_mask.new_ones(batch, prefix.length), text_mask], dim=1)  # [B, P+W]
         positions = prefix.length + (text_mask.cumsum(1) - 1).clamp(min=0)  # [B, W], pads reuse a real position
-        out = self.decoder(
-            inputs_embeds=self.embed(ids), attention_mask=mask, position_ids=positions,
-            past_key_values=prefix.cache, use_cache=True,
-        )
+        out = self._run_decoder(prefix.cache, inputs_embeds=self.embed(ids), attention_mask=mask, position_ids=positions)
         next_pos = positions[:, -1:] + 1  # [B, 1]
-        token = self.lm_head(out.last_hidden_state[:, -1]).argmax(-1)  # [B]
+        token = self.lm_head(out[:, -1]).argmax(-1)  # [B]
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         tokens, valid, hidden = [], [], []
         for _ in range(max_new):
@@ -289,15 +296,14 @@ class SceneLanguageModel(nn.Module):
             done = done | (token == eos)
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
             # feed the generated token: its hidden state is what the planner reads (as in teacher-forced training)
-            step = self.decoder(
-                inputs_embeds=self.embed(token[:, None]), attention_mask=mask, position_ids=next_pos,
-                past_key_values=prefix.cache, use_cache=True,
+            step = self._run_decoder(
+                prefix.cache, inputs_embeds=self.embed(token[:, None]), attention_mask=mask, position_ids=next_pos
             )
-            hidden.append(step.last_hidden_state[:, 0])
+            hidden.append(step[:, 0])
             if bool(done.all()):
                 break
             next_pos = next_pos + 1
-            token = self.lm_head(step.last_hidden_state[:, -1]).argmax(-1)
+            token = self.lm_head(step[:, -1]).argmax(-1)
         _crop_cache(prefix.cache, prefix.length)
         token_mat = torch.stack(tokens, 1)  # [B, Lg]
         valid_mat = torch.stack(valid, 1)  # [B, Lg]

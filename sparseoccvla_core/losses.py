@@ -2,16 +2,16 @@
 
 * :func:`chamfer_distance` - eq. 1: squared nearest-neighbour distances both ways.  The paper writes plain
   sums; the model uses ``reduction="mean"`` (each direction divided by its point count, as OPUS /
-  SparseWorld average over #GT and #pred, REFERENCE_FACTS §2.4) so the loss does not scale with the ~60k GT
+  SparseWorld average over #GT and #pred, docs/reference_choices.md §3.1) so the loss does not scale with the ~60k GT
   voxels or the 67k predicted points; ``reduction="sum"`` gives eq. 1 exactly.
   Nearest neighbours are searched under ``no_grad`` (:func:`nearest_neighbors`: a KD-tree for CPU tensors,
   chunked GEMMs on an accelerator, never a full [P, G] matrix), then the matched distances are recomputed with
   gradients: memory O(P + G) for the graph.
 * :func:`sigmoid_focal_loss` - the RetinaNet focal loss on sigmoid logits.
 * :func:`occupancy_losses` - eq. 10 without distillation: CD on every layer's point set (P_0 included) and
-  focal loss on every decoded layer, each predicted point labelled by its nearest GT point (§2.4).  Eq. 11
-  reuses it once per forecast frame with ``include_p0=False``.  The paper states only the weight
-  lambda_focal, so OPUS's extra per-class and distance-to-centre weights (§2.4) are not applied.
+  focal loss on every decoded layer, each predicted point labelled by its nearest GT point.  Eq. 11 reuses it
+  once per forecast frame with ``include_p0=False``.  The paper states only the weight lambda_focal, so OPUS's
+  extra per-class and distance-to-centre weights are not applied (docs/reference_choices.md §3.2).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def chamfer_distance(
         gt_mask: [B, G] bool, True for real GT points.
         pred_mask: [B, P] bool or None (all predictions valid).
         reduction: "mean" - each direction's sum divided by its valid point count (model default,
-            REFERENCE_FACTS §2.4); "sum" - eq. 1 exactly.
+            docs/reference_choices.md §3.1); "sum" - eq. 1 exactly.
         max_chunk_elements: memory bound of the GEMM nearest-neighbour search.
         nn_method: nearest-neighbour search, one of :data:`NN_METHODS` (see :func:`nearest_neighbors`).
 
@@ -237,7 +237,7 @@ def matched_class_focal_loss(
     gt_labels: torch.Tensor,
     cfg: SparseOccVLAConfig,
 ) -> torch.Tensor:
-    """Focal loss of each predicted point against the label of its nearest GT point (§2.4).
+    """Focal loss of each predicted point against the label of its nearest GT point (docs/reference_choices.md §3.2).
 
     Args:
         logits: [B, P, C] flattened point logits.

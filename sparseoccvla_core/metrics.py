@@ -2,17 +2,18 @@
 
 Pure numpy (plus pycocoevalcap for text); no model imports, so the ROS side and tests use it freely.
 
-* **Occupancy** (Occ3D-nuScenes, ``REFERENCE_FACTS.md`` §3, §7): :class:`OccupancyMIoU` accumulates one
+* **Occupancy** (Occ3D-nuScenes, docs/reference_choices.md §8.1): :class:`OccupancyMIoU` accumulates one
   18 x 18 confusion matrix (rows = GT, columns = prediction) over the whole split; IoU_c = TP / (TP + FP + FN)
   and mIoU = nanmean over the 17 semantic classes 0..16 (free = 17 excluded).  A class that appears neither
   in the GT nor in the predictions of the whole split gets IoU = NaN (0/0) and drops out of the mean; a class
   predicted but absent from the GT counts as 0, as the official Occ3D ``Metric_mIoU`` does (OPUS's copy
   ignores every class without GT instead: ``ignore_classes_without_gt=True``).  The camera mask is optional:
   the official current-frame protocol uses it, the forecasting protocol (SparseWorld / PreWorld) does not.
-* **Forecasting** (§7): current frames with ``frame_idx`` in [5, scene_len - 8] only
+* **Forecasting** (docs/reference_choices.md §8.2): current frames with ``frame_idx`` in [5, scene_len - 8] only
   (:func:`forecast_eval_frames`); future key frames +2 / +4 / +6 = 1 s / 2 s / 3 s, each compared with that
   future frame's own labels in its own ego frame, no camera mask; "Avg" is the mean of the three mIoUs.
-* **Planning** (§4): :func:`l2_errors` and :func:`collision_rate` at 1 s / 2 s / 3 s and their average.
+* **Planning** (docs/reference_choices.md §8.3): :func:`l2_errors` and :func:`collision_rate` at 1 s / 2 s / 3 s
+  and their average.
   Default convention ``"stp3"`` (ST-P3 / VAD / OmniDrive / SparseWorld: the metric at N s is the mean over
   all waypoints up to N s); ``"uniad"`` is the value at the N s waypoint (UniAD).  Per step the value is the
   mean over the samples whose GT waypoint is valid.  Collision: exact oriented-rectangle intersection
@@ -20,12 +21,12 @@ Pure numpy (plus pycocoevalcap for text); no model imports, so the ROS side and 
   box along the path and the GT boxes of other agents at the same future step, in the current ego frame.
   Ego box: :class:`EgoBox` (4.084 m x 1.85 m, ST-P3 / VAD), yaw from the path's tangent.  Steps where the GT
   trajectory itself collides are not counted, the denominator stays the sample count (ST-P3).
-* **Understanding** (§6.2, HERMES protocol): :func:`caption_metrics` runs pycocoevalcap's BLEU-1..4,
-  ROUGE-L and CIDEr on the raw strings (no PTBTokenizer).  HERMES computes METEOR with NLTK's
+* **Understanding** (docs/reference_choices.md §8.4, HERMES protocol): :func:`caption_metrics` runs
+  pycocoevalcap's BLEU-1..4, ROUGE-L and CIDEr on the raw strings (no PTBTokenizer).  HERMES computes METEOR with NLTK's
   ``meteor_score``, which needs NLTK's WordNet and Punkt data; those cannot be installed from a package
   registry here, so METEOR is pycocoevalcap's Java METEOR 1.5 (``-l en -norm``, corpus-level score, the
   coco-caption METEOR) - see :data:`METEOR_BACKEND`; its values are not identical to HERMES's NLTK METEOR.
-* **nuScenes-QA** (§6.3): :func:`qa_accuracy`, exact match overall and per template type.
+* **nuScenes-QA** (docs/reference_choices.md §8.5): :func:`qa_accuracy`, exact match overall and per template type.
 * **Baselines** for the learning check: single-class occupancy, mean trajectory, constant velocity,
   majority answer.
 
@@ -53,7 +54,7 @@ ArrayLike = Union[np.ndarray, "torch.Tensor", Sequence]  # CPU/GPU torch tensors
 #: Forecast horizons of the paper's tables (s) and the Occ3D key-frame period (s, 2 Hz).
 FORECAST_HORIZONS_S: tuple[float, ...] = (1.0, 2.0, 3.0)
 KEYFRAME_DT_S: float = 0.5
-#: Forecasting protocol of SparseWorld / PreWorld / OccWorld (REFERENCE_FACTS §7.1).
+#: Forecasting protocol of SparseWorld / PreWorld / OccWorld (docs/reference_choices.md §8.2).
 FORECAST_SKIP_FIRST: int = 5
 FORECAST_SKIP_LAST: int = 7
 #: Planning horizons (s) and waypoint period (s).
@@ -196,7 +197,9 @@ def forecast_eval_frames(
     skip_first: int = FORECAST_SKIP_FIRST,
     skip_last: int = FORECAST_SKIP_LAST,
 ) -> np.ndarray:
-    """Which current frames the forecasting protocol evaluates (SparseWorld / PreWorld, REFERENCE_FACTS §7.1).
+    """Which current frames the forecasting protocol evaluates (SparseWorld / PreWorld).
+
+    Protocol: docs/reference_choices.md §8.2.
 
     The first ``skip_first`` and last ``skip_last`` key frames of each scene are excluded, i.e. a frame counts
     iff ``skip_first <= frame_idx <= scene_len - 1 - skip_last`` (= [5, scene_len - 8] by default), so all
@@ -547,7 +550,7 @@ def java_available() -> bool:
 def caption_metrics(
     predictions: Sequence[str], references: Sequence[Union[str, Sequence[str]]], meteor: bool = True
 ) -> dict:
-    """Understanding metrics as HERMES scores OmniDrive-nuScenes (REFERENCE_FACTS §6.2).
+    """Understanding metrics as HERMES scores OmniDrive-nuScenes (docs/reference_choices.md §8.4).
 
     pycocoevalcap BLEU-1..4, ROUGE-L and CIDEr(-D free, the coco "CIDEr") on the raw strings, each pair its own
     id with a one-element list (no PTBTokenizer).  METEOR: see :data:`METEOR_BACKEND`.  CIDEr's IDF is computed
@@ -622,7 +625,9 @@ def qa_accuracy(
     num_hops: Optional[Sequence[int]] = None,
     normalize: bool = True,
 ) -> dict:
-    """nuScenes-QA exact-match accuracy (%) overall, per template type and per type + hop (REFERENCE_FACTS §6.3).
+    """nuScenes-QA exact-match accuracy (%) overall, per template type and per type + hop.
+
+    Protocol: docs/reference_choices.md §8.5.
 
     The reference classifies into a closed vocabulary and compares ``str(answer)``; a generative model's text
     is first normalised (:func:`normalize_answer`) when ``normalize`` is True.

@@ -1,6 +1,7 @@
 """SparseOccVLA: the full model (paper sec. 3, sec. 4.2, appendix A), assembled from one module per paper part.
 
-Data flow (``forward`` numbers the same steps):
+Data flow (``forward`` numbers the same steps; each step is one public method, used by ``forward``, ``predict``,
+the streaming pipeline and the evaluation alike):
 
 1. ``backbone`` - ResNet + FPN features of every view of every frame (part 1).
 2. ``occupancy_encoder`` - sparse occupancy queries Q_L, their points and classes (sec. 3.1, part 2).
@@ -12,6 +13,12 @@ Data flow (``forward`` numbers the same steps):
 8. ``planner`` - LLM-guided anchor scoring + truncated anchor diffusion (sec. 3.3, eq. 8).
 9. Total loss eq. 12: L_occ (+ distillation) + L_LM + L_fore + L_diff (plan BCE + L1).
 
+Step API (shapes in each docstring): :meth:`SparseOccVLA.image_features` (1) -> :meth:`~SparseOccVLA.encode_features`
+(2; :meth:`~SparseOccVLA.encode_scene` runs 1-2 from a batch's images) -> :meth:`~SparseOccVLA.scene_tokens` (4) ->
+:meth:`~SparseOccVLA.scene_prefix` (5) -> :meth:`~SparseOccVLA.reason` / :meth:`~SparseOccVLA.answer` (6) ->
+:meth:`~SparseOccVLA.forecast` (7) -> :meth:`~SparseOccVLA.plan` (8).  The planning prompt is the checkpoint's
+``cfg.plan_question`` (the question the plan stream was trained with) on every inference path.
+
 Training stages (sec. 4.2, :meth:`SparseOccVLA.set_stage`): 1 = encoder + connector with occupancy and distillation
 losses; 2 = encoder frozen, connector / global queries / ego token / forecaster / planner trained with the LLM frozen
 (LM, forecast and plan losses); 3 = everything except the LLM's base weights, the LLM through LoRA (all losses).
@@ -21,6 +28,9 @@ Example::
     model = SparseOccVLA(SparseOccVLAConfig.tiny())
     losses = model(batch, stage=3); losses["loss"].backward()
     out = model.predict(batch, generate_text=True, question="Is there a pedestrian ahead?")
+    enc = model.encode_scene(batch)
+    prefix = model.scene_prefix(model.scene_tokens(enc), batch.ego_state, batch.command)
+    print(model.answer(prefix, ["How many cars are there?"] * batch.batch_size).texts)
     model.save_pretrained("ckpt"); model = SparseOccVLA.from_pretrained("ckpt")
 """
 
@@ -44,22 +54,22 @@ from .config import SparseOccVLAConfig
 from .connector import EgoStateEncoder, GlobalSceneQueries, OccupancyConnector
 from .distill import DistillationLoss
 from .forecaster import ForecastOutput, OccupancyForecaster, forecast_losses
-from .llm import ScenePrefix, SceneLanguageModel, resolve_tokenizer
+from .llm import GenerationOutput, ScenePrefix, SceneLanguageModel, resolve_tokenizer
 from .losses import occupancy_losses
 from .occupancy_encoder import EncoderOutput, SparseOccupancyEncoder, decode_occupancy
-from .planner import AnchorDiffusionPlanner
+from .planner import AnchorDiffusionPlanner, PlannerContext, PlanOutput
 from .tokenizer import encode_qa, load_tokenizer
 
-#: Planning prompt used by ``predict`` when the batch carries none (one of the project's driving questions).
-DEFAULT_PLAN_QUESTION: str = "What should the ego vehicle do next and why?"
-#: Default occupancy score threshold of ``predict``: SparseWorld's test threshold for most classes (REFERENCE_FACTS §1.2).
+#: Default occupancy score threshold of ``predict``: SparseWorld's test threshold (docs/reference_choices.md §2.8).
 DEFAULT_SCORE_THRESHOLD: float = 0.35
-#: Loss terms each training stage computes (sec. 4.2).
-STAGE_LOSSES: dict[int, tuple[str, ...]] = {
-    1: ("occ_cd", "occ_focal", "distill"),
-    2: ("lm", "fore_cd", "fore_focal", "plan_cls", "plan_l1"),
-    3: ("occ_cd", "occ_focal", "distill", "lm", "fore_cd", "fore_focal", "plan_cls", "plan_l1"),
-}
+#: The named eq.-12 terms :meth:`SparseOccVLA.forward` returns, in this order (also the ``losses.csv`` column order
+#: of ``training.py``): occupancy Chamfer + focal (eq. 10), distillation (eq. 3), LM (eq. 5), forecast Chamfer + focal
+#: (eq. 11), planner anchor BCE + positive-anchor L1 (L_diff).
+LOSS_NAMES: tuple[str, ...] = ("occ_cd", "occ_focal", "distill", "lm", "fore_cd", "fore_focal", "plan_cls", "plan_l1")
+#: Key of the weighted eq.-12 sum in the dict :meth:`SparseOccVLA.forward` returns.
+TOTAL_LOSS: str = "loss"
+#: Loss terms each training stage computes (sec. 4.2): stage 1 the occupancy terms, stage 2 the LLM-side terms.
+STAGE_LOSSES: dict[int, tuple[str, ...]] = {1: LOSS_NAMES[:3], 2: LOSS_NAMES[3:], 3: LOSS_NAMES}
 #: Submodules trained in each stage; the LLM is special-cased (stage 3: LoRA only; never its base weights).
 STAGE_MODULES: dict[int, tuple[str, ...]] = {
     1: ("backbone", "occupancy_encoder", "connector", "distillation"),
@@ -103,6 +113,15 @@ class PredictOutput:
     chosen_anchor: torch.Tensor
     reasoning: Optional[list[str]] = None
     answer: Optional[list[str]] = None
+
+
+def loss_weights(cfg: SparseOccVLAConfig) -> dict[str, float]:
+    """Eq.-12 weight of every term of :data:`LOSS_NAMES` (focal terms: ``lambda_focal``; the rest from ``cfg``)."""
+    return {
+        "occ_cd": 1.0, "occ_focal": cfg.lambda_focal, "distill": cfg.distill_weight, "lm": 1.0,
+        "fore_cd": 1.0, "fore_focal": cfg.lambda_focal, "plan_cls": cfg.plan_cls_weight,
+        "plan_l1": cfg.plan_reg_weight,
+    }
 
 
 def _building_on_meta() -> bool:
@@ -150,6 +169,7 @@ class SparseOccVLA(nn.Module):
         self.llm = SceneLanguageModel(cfg, vocab_size, tokenizer)
         self.forecaster = OccupancyForecaster(cfg)
         self.planner = AnchorDiffusionPlanner(cfg)
+        self._plan_prompt_cache: Optional[tuple[str, list[int]]] = None  # (question, ids) of ``plan_prompt``
         self.stage = 3
         self.set_stage(3)
 
@@ -198,24 +218,222 @@ class SparseOccVLA(nn.Module):
                     module.eval()
         return self
 
-    # ------------------------------------------------------------------ shared steps
-    def _encode(self, batch: DrivingBatch) -> EncoderOutput:
-        """Steps 1-2: backbone features and the sparse occupancy encoder."""
-        features = self.backbone.forward_multiview(batch.images)  # per level [B, F, V, C, h, w]
+    # ------------------------------------------------------------------ the steps (paper sec. 3, in order)
+    def image_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Step 1: ResNet + FPN features of every view of every frame.
+
+        Args:
+            images: [B, F, V, 3, H, W] RGB in [0, 1].
+        Returns:
+            Per FPN level, [B, F, V, fpn_dim, H / s, W / s] (the layout :meth:`encode_features` reads).
+        """
+        return self.backbone.forward_multiview(images)
+
+    def encode_features(
+        self,
+        features: Sequence[torch.Tensor],
+        intrinsics: torch.Tensor,
+        cam2ego: torch.Tensor,
+        ego2global: torch.Tensor,
+        frame_valid: torch.Tensor,
+        ego_state: torch.Tensor,
+        image_size: tuple[int, int],
+    ) -> EncoderOutput:
+        """Step 2 from backbone features: the sparse occupancy encoder (sec. 3.1).
+
+        A stream that caches each frame's :meth:`image_features` (the pipeline) calls this directly.
+
+        Args:
+            features: per FPN level [B, F, V, C, h, w] (frame 0 = current, then past frames most recent first).
+            intrinsics: [B, F, V, 3, 3] pinhole K of the network-size images, pixels.
+            cam2ego: [B, F, V, 4, 4] camera -> ego of each frame, m.
+            ego2global: [B, F, 4, 4] ego poses (any common frame; only relative motion is used), m.
+            frame_valid: [B, F] bool, False for padded history frames.
+            ego_state: [B, 6] (vx, vy, ax, ay, yaw rate, speed), SI units.
+            image_size: (H, W) of the images the features came from, pixels.
+        Returns:
+            :class:`EncoderOutput`: queries Q_L [B, N, D], their points, per-layer points and class logits.
+        """
+        return self.occupancy_encoder(features, intrinsics, cam2ego, ego2global, frame_valid, ego_state, image_size)
+
+    def encode_scene(self, batch: DrivingBatch) -> EncoderOutput:
+        """Steps 1-2 from images: :meth:`image_features` of ``batch.images``, then :meth:`encode_features`.
+
+        Args:
+            batch: a batch with images [B, F, V, 3, H, W] and their geometry (GT fields are not read).
+        Returns:
+            :class:`EncoderOutput`.
+        """
         image_size = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
-        return self.occupancy_encoder(
-            features, batch.intrinsics, batch.cam2ego, batch.ego2global, batch.frame_valid, batch.ego_state, image_size
+        return self.encode_features(
+            self.image_features(batch.images), batch.intrinsics, batch.cam2ego, batch.ego2global, batch.frame_valid,
+            batch.ego_state, image_size,
         )
 
-    def _prefix_embeds(self, tokens: torch.Tensor, batch: DrivingBatch) -> torch.Tensor:
-        """``[T_o, T_g (eq. 4), T_ego]``: [B, N, H] occupancy tokens -> [B, N + G + 1, H]."""
+    def scene_tokens(self, enc: EncoderOutput) -> torch.Tensor:
+        """Step 4: the connector's occupancy tokens T_o (eq. 2).
+
+        Args:
+            enc: from :meth:`encode_features` / :meth:`encode_scene`.
+        Returns:
+            [B, N, H] tokens in the LLM's width.
+        """
+        return self.connector(enc.queries, enc.query_points)
+
+    def prefix_embeds(self, tokens: torch.Tensor, ego_state: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
+        """The scene prefix ``[T_o, T_g (eq. 4), T_ego]`` as LLM input embeddings.
+
+        Args:
+            tokens: [B, N, H] occupancy tokens from :meth:`scene_tokens`.
+            ego_state: [B, 6] ego state.
+            command: [B] int64 driving command.
+        Returns:
+            [B, N + G + 1, H].
+        """
         global_tokens = self.global_queries(tokens)  # [B, G, H]
-        ego = self.ego_token(batch.ego_state.to(tokens.dtype), batch.command)  # [B, 1, H]
+        ego = self.ego_token(ego_state.to(tokens.dtype), command)  # [B, 1, H]
         return torch.cat([tokens, global_tokens, ego], dim=1)  # [B, N+G+1, H]
 
-    def _scene_prefix(self, tokens: torch.Tensor, batch: DrivingBatch) -> ScenePrefix:
-        """Step 5: the scene prefix through the LLM once (KV cached)."""
-        return self.llm.encode_prefix(self._prefix_embeds(tokens, batch))
+    def scene_prefix(self, tokens: torch.Tensor, ego_state: torch.Tensor, command: torch.Tensor) -> ScenePrefix:
+        """Step 5: the scene prefix through the LLM once; its KV cache serves every later text stream.
+
+        Args:
+            tokens: [B, N, H] occupancy tokens from :meth:`scene_tokens`.
+            ego_state: [B, 6] ego state.
+            command: [B] int64 driving command.
+        Returns:
+            :class:`ScenePrefix`: the cache and the [B, N + G + 1, H] last hidden states ``[T'_o, T'_g, T'_ego]``.
+        """
+        return self.llm.encode_prefix(self.prefix_embeds(tokens, ego_state, command))
+
+    def _require_tokenizer(self) -> PreTrainedTokenizerBase:
+        if self.tokenizer is None:
+            raise RuntimeError("this model has no tokenizer (shape-only build); give tokenizer_path or llm_path")
+        return self.tokenizer
+
+    def question_prompt(self, question: str, max_tokens: Optional[int] = None) -> list[int]:
+        """Token ids of the chat prompt asking ``question`` (ends where the answer starts).
+
+        Args:
+            question: user text.
+            max_tokens: length cap (the start of the question is cut beyond it); default ``cfg.max_text_tokens``.
+        Returns:
+            Token ids, at most ``max_tokens`` long.
+        """
+        limit = self.cfg.max_text_tokens if max_tokens is None else max_tokens
+        return encode_qa(self._require_tokenizer(), question, None, limit)[0]
+
+    @property
+    def plan_prompt(self) -> list[int]:
+        """Token ids of the planning prompt: ``cfg.plan_question``, the question the plan stream was trained with."""
+        question = self.cfg.plan_question
+        if self._plan_prompt_cache is None or self._plan_prompt_cache[0] != question:
+            self._plan_prompt_cache = (question, self.question_prompt(question))
+        return list(self._plan_prompt_cache[1])
+
+    def reason(self, prefix: ScenePrefix) -> GenerationOutput:
+        """Step 6 at inference: the driving reasoning, greedy, after the cached scene prefix.
+
+        Every item is asked :attr:`plan_prompt`; the hidden states of the generated tokens are the reasoning
+        tokens T_r that guide the planner (sec. 3.3).
+
+        Args:
+            prefix: from :meth:`scene_prefix` (batch B).
+        Returns:
+            :class:`GenerationOutput` (texts, token ids, [B, Lg, H] hidden states and [B, Lg] mask).
+        """
+        return self.llm.generate(prefix, [self.plan_prompt] * prefix.hidden.shape[0])
+
+    def answer(
+        self,
+        prefix: ScenePrefix,
+        questions: Sequence[Union[str, Sequence[int]]],
+        max_new_tokens: Optional[int] = None,
+    ) -> GenerationOutput:
+        """Answer one question per item about the scene, reusing the prefix's KV cache (cropped back afterwards).
+
+        Args:
+            prefix: from :meth:`scene_prefix` (batch B).
+            questions: B questions, each a string (encoded with :meth:`question_prompt`) or prompt token ids.
+            max_new_tokens: answer length cap; default ``cfg.max_new_tokens``.
+        Returns:
+            :class:`GenerationOutput`.
+        Raises:
+            ValueError: not one question per item.
+        """
+        if len(questions) != prefix.hidden.shape[0]:
+            raise ValueError(f"got {len(questions)} questions for {prefix.hidden.shape[0]} items")
+        prompts = [self.question_prompt(q) if isinstance(q, str) else list(q) for q in questions]
+        return self.llm.generate(prefix, prompts, max_new_tokens)
+
+    def forecast(
+        self, prefix: ScenePrefix, enc: EncoderOutput, ego_state: torch.Tensor, command: torch.Tensor
+    ) -> ForecastOutput:
+        """Step 7: T future occupancy frames from T'_o (LLM states at the occupancy positions) and Q_L (eq. 6-7).
+
+        Args:
+            prefix: from :meth:`scene_prefix`.
+            enc: from :meth:`encode_features` / :meth:`encode_scene`.
+            ego_state: [B, 6] ego state.
+            command: [B] int64 driving command.
+        Returns:
+            :class:`ForecastOutput`: per future frame, [B, M, 3] points and class logits.
+        """
+        n = self.cfg.num_queries
+        ego = ego_state.to(enc.queries.dtype)
+        return self.forecaster(prefix.hidden[:, :n], enc.queries, enc.query_points, ego, command)
+
+    def planning_context(
+        self,
+        prefix: ScenePrefix,
+        enc: EncoderOutput,
+        ego_state: torch.Tensor,
+        command: torch.Tensor,
+        reasoning_hidden: torch.Tensor,
+        reasoning_mask: torch.Tensor,
+    ) -> PlannerContext:
+        """Step 8's inputs: scene queries, ego, command, the reasoning tokens T_r and the global / ego LLM states.
+
+        Args:
+            prefix: from :meth:`scene_prefix`.
+            enc: from :meth:`encode_features` / :meth:`encode_scene`.
+            ego_state: [B, 6] ego state.
+            command: [B] int64 driving command.
+            reasoning_hidden: [B, Lr, H] LLM states of the reasoning tokens (generated at inference, teacher-forced
+                in training).
+            reasoning_mask: [B, Lr] bool, True for real reasoning tokens.
+        Returns:
+            :class:`PlannerContext` for ``planner.loss`` (training) or ``planner.sample`` (:meth:`plan`).
+        """
+        n = self.cfg.num_queries
+        ego = ego_state.to(enc.queries.dtype)
+        return self.planner.context(
+            enc.queries, enc.query_points, ego, command, reasoning_hidden, reasoning_mask, prefix.hidden[:, n:]
+        )
+
+    def plan(
+        self,
+        prefix: ScenePrefix,
+        enc: EncoderOutput,
+        reasoning: GenerationOutput,
+        ego_state: torch.Tensor,
+        command: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+    ) -> PlanOutput:
+        """Step 8 at inference: LLM-guided anchor scoring + truncated DDIM denoising (sec. 3.3, eq. 8).
+
+        Args:
+            prefix: from :meth:`scene_prefix`.
+            enc: from :meth:`encode_features` / :meth:`encode_scene`.
+            reasoning: from :meth:`reason`.
+            ego_state: [B, 6] ego state.
+            command: [B] int64 driving command.
+            generator: RNG of the diffusion noise.
+        Returns:
+            :class:`PlanOutput`: [B, T_plan, 2] plan, [B, K, T_plan, 2] anchors, [B, K] scores, [B] chosen index.
+        """
+        ctx = self.planning_context(prefix, enc, ego_state, command, reasoning.hidden, reasoning.mask)
+        return self.planner.sample(ctx, generator=generator)
 
     def scene_inputs_embeds(self, batch: DrivingBatch, stream: str = "qa") -> torch.Tensor:
         """The full LLM input sequence ``[T_o, T_g, T_ego, text]`` as ``inputs_embeds`` (for inspection / tests).
@@ -229,8 +447,7 @@ class SparseOccVLA(nn.Module):
         ids = getattr(batch, f"{stream}_input_ids")
         if ids is None:
             raise ValueError(f"batch has no {stream}_input_ids")
-        enc = self._encode(batch)
-        prefix = self._prefix_embeds(self.connector(enc.queries, enc.query_points), batch)
+        prefix = self.prefix_embeds(self.scene_tokens(self.encode_scene(batch)), batch.ego_state, batch.command)
         return torch.cat([prefix, self.llm.embed(ids)], dim=1)  # [B, N+G+1+L, H]
 
     @staticmethod
@@ -247,7 +464,8 @@ class SparseOccVLA(nn.Module):
             batch: a :class:`DrivingBatch` with the GT the stage needs.
             stage: 1, 2 or 3 (sec. 4.2); switches ``requires_grad`` when it differs from the current stage.
         Returns:
-            dict with the stage's terms (unweighted; see :data:`STAGE_LOSSES`) and ``loss``, their eq.-12 sum:
+            dict with the stage's terms (unweighted, :data:`STAGE_LOSSES`) and ``loss``, their eq.-12 sum
+            (:func:`loss_weights`):
             ``occ_cd + lambda_focal*occ_focal + distill_weight*distill + lm + fore_cd + lambda_focal*fore_focal
             + plan_cls_weight*plan_cls + plan_reg_weight*plan_l1``.
         """
@@ -264,8 +482,7 @@ class SparseOccVLA(nn.Module):
             self._require(batch, ["plan_input_ids", "future_points", "gt_trajectory", "gt_trajectory_mask"], stage)
 
         # 1-2. features and sparse occupancy queries
-        enc = self._encode(batch)
-        ego_state = batch.ego_state.to(enc.queries.dtype)
+        enc = self.encode_scene(batch)
         # 3. eq. 10 on the concatenated (extended-range) GT when the loader provides it (appendix A)
         if uses_occupancy:
             concat = batch.occ_concat_points is not None
@@ -275,15 +492,14 @@ class SparseOccVLA(nn.Module):
             occ = occupancy_losses(enc.layer_points, enc.layer_logits, gt_points, gt_labels, gt_mask, cfg, include_p0=True)
             losses["occ_cd"], losses["occ_focal"] = occ["cd"], occ["focal"]
         # 4. occupancy tokens (eq. 2) and distillation (eq. 3) on the current frame
-        tokens = self.connector(enc.queries, enc.query_points)  # [B, N, H]
+        tokens = self.scene_tokens(enc)  # [B, N, H]
         if uses_occupancy:
             losses["distill"] = self.distillation(
                 tokens, enc.query_points, batch.images[:, 0], batch.intrinsics[:, 0], batch.cam2ego[:, 0]
             )
         if uses_llm:
-            n = cfg.num_queries
             # 5. scene prefix once; 6. text streams reuse its KV cache; eq. 5 over answer tokens of both streams
-            prefix = self._scene_prefix(tokens, batch)
+            prefix = self.scene_prefix(tokens, batch.ego_state, batch.command)
             # Eq. 5 is averaged per stream, then summed: pooling the tokens of both streams would let the long
             # planning-reasoning answers outweigh the short QA answers (a few tokens) by an order of magnitude.
             lm = prefix.hidden.sum() * 0.0
@@ -295,41 +511,21 @@ class SparseOccVLA(nn.Module):
             plan_nll, plan_count = self.llm.lm_loss_terms(plan_hidden, batch.plan_labels)
             losses["lm"] = lm + plan_nll / max(1, plan_count)
             # 7. forecasting from T'_o (LLM states at the occupancy positions) and Q_L
-            forecast = self.forecaster(prefix.hidden[:, :n], enc.queries, enc.query_points, ego_state, batch.command)
+            forecast = self.forecast(prefix, enc, batch.ego_state, batch.command)
             fore = forecast_losses(forecast, batch.future_points, batch.future_labels, batch.future_mask, cfg)
             losses["fore_cd"], losses["fore_focal"] = fore["cd"], fore["focal"]
             # 8. planner guided by the reasoning tokens T_r (teacher-forced reasoning answer) and the scene states
             reasoning_mask = batch.plan_labels != IGNORE_INDEX  # [B, Lp]
-            ctx = self.planner.context(
-                enc.queries, enc.query_points, ego_state, batch.command, plan_hidden, reasoning_mask,
-                prefix.hidden[:, n:],
-            )
+            ctx = self.planning_context(prefix, enc, batch.ego_state, batch.command, plan_hidden, reasoning_mask)
             plan = self.planner.loss(ctx, batch.gt_trajectory, batch.gt_trajectory_mask.bool())
             losses["plan_cls"], losses["plan_l1"] = plan["plan_cls"], plan["plan_l1"]
-        # 9. eq. 12
-        weights = {
-            "occ_cd": 1.0, "occ_focal": cfg.lambda_focal, "distill": cfg.distill_weight, "lm": 1.0,
-            "fore_cd": 1.0, "fore_focal": cfg.lambda_focal, "plan_cls": cfg.plan_cls_weight,
-            "plan_l1": cfg.plan_reg_weight,
-        }
-        losses["loss"] = sum(weights[k] * v for k, v in losses.items())
+        # 9. eq. 12 (the terms are summed in LOSS_NAMES order)
+        assert tuple(losses) == STAGE_LOSSES[stage], (tuple(losses), stage)
+        weights = loss_weights(cfg)
+        losses[TOTAL_LOSS] = sum(weights[k] * v for k, v in losses.items())
         return losses
 
     # ------------------------------------------------------------------ inference
-    def _plan_prompts(self, batch: DrivingBatch) -> list[list[int]]:
-        """Per item, the planning prompt (the batch's plan prompt without its answer, or the default question)."""
-        if self.tokenizer is None:
-            raise RuntimeError("this model has no tokenizer (shape-only build); give tokenizer_path or llm_path")
-        if batch.plan_input_ids is None:
-            prompt = encode_qa(self.tokenizer, DEFAULT_PLAN_QUESTION, None, self.cfg.max_text_tokens)[0]
-            return [prompt] * batch.batch_size
-        prompts = []
-        for ids, mask, labels in zip(batch.plan_input_ids, batch.plan_attention_mask, batch.plan_labels):
-            answer = (labels != IGNORE_INDEX).nonzero()
-            end = int(answer[0, 0]) if len(answer) else int(mask.sum())
-            prompts.append(ids[:end][mask[:end].bool()].tolist())
-        return prompts
-
     def _decode_sets(
         self, points: torch.Tensor, logits: torch.Tensor, threshold: float
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
@@ -347,11 +543,12 @@ class SparseOccVLA(nn.Module):
     ) -> PredictOutput:
         """Occupancy, T forecast frames, the plan and optionally text for a batch of key frames.
 
-        The LLM always generates the driving reasoning (greedy): its hidden states guide the planner.  The scene
-        prefix is encoded once; the reasoning and the optional question reuse its KV cache.
+        The LLM always generates the driving reasoning (greedy) for the checkpoint's planning prompt
+        (:attr:`plan_prompt`): its hidden states guide the planner.  The scene prefix is encoded once; the reasoning
+        and the optional question reuse its KV cache.
 
         Args:
-            batch: inputs (GT fields are ignored; ``plan_*`` gives the planning prompt when present).
+            batch: inputs (GT and text fields are ignored).
             generate_text: return the decoded reasoning text.
             question: a question (one for all items, or one per item) to answer about the scene.
             generator: RNG of the diffusion noise (deterministic plans with a seeded generator).
@@ -362,31 +559,21 @@ class SparseOccVLA(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            cfg, n = self.cfg, self.cfg.num_queries
-            enc = self._encode(batch)
-            ego_state = batch.ego_state.to(enc.queries.dtype)
-            tokens = self.connector(enc.queries, enc.query_points)
-            prefix = self._scene_prefix(tokens, batch)
-            occ_points, occ_classes, occ_scores = self._decode_sets(enc.layer_points[-1], enc.layer_logits[-1], score_threshold)
+            enc = self.encode_scene(batch)
+            prefix = self.scene_prefix(self.scene_tokens(enc), batch.ego_state, batch.command)
+            occ_points, occ_classes, occ_scores = self._decode_sets(
+                enc.layer_points[-1], enc.layer_logits[-1], score_threshold
+            )
 
-            reasoning = self.llm.generate(prefix, self._plan_prompts(batch))
+            reasoning = self.reason(prefix)
             answer = None
             if question is not None:
                 questions = [question] * batch.batch_size if isinstance(question, str) else list(question)
-                if len(questions) != batch.batch_size:
-                    raise ValueError(f"got {len(questions)} questions for {batch.batch_size} items")
-                prompts = [encode_qa(self.tokenizer, q, None, cfg.max_text_tokens)[0] for q in questions]
-                answer = self.llm.generate(prefix, prompts).texts
+                answer = self.answer(prefix, questions).texts
 
-            forecast: ForecastOutput = self.forecaster(
-                prefix.hidden[:, :n], enc.queries, enc.query_points, ego_state, batch.command
-            )
+            forecast = self.forecast(prefix, enc, batch.ego_state, batch.command)
             per_frame = [self._decode_sets(p, l, score_threshold) for p, l in zip(forecast.points, forecast.logits)]
-            ctx = self.planner.context(
-                enc.queries, enc.query_points, ego_state, batch.command, reasoning.hidden, reasoning.mask,
-                prefix.hidden[:, n:],
-            )
-            plan = self.planner.sample(ctx, generator=generator)
+            plan = self.plan(prefix, enc, reasoning, batch.ego_state, batch.command, generator=generator)
             b_range = range(batch.batch_size)
             return PredictOutput(
                 occupancy_points=occ_points,

@@ -3,7 +3,7 @@
 Occ3D-nuScenes labels are a [200, 200, 16] grid indexed [x, y, z] with 0.4 m voxels.  Its documentation gives
 the range x, y in [-40, 40] m and z in [-1.0, 5.4] m "in the ego frame", but in the real labels the road
 (driveable_surface) occupies only z-layer 0 - nominal z in [-1.0, -0.6] m - while the nuScenes ego-frame
-ground is at z = 0 (measured on real LiDAR, see ../shared/data/occ3d_sample/README.md).  We therefore place
+ground is at z = 0 (measured on real LiDAR, docs/frames_and_units.md §4).  We therefore place
 the grid ``OCC3D_Z_SHIFT`` = 0.8 m higher than nominal, so that voxel centres are true ego-frame metres
 (layer 0 centre at z = 0.0, the ground) and projecting them into the cameras is geometrically right.
 ``SparseOccVLAConfig.point_cloud_range`` carries the shifted range; index <-> point conversions use it.

@@ -1,7 +1,7 @@
 """Sparse Occupancy Encoder (paper sec. 3.1, fig. 2, appendix A eq. 9): images -> N sparse occupancy queries.
 
 N learnable queries ``Q_0`` with 3D positions ``P_0`` pass through L encoding layers.  Each layer follows
-SparseBEV / OPUS (REFERENCE_FACTS §2.2, OPUS order):
+SparseBEV / OPUS (OPUS order, docs/reference_choices.md §2.1):
 
 1. position encoding of the query's current points (flattened, normalised to the point-cloud range),
 2. adaptive multi-view / multi-frame / multi-scale sampling: learned 3D offsets around the query centre,
@@ -13,12 +13,14 @@ SparseBEV / OPUS (REFERENCE_FACTS §2.2, OPUS order):
    residual + LayerNorm,
 5. FFN; residual + LayerNorm,
 6. heads decode ``points_per_layer[l]`` points per query (offsets from the query centre) and their class
-   logits; the next layer starts from these points, detached (OPUS; coarse-to-fine, §2.3).
+   logits; the next layer starts from these points, detached (OPUS; coarse-to-fine,
+   docs/reference_choices.md §2.1).
 
-``P_0`` comes from SparseWorld's adaptive scaling (appendix A; REFERENCE_FACTS §1.2): an MLP of the ego
+``P_0`` comes from SparseWorld's adaptive scaling (appendix A; docs/reference_choices.md §2.5): an MLP of the ego
 state gives a per-axis factor in ``cfg.adaptive_scale_range`` that stretches the initial query range.
 
-:func:`decode_occupancy` turns the final points into one labelled point per occupied voxel (§2.5, simplified).
+:func:`decode_occupancy` turns the final points into one labelled point per occupied voxel
+(docs/reference_choices.md §2.8, simplified).
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from .batch import EGO_STATE_DIM
 from .config import SparseOccVLAConfig
 from .sampling import ego_to_camera_matrices, group_feature_volumes, sample_multiview_features
 
-#: prior probability of the class-logit bias at init (focal-loss practice; OPUS cls head, §2.2).
+#: prior probability of the class-logit bias at init (focal-loss practice; OPUS cls head,
+#: docs/reference_choices.md §2.4).
 CLS_PRIOR_PROB: float = 0.01
-#: sampling-offset bias init range, in units of the query's point spread (OPUS U(-0.5, 0.5), §2.2).
+#: sampling-offset bias init range, in units of the query's point spread (OPUS U(-0.5, 0.5),
+#: docs/reference_choices.md §2.2).
 SAMPLING_OFFSET_INIT: float = 0.5
-#: initial tau range per head, 1/m (OPUS bias U(0, 2), §2.2).
+#: initial tau range per head, 1/m (OPUS bias U(0, 2), docs/reference_choices.md §2.4).
 TAU_INIT_RANGE: tuple[float, float] = (0.05, 2.0)
 
 
@@ -59,7 +63,8 @@ class EncoderOutput:
     Args:
         queries: [B, N, D] final query features Q_L.
         query_points: [B, N, 3] final query centres (mean of the last layer's points), current ego frame, m;
-            detached - geometry is trained by the per-layer Chamfer terms only, as between layers (§2.2).
+            detached - geometry is trained by the per-layer Chamfer terms only, as between layers
+            (docs/reference_choices.md §2.1).
         layer_points: L + 1 tensors; [0] = P_0 [B, N, 1, 3], [l] = [B, N, points_per_layer[l-1], 3], m.
         layer_logits: L tensors [B, N, P_l, C], C = cfg.num_classes - 1 (free excluded), pre-sigmoid.
         scale: [B, 3] adaptive-scaling factors applied to the initial query range.
@@ -73,7 +78,7 @@ class EncoderOutput:
 
 
 class AdaptiveScaling(nn.Module):
-    """SparseWorld adaptive scaling of the initial query range from the ego state (REFERENCE_FACTS §1.2).
+    """SparseWorld adaptive scaling of the initial query range from the ego state (docs/reference_choices.md §2.5).
 
     ego state -> MLP -> tanh -> per-axis factor mapped affinely into ``cfg.adaptive_scale_range``.
 
@@ -88,7 +93,8 @@ class AdaptiveScaling(nn.Module):
         super().__init__()
         d = cfg.query_dim
         self.lo, self.hi = (float(v) for v in cfg.adaptive_scale_range)
-        # SparseWorld: plan_head 21->256->256->256 then points_scale_branch 256->64->32->3 (§1.2).
+        # SparseWorld: plan_head 21->256->256->256 then points_scale_branch 256->64->32->3
+        # (docs/reference_choices.md §2.5).
         self.ego_encoder = nn.Sequential(
             nn.Linear(EGO_STATE_DIM, d), nn.ReLU(inplace=True), nn.Linear(d, d), nn.ReLU(inplace=True)
         )
@@ -107,7 +113,10 @@ class AdaptiveScaling(nn.Module):
 
 
 class PointPositionEncoding(nn.Module):
-    """PE of a query's P points (flattened normalised xyz) added to the query (OPUS step 1, §2.2)."""
+    """PE of a query's P points (flattened normalised xyz) added to the query.
+
+    OPUS step 1, docs/reference_choices.md §2.1.
+    """
 
     def __init__(self, num_points: int, dim: int) -> None:
         super().__init__()
@@ -122,8 +131,10 @@ class PointPositionEncoding(nn.Module):
 
 
 class AdaptiveMixing(nn.Module):
-    """AdaMixer-style adaptive mixing (SparseBEV / OPUS step 3, §2.2): per group, a channel-mixing matrix
-    [c, c] and a point-mixing matrix [P_out, P_in] are generated from the query and applied in turn.
+    """AdaMixer-style adaptive mixing (SparseBEV / OPUS step 3, docs/reference_choices.md §2.3).
+
+    Per group, a channel-mixing matrix [c, c] and a point-mixing matrix [P_out, P_in] are generated from the
+    query and applied in turn.
 
     Args:
         query_dim: D.
@@ -155,7 +166,9 @@ class AdaptiveMixing(nn.Module):
 
 
 class SpatialAwareMHSA(nn.Module):
-    """Spatial-aware multi-head self-attention (paper eq. 9; OPUS scale-adaptive self-attention, §2.2).
+    """Spatial-aware multi-head self-attention (paper eq. 9; OPUS scale-adaptive self-attention).
+
+    Choices: docs/reference_choices.md §2.4.
 
     For head h: ``logit_ij = (W_q q_i) . (W_k q_j) / sqrt(d_head) - tau_{i,h} ||p_i - p_j||_2`` with
     ``tau_{i,h} = softplus(W_tau q_i)_h >= 0`` (1/m) and p the query centres in metres (full 3D, as OPUS).
@@ -207,7 +220,7 @@ class SpatialAwareMHSA(nn.Module):
 
 
 class OccupancyEncoderLayer(nn.Module):
-    """One encoding layer (OPUS order, §2.2) + its point/class decoding heads.
+    """One encoding layer (OPUS order, docs/reference_choices.md §2.1) + its point/class decoding heads.
 
     Args:
         cfg: encoder fields.
@@ -378,7 +391,8 @@ class SparseOccupancyEncoder(nn.Module):
         layer_points, layer_logits = [points0], []
         points = points0
         for layer in self.layers:
-            # Points enter each layer detached: geometry is supervised per layer, not through later layers (§2.2).
+            # Points enter each layer detached: geometry is supervised per layer, not through later layers
+            # (docs/reference_choices.md §2.1).
             query, points, logits = layer(query, points.detach(), volumes, ego2cam, intrinsics, frame_valid, image_size)
             layer_points.append(points)
             layer_logits.append(logits)
@@ -398,7 +412,9 @@ def decode_occupancy(
     cfg: SparseOccVLAConfig,
     score_threshold: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Occupancy read-out: sparse points -> one labelled point per occupied voxel (REFERENCE_FACTS §2.5, simplified).
+    """Occupancy read-out: sparse points -> one labelled point per occupied voxel.
+
+    OPUS / SparseWorld read-out, simplified (docs/reference_choices.md §2.8).
 
     Scores are sigmoid class probabilities; a point keeps its best class when that score reaches
     ``score_threshold``; points outside ``cfg.point_cloud_range`` are dropped; points are voxelised on the

@@ -1,7 +1,7 @@
-"""Streaming inference for one vehicle: ``SparseOccVLAPipeline.step(frame)`` / ``ask(question)`` (DESIGN.md §4).
+"""Streaming inference for one vehicle: ``SparseOccVLAPipeline.step(frame)`` / ``ask(question)`` (docs/design.md §5).
 
 The pipeline owns a :class:`~sparseoccvla_core.model.SparseOccVLA` and the streaming state of one vehicle.  It
-runs the model's parts step by step (paper sec. 3, the same order as ``SparseOccVLA.predict``) so that no work
+runs the model's public step methods (paper sec. 3, the same steps ``SparseOccVLA.predict`` runs) so that no work
 is done twice on the stream:
 
 1. **Backbone** (part 1): only the *new* frame's six images go through the ResNet + FPN.  The features of the
@@ -10,8 +10,9 @@ is done twice on the stream:
 2. **Sparse occupancy encoder** (sec. 3.1) on [current, cached past frames] (most recent first; missing past
    frames at the start of a sequence are padded with the oldest real frame and marked invalid, as the loaders do).
 3. **LLM** (sec. 3.2): the scene prefix ``[T_o, T_g, T_ego]`` is encoded once per frame; its KV cache is kept
-   and reused by the planning reasoning (generated here, its hidden states T_r guide the planner) and by every
-   later :meth:`SparseOccVLAPipeline.ask` about this frame.
+   and reused by the planning reasoning (generated here for the checkpoint's ``cfg.plan_question``, the prompt the
+   plan stream was trained with; its hidden states T_r guide the planner) and by every later
+   :meth:`SparseOccVLAPipeline.ask` about this frame.
 4. **Forecaster** (eq. 6-7): T future frames from T'_o (LLM states of the occupancy tokens) and Q_L.
 5. **Planner** (sec. 3.3, eq. 8): anchors scored with the reasoning, truncated DDIM denoising, chosen anchor.
 
@@ -49,9 +50,8 @@ from .data.camera import ResizeCrop, invert_pose, resize_crop_for
 from .data.ego_motion import COMMAND_STRAIGHT
 from .data.images import resize_crop_array
 from .llm import ScenePrefix
-from .model import DEFAULT_PLAN_QUESTION, DEFAULT_SCORE_THRESHOLD, SparseOccVLA
+from .model import DEFAULT_SCORE_THRESHOLD, SparseOccVLA
 from .occupancy_encoder import decode_occupancy
-from .tokenizer import encode_qa
 
 #: Stage names of :attr:`StepResult.timings_s` (in execution order).
 STAGES: tuple[str, ...] = ("preprocess", "backbone", "encoder", "llm", "forecaster", "planner", "decode")
@@ -200,7 +200,6 @@ class PipelineOptions:
             with (12 Hz sweeps, key-frame history 0.5 s apart) set that spacing: a frame joins the history only when
             it is at least 0.9 x this after the newest cached frame (every frame still goes through the backbone
             exactly once).
-        plan_question: the driving-decision prompt whose answer is the reasoning.
         seed: seed of the diffusion noise generator (deterministic plans for a given input stream).
     """
 
@@ -209,7 +208,6 @@ class PipelineOptions:
     score_threshold: float = DEFAULT_SCORE_THRESHOLD
     max_question_chars: int = 1000
     history_interval_s: float = 0.0
-    plan_question: str = DEFAULT_PLAN_QUESTION
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -314,7 +312,6 @@ class SparseOccVLAPipeline:
         self._last_position: Optional[np.ndarray] = None
         self._last_stamp_ns: Optional[int] = None
         self._resize_cache: dict[tuple[int, int], ResizeCrop] = {}
-        self._plan_prompt = encode_qa(model.tokenizer, self.options.plan_question, None, self.cfg.max_text_tokens)[0]
         self._generator = torch.Generator(device=self.device).manual_seed(self.options.seed)
         self._step_lock = threading.Lock()
         self._scene_lock = threading.Lock()  # guards self._scene (the reference), not the cache itself
@@ -521,7 +518,7 @@ class SparseOccVLAPipeline:
         lap("preprocess")
 
         # 1. backbone on the new frame only; past frames come from the cache
-        feats = model.backbone.forward_multiview(images[None, None])  # per level [1, 1, V, C, h, w]
+        feats = model.image_features(images[None, None])  # per level [1, 1, V, C, h, w]
         current = _CachedFrame(frame.stamp_ns, [f[0, 0] for f in feats], intrinsics, cam2ego, ego2global)
         lap("backbone")
 
@@ -530,27 +527,21 @@ class SparseOccVLAPipeline:
         ego = ego_state[None].to(self.dtype)  # [1, 6]
         command = torch.tensor([int(frame.command)], dtype=torch.long, device=self.device)  # [1]
         image_size = tuple(int(s) for s in images.shape[-2:])
-        enc = model.occupancy_encoder(features, ks, c2es, e2gs, valid, ego, image_size)
-        tokens = model.connector(enc.queries, enc.query_points)  # [1, N, H]
+        enc = model.encode_features(features, ks, c2es, e2gs, valid, ego, image_size)
+        tokens = model.scene_tokens(enc)  # [1, N, H]
         lap("encoder")
 
-        # 3. scene prefix once (KV cached), then the driving reasoning after it
-        global_tokens = model.global_queries(tokens)  # [1, G, H]
-        ego_token = model.ego_token(ego.to(tokens.dtype), command)  # [1, 1, H]
-        prefix = model.llm.encode_prefix(torch.cat([tokens, global_tokens, ego_token], dim=1))  # [1, N+G+1, H]
-        reasoning = model.llm.generate(prefix, [self._plan_prompt])
+        # 3. scene prefix once (KV cached), then the driving reasoning after it (the checkpoint's plan prompt)
+        prefix = model.scene_prefix(tokens, ego, command)  # hidden [1, N+G+1, H]
+        reasoning = model.reason(prefix)
         lap("llm")
 
         # 4. forecaster from T'_o (LLM states at the occupancy positions) and Q_L (eq. 6-7)
-        n = cfg.num_queries
-        forecast = model.forecaster(prefix.hidden[:, :n], enc.queries, enc.query_points, ego, command)
+        forecast = model.forecast(prefix, enc, ego, command)
         lap("forecaster")
 
         # 5. planner guided by the reasoning tokens and the scene states (sec. 3.3)
-        ctx = model.planner.context(
-            enc.queries, enc.query_points, ego, command, reasoning.hidden, reasoning.mask, prefix.hidden[:, n:]
-        )
-        plan = model.planner.sample(ctx, generator=self._generator)
+        plan = model.plan(prefix, enc, reasoning, ego, command, generator=self._generator)
         lap("planner")
 
         # read-out: occupied voxels of the current and forecast frames, numpy outputs
@@ -632,15 +623,14 @@ class SparseOccVLAPipeline:
             scene = self._scene
         if scene is None:
             raise RuntimeError("no frame has been processed yet: call step() with a camera frame before ask()")
-        tokenizer = self.model.tokenizer
-        prompt = encode_qa(tokenizer, question, None, self.cfg.llm_max_positions)[0]
+        prompt = self.model.question_prompt(question, max_tokens=self.cfg.llm_max_positions)
         if len(prompt) > self.cfg.max_text_tokens:
             raise ValueError(
                 f"the question is {len(prompt)} tokens with its prompt; the model accepts at most "
                 f"max_text_tokens = {self.cfg.max_text_tokens}: shorten it"
             )
         with scene.lock, torch.inference_mode():
-            out = self.model.llm.generate(scene.prefix, [prompt], max_new_tokens=max_new_tokens)
+            out = self.model.answer(scene.prefix, [prompt], max_new_tokens=max_new_tokens)
         return Answer(
             text=out.texts[0],
             stamp_ns=scene.stamp_ns,

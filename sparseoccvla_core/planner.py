@@ -1,16 +1,16 @@
 """LLM-guided anchor-diffusion planner (paper sec. 3.3, eq. 8, Fig. 3).
 
 * **Anchors**: K trajectories of ``plan_horizon`` (x, y) waypoints, K-means clusters of training trajectories
-  per driving command (18 = 3 commands x 6, DiffusionDrive's nuScenes branch, REFERENCE_FACTS §5.2), computed by
-  ``sparseoccvla anchors`` and installed with :meth:`AnchorDiffusionPlanner.set_anchors`.  Until then the planner
-  holds a deterministic *kinematic fan* (constant speed and yaw rate per command, :func:`kinematic_fan`) so an
-  untrained model is well defined; it is not a substitute for data anchors.
+  per driving command (18 = 3 commands x 6, DiffusionDrive's nuScenes branch, docs/reference_choices.md §7.1),
+  computed by ``sparseoccvla anchors`` and installed with :meth:`AnchorDiffusionPlanner.set_anchors`.  Until then
+  the planner holds a deterministic *kinematic fan* (constant speed and yaw rate per command, :func:`kinematic_fan`)
+  so an untrained model is well defined; it is not a substitute for data anchors.
 * **Scorer**: each anchor is embedded and attends to the LLM's reasoning tokens T_r and the LLM's scene context
   (its hidden states of the global and ego tokens), plus the encoded ego state -> one logit per anchor; BCE with the
   anchor closest to the GT (mean L2 over valid waypoints) as the only positive (paper sec. 3.3).
 * **Truncated diffusion** (eq. 8): anchors normalised by ``traj_norm_scale`` are noised with a scaled-linear DDIM
   schedule of ``diffusion_train_timesteps`` steps, only at small timesteps t ~ U{0..diffusion_trunc_timesteps-1}
-  (DiffusionDrive, REFERENCE_FACTS §5.1/5.2; noisy samples clamped to [-1, 1] as there).
+  (DiffusionDrive, docs/reference_choices.md §7.2; noisy samples clamped to [-1, 1] as there).
 * **Diffusion decoder** (Fig. 3): trajectory encoder (sine embedding of the waypoints -> MLP) -> cross-attention
   to the occupancy queries -> to the encoded ego state -> to the LLM reasoning tokens -> FFN -> timestep
   modulation (scale/shift), ``planner_num_layers`` layers; it regresses the clean trajectory x0 (DDIM
@@ -37,7 +37,7 @@ from .data.ego_motion import FAN_MAX_SPEED, FAN_TURN_YAW_RATE  # noqa: F401  (re
 from .data.ego_motion import kinematic_fan as ego_kinematic_fan
 
 #: Scaled-linear beta schedule end points: diffusers' DDIMScheduler defaults, which DiffusionDrive instantiates
-#: with ``beta_schedule="scaled_linear"`` (REFERENCE_FACTS §5.1).
+#: with ``beta_schedule="scaled_linear"`` (docs/reference_choices.md §7.2).
 BETA_START: float = 1e-4
 BETA_END: float = 0.02
 
@@ -130,7 +130,9 @@ def kinematic_fan(cfg: SparseOccVLAConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def positive_anchor(anchors: torch.Tensor, gt: torch.Tensor, gt_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the anchor closest to the GT: mean L2 over valid waypoints (DiffusionDrive, REFERENCE_FACTS §5.1).
+    """Index of the anchor closest to the GT: mean L2 over valid waypoints (DiffusionDrive).
+
+    Rule: docs/reference_choices.md §7.4.
 
     Args:
         anchors: [K, T, 2].

@@ -1,12 +1,12 @@
 """Multi-view, multi-frame, multi-scale point sampling of image features (paper sec. 3.1, "feature sampling").
 
 The Sparse Occupancy Encoder reads image evidence only at a few 3D points per query (SparseBEV / OPUS
-adaptive spatio-temporal sampling, REFERENCE_FACTS §2.2).  This module holds the geometry:
+adaptive spatio-temporal sampling, docs/reference_choices.md §2.2).  This module holds the geometry:
 
 * :func:`ego_to_camera_matrices` composes, per frame f and view v, the 4x4 map from the **current** ego
   frame to that camera: ``inv(cam2ego[f, v]) @ inv(ego2global[f]) @ ego2global[0]``
   (current ego -> global -> ego of frame f -> camera).  Points are assumed static in the world; dynamic
-  objects are not motion-compensated (OPUS does the same, §2.6).
+  objects are not motion-compensated (OPUS does the same, docs/reference_choices.md §2.6).
 * :func:`project_points` applies it and the pinhole ``K``: pixel ``(u, v)``, depth and validity
   (depth > ``min_depth`` and, when the image size is given, inside the image).
 * :func:`sample_multiview_features` bilinearly samples FPN levels at the projected points.  Each point
@@ -109,7 +109,8 @@ def group_feature_volumes(features: Sequence[torch.Tensor], num_groups: int) -> 
 
     Returns:
         per level [B * F * G, C / G, V, H_s, W_s]: views stacked as the depth axis of a 3D volume, so one
-        trilinear ``grid_sample`` with an integer view coordinate reads exactly one camera (OPUS trick, §2.2).
+        trilinear ``grid_sample`` with an integer view coordinate reads exactly one camera (OPUS trick,
+        docs/reference_choices.md §2.2).
     """
     out = []
     for feat in features:
@@ -132,7 +133,9 @@ def sample_multiview_features(
     image_size: Sequence[int],
     min_depth: float,
 ) -> torch.Tensor:
-    """Bilinear multi-view, multi-frame, multi-scale sampling at 3D points (SparseBEV / OPUS, §2.2).
+    """Bilinear multi-view, multi-frame, multi-scale sampling at 3D points (SparseBEV / OPUS).
+
+    Sampling rules: docs/reference_choices.md §2.2.
 
     Args:
         volumes: per level [B * F * G, C / G, V, H_s, W_s] from :func:`group_feature_volumes`.
@@ -161,7 +164,7 @@ def sample_multiview_features(
     uv = pix[..., :2] / depth.clamp(min=min_depth)[..., None]  # [B, F, V, M, 2]
     grid_uv = pixels_to_grid(uv, image_size)
     valid = (depth > min_depth) & (grid_uv.abs() <= 1.0).all(-1)  # [B, F, V, M]
-    # 2. first camera that sees the point (arg-max over views of the validity mask, §2.2)
+    # 2. first camera that sees the point (arg-max over views of the validity mask, docs/reference_choices.md §2.2)
     view = valid.to(torch.uint8).argmax(dim=2)  # [B, F, M]
     seen = valid.any(dim=2) & frame_valid[:, :, None]  # [B, F, M]
     chosen = torch.gather(grid_uv, 2, view[:, :, None, :, None].expand(b, f, 1, m, 2)).squeeze(2)  # [B, F, M, 2]

@@ -2,7 +2,7 @@
 
 Paper sec. 4.2: AdamW, base learning rate 2e-4, cosine decay, 36 / 6 / 12 epochs for stages 1 / 2 / 3, total
 batch 16 on 8 GPUs.  The paper is silent on weight decay, warm-up, clipping and the final learning rate; those
-follow SparseWorld (same first author, ``REFERENCE_FACTS.md`` §1.2): weight decay 0.01, 500 linear warm-up
+follow SparseWorld (same first author, docs/reference_choices.md §9.1): weight decay 0.01, 500 linear warm-up
 updates starting at 1/3 of the base rate, cosine down to 1e-3 of it, gradient-norm clipping at 5.
 
 Usage::
@@ -65,7 +65,7 @@ class TrainConfig(PresetYamlMixin):
         augment: image augmentation in the loader (random resize / crop / colour, ``DatasetOptions``).
         occ_visibility: which labelled voxels supervise the occupancy: "none" (all, as OPUS / SparseWorld train),
             "camera" or "lidar" (Occ3D visibility masks; training with the camera mask raises the camera-masked
-            mIoU, REFERENCE_FACTS §8.9, at the cost of the unmasked one).
+            mIoU, docs/reference_choices.md §3.5, at the cost of the unmasked one).
         train_llm_base: stage 3 also trains the LLM base weights (not only LoRA).  Only valid for a randomly
             initialised LLM (model ``llm_path`` None, e.g. the tiny preset used by the learning check): the paper's
             LoRA-only rule (sec. 4.2) protects a pretrained LLM, and a random one has nothing to protect.

@@ -40,27 +40,25 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Protocol, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .config import SparseOccVLAConfig
+from .model import LOSS_NAMES, TOTAL_LOSS  # the eq.-12 terms, logged in this column order
 from .train_config import STAGES, TrainConfig
 
-#: Named losses of ``SparseOccVLA.forward`` (eq. 12 terms), logged in this column order.
-LOSS_NAMES: tuple[str, ...] = (
-    "occ_cd",
-    "occ_focal",
-    "distill",
-    "lm",
-    "fore_cd",
-    "fore_focal",
-    "plan_cls",
-    "plan_l1",
-)
-TOTAL_LOSS: str = "loss"
+if TYPE_CHECKING:  # heavy or optional imports, for annotations only
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+    from transformers import PreTrainedTokenizerBase
+
+    from .data.dataset import DatasetOptions, DrivingDataset
+    from .model import SparseOccVLA
+
 STATE_FILE: str = "trainer_state.json"
 OPTIM_FILE: str = "training_state.pt"
 TRAIN_CONFIG_FILE: str = "train_config.yaml"
@@ -266,19 +264,19 @@ class LossLogger:
             self._tb = None
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Union[float, int, str]) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
 
 
-def read_loss_csv(path: str | Path) -> list[dict[str, Any]]:
+def read_loss_csv(path: str | Path) -> list[dict[str, Union[int, float, None]]]:
     """Rows of a ``losses.csv`` as dicts of floats (empty cells -> None; step/epoch as int)."""
     with Path(path).open(newline="") as f:
         rows = list(csv.DictReader(f))
     out = []
     for r in rows:
-        d: dict[str, Any] = {}
+        d: dict[str, Union[int, float, None]] = {}
         for k, v in r.items():
             if k in ("step", "epoch"):
                 d[k] = int(v)
@@ -403,7 +401,7 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: StageState,
-    accelerator: Any,
+    accelerator: "Accelerator",
 ) -> None:
     """Write one per-epoch checkpoint atomically: everything goes to ``<folder>.tmp``, then a rename."""
     from safetensors.torch import save_file
@@ -429,7 +427,12 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
 
 
-def _load_training_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any, accelerator: Any) -> None:
+def _load_training_state(
+    folder: Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    accelerator: "Accelerator",
+) -> None:
     from safetensors.torch import load_file
 
     blob = torch.load(folder / OPTIM_FILE, map_location="cpu", weights_only=True)  # plain tensors / numbers only
@@ -461,7 +464,7 @@ def resolve_mixed_precision(tcfg: TrainConfig) -> str:
     return "no"
 
 
-def make_accelerator(tcfg: TrainConfig) -> Any:
+def make_accelerator(tcfg: TrainConfig) -> "Accelerator":
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -484,25 +487,200 @@ def make_accelerator(tcfg: TrainConfig) -> Any:
     return accelerator
 
 
+class StageModel(Protocol):
+    """What :func:`train_stage` needs from a network (``SparseOccVLA`` implements it; tests use a toy module).
+
+    ``set_stage(stage)`` sets ``requires_grad`` for the stage, calling the model with ``(batch, stage)`` returns
+    the named 0-d losses plus :data:`TOTAL_LOSS`, ``save_pretrained(folder)`` writes the weights.
+    """
+
+    def set_stage(self, stage: int) -> None: ...
+
+    def train(self, mode: bool = True) -> object: ...
+
+    def __call__(self, batch: "MovableBatch", stage: int) -> dict[str, torch.Tensor]: ...
+
+    def save_pretrained(self, directory: str | Path) -> object: ...
+
+
+class MovableBatch(Protocol):
+    """A collated batch (``DrivingBatch`` in this project) that moves itself to a device."""
+
+    def to(self, device: torch.device) -> "MovableBatch": ...
+
+
+@dataclass
+class Optimization:
+    """Everything one optimizer update uses, built once per stage by :func:`train_stage`.
+
+    Args:
+        accelerator: the ``accelerate.Accelerator`` (accumulation, mixed precision, DDP).
+        optimizer: AdamW over the stage's trainable parameters (prepared by ``accelerator``).
+        scheduler: warm-up + cosine schedule, stepped once per update.
+        trainable: the optimizer's parameters (gradient clipping).
+        max_norm: gradient-clipping norm (inf = no clipping, the norm is still measured).
+        allow_nonfinite: fp16 loss scaling skips inf steps by design; otherwise a non-finite loss or norm raises.
+    """
+
+    accelerator: "Accelerator"
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    trainable: list[nn.Parameter]
+    max_norm: float
+    allow_nonfinite: bool
+
+
+@dataclass
+class UpdateStats:
+    """What one optimizer update logs.
+
+    Args:
+        losses: mean of every named loss (and :data:`TOTAL_LOSS`) over the update's micro-batches and processes.
+        grad_norm: gradient norm before clipping.
+        lr: learning rate the update used.
+    """
+
+    losses: dict[str, float]
+    grad_norm: float
+    lr: float
+
+
+class LossAccumulator:
+    """Sums of the 0-d losses of the micro-batches of one optimizer update (gradient accumulation)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, out: dict[str, torch.Tensor]) -> None:
+        """Add one micro-batch's losses (non-scalar entries are ignored)."""
+        for name, value in out.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 0:
+                v = value.detach().float()
+                self.sums[name] = self.sums[name] + v if name in self.sums else v
+        self.count += 1
+
+    def pop_means(self, accelerator: "Accelerator") -> dict[str, float]:
+        """Means over the micro-batches, averaged over processes; then start the next update from zero."""
+        names = list(self.sums)
+        means = accelerator.reduce(torch.stack([self.sums[n] for n in names]) / self.count, reduction="mean")
+        self.sums, self.count = {}, 0
+        return dict(zip(names, means.tolist()))
+
+
+def update_policy(
+    model: StageModel, batch: MovableBatch, stage: int, opt: Optimization, losses: LossAccumulator, where: str
+) -> Optional[UpdateStats]:
+    """One micro-batch: forward + backward; at an accumulation boundary also clip, check and step (one update).
+
+    The optimizer update of LeRobot's ``update_policy``, with ``accelerate``'s gradient accumulation around it.
+
+    Args:
+        model: the prepared model.
+        batch: one micro-batch on the device.
+        stage: training stage passed to the model.
+        opt: optimizer, scheduler and clipping settings.
+        losses: the current update's loss sums (this micro-batch is added; emptied after an update).
+        where: names the update in errors (stage, epoch, update index).
+    Returns:
+        The update's :class:`UpdateStats`, or None while gradients are still being accumulated.
+    Raises:
+        FloatingPointError: a non-finite loss or gradient norm (unless ``opt.allow_nonfinite``); nothing is stepped.
+    """
+    accelerator = opt.accelerator
+    with accelerator.accumulate(model):
+        out = model(batch, stage)
+        accelerator.backward(out[TOTAL_LOSS])
+        losses.add(out)
+        if not accelerator.sync_gradients:
+            return None
+        grad_norm = accelerator.clip_grad_norm_(opt.trainable, opt.max_norm)
+        values = losses.pop_means(accelerator)
+        grad_norm_value = float(grad_norm)
+        if not opt.allow_nonfinite and not (math.isfinite(grad_norm_value) and math.isfinite(values[TOTAL_LOSS])):
+            bad = sorted(n for n, v in values.items() if not math.isfinite(v))
+            raise FloatingPointError(
+                f"{where}: non-finite {'losses ' + str(bad) if bad else 'gradient norm'} (loss values {values}); "
+                "lower lr or check the batch"
+            )
+        lr = opt.optimizer.param_groups[0]["lr"]
+        opt.optimizer.step()
+        opt.scheduler.step()
+        opt.optimizer.zero_grad(set_to_none=True)
+        return UpdateStats(values, grad_norm_value, lr)
+
+
+def _train_epoch(
+    model: StageModel,
+    loader: DataLoader,
+    stage: int,
+    epoch: int,
+    opt: Optimization,
+    logger: LossLogger,
+    global_step: int,
+    log_every: int,
+    bar: "tqdm",
+) -> int:
+    """One epoch of updates (0-based ``epoch``), one ``losses.csv`` row each; returns the new global step."""
+    losses = LossAccumulator()
+    t0 = time.perf_counter()
+    for batch in loader:
+        where = f"stage {stage} epoch {epoch + 1} update {global_step + 1}"
+        update = update_policy(model, batch.to(opt.accelerator.device), stage, opt, losses, where)
+        if update is None:
+            continue
+        global_step += 1
+        row = {"step": global_step, "epoch": epoch + 1, "lr": update.lr, **update.losses}
+        logger.log({**row, "grad_norm": update.grad_norm, "seconds": time.perf_counter() - t0}, log_every)
+        if global_step % log_every == 0:
+            bar.set_postfix(loss=f"{update.losses[TOTAL_LOSS]:.4f}", lr=f"{update.lr:.2e}")
+        bar.update(1)
+        t0 = time.perf_counter()
+    return global_step
+
+
+def _resume_position(
+    resume_from: Path, stage: int, n_epochs: int, updates_per_epoch: int, opt: Optimization, logger: LossLogger
+) -> tuple[int, int]:
+    """Restore optimizer / scheduler / RNG from a per-epoch checkpoint; returns (epochs done, updates done).
+
+    Raises:
+        ValueError: the checkpoint is another stage's, or its schedule differs from this run's.
+    """
+    ckpt = StageState.read(resume_from)
+    if ckpt.stage != stage:
+        raise ValueError(f"{resume_from} is a stage-{ckpt.stage} checkpoint; cannot resume stage {stage} from it")
+    if ckpt.updates_per_epoch != updates_per_epoch or ckpt.epochs != n_epochs:
+        raise ValueError(
+            f"cannot resume {resume_from} with an identical schedule: it ran {ckpt.updates_per_epoch} updates/epoch "
+            f"for {ckpt.epochs} epochs, this run has {updates_per_epoch} updates/epoch for {n_epochs} epochs "
+            "(dataset size, batch size, accumulation, process count or epochs changed)"
+        )
+    _load_training_state(resume_from, opt.optimizer, opt.scheduler, opt.accelerator)
+    logger.truncate_after(ckpt.epoch)
+    opt.accelerator.print(f"resuming stage {stage} at epoch {ckpt.epoch + 1}/{n_epochs} from {resume_from}")
+    return ckpt.epoch, ckpt.global_step
+
+
 def train_stage(
-    model: nn.Module,
+    model: StageModel,
     dataset: Dataset,
-    collate_fn: Callable[[list], Any],
+    collate_fn: Callable[[list], MovableBatch],
     stage: int,
     tcfg: TrainConfig,
     out_dir: str | Path,
     *,
     resume_from: Optional[str | Path] = None,
     init: Optional[str | Path] = None,
-    accelerator: Any = None,
+    accelerator: Optional["Accelerator"] = None,
     progress: bool = True,
     epochs: Optional[int] = None,
 ) -> StageState:
     """Train one stage; checkpoint every epoch; export the final model to ``out_dir``.
 
-    The model must already hold the right weights (fresh, ``--init`` or the resume checkpoint) and expose
-    ``set_stage(stage)``, ``forward(batch, stage) -> dict`` (named losses + ``"loss"``) and
-    ``save_pretrained(folder)``.  Batches are moved to the device with ``batch.to(device)``.
+    The model must already hold the right weights (fresh, ``--init`` or the resume checkpoint) and follow
+    :class:`StageModel`.  Batches are moved to the device with ``batch.to(device)``; each optimizer update is one
+    :func:`update_policy` per micro-batch.
 
     Args:
         model: the network (not yet wrapped by accelerate).
@@ -557,80 +735,38 @@ def train_stage(
     # batches are DrivingBatch objects: moved to the device here, not by accelerate's generic walker
     loader = accelerator.prepare_data_loader(loader, device_placement=False)
     updates_per_epoch = math.ceil(len(loader) / tcfg.grad_accum_steps)
-    total_updates = updates_per_epoch * n_epochs
-    scheduler = build_scheduler(optimizer, tcfg, total_updates)
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    opt = Optimization(
+        accelerator=accelerator,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, tcfg, updates_per_epoch * n_epochs),
+        trainable=[p for group in optimizer.param_groups for p in group["params"]],
+        max_norm=tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf"),
+        allow_nonfinite=resolve_mixed_precision(tcfg) == "fp16",  # fp16 loss scaling skips inf steps by design
+    )
 
     # 2. resume: optimizer / scheduler / RNG exactly as at the end of the checkpoint's epoch
     start_epoch, global_step = 0, 0
     logger = LossLogger(out_dir, enabled=main)
     if resume_from is not None:
         resume_from = Path(resume_from)
-        ckpt = StageState.read(resume_from)
-        if ckpt.stage != stage:
-            raise ValueError(f"{resume_from} is a stage-{ckpt.stage} checkpoint; cannot resume stage {stage} from it")
-        if ckpt.updates_per_epoch != updates_per_epoch or ckpt.epochs != n_epochs:
-            raise ValueError(
-                f"cannot resume {resume_from} with an identical schedule: it ran {ckpt.updates_per_epoch} updates/epoch "
-                f"for {ckpt.epochs} epochs, this run has {updates_per_epoch} updates/epoch for {n_epochs} epochs "
-                "(dataset size, batch size, accumulation, process count or epochs changed)"
-            )
-        _load_training_state(resume_from, optimizer, scheduler, accelerator)
-        start_epoch, global_step = ckpt.epoch, ckpt.global_step
-        logger.truncate_after(start_epoch)
-        accelerator.print(f"resuming stage {stage} at epoch {start_epoch + 1}/{n_epochs} from {resume_from}")
+        start_epoch, global_step = _resume_position(resume_from, stage, n_epochs, updates_per_epoch, opt, logger)
 
-    state = StageState(stage, start_epoch, n_epochs, global_step, updates_per_epoch, start_epoch >= n_epochs, None if init is None else str(init))
-    nonfinite_ok = resolve_mixed_precision(tcfg) == "fp16"  # fp16 loss scaling skips inf steps by design
-    max_norm = tcfg.grad_clip if tcfg.grad_clip > 0 else float("inf")
+    init_name = None if init is None else str(init)
+    state = StageState(stage, start_epoch, n_epochs, global_step, updates_per_epoch, start_epoch >= n_epochs, init_name)
+    show_bar = progress and accelerator.is_local_main_process
     try:
         for epoch in range(start_epoch, n_epochs):
             model.train()
             loader.set_epoch(epoch)
-            bar = tqdm(total=updates_per_epoch, desc=f"stage {stage} epoch {epoch + 1}/{n_epochs}", disable=not (progress and accelerator.is_local_main_process), leave=False)
-            sums: dict[str, torch.Tensor] = {}
-            micro = 0
-            t0 = time.perf_counter()
-            for batch in loader:
-                batch = batch.to(accelerator.device)
-                with accelerator.accumulate(model):
-                    out = model(batch, stage)
-                    loss = out[TOTAL_LOSS]
-                    accelerator.backward(loss)
-                    for name, value in out.items():
-                        if isinstance(value, torch.Tensor) and value.dim() == 0:
-                            v = value.detach().float()
-                            sums[name] = sums[name] + v if name in sums else v
-                    micro += 1
-                    if accelerator.sync_gradients:
-                        grad_norm = accelerator.clip_grad_norm_(trainable, max_norm)
-                        names = list(sums)
-                        means = accelerator.reduce(torch.stack([sums[n] for n in names]) / micro, reduction="mean")
-                        values = dict(zip(names, means.tolist()))
-                        grad_norm_value = float(grad_norm)
-                        if not nonfinite_ok and not (math.isfinite(grad_norm_value) and math.isfinite(values[TOTAL_LOSS])):
-                            bad = sorted(n for n, v in values.items() if not math.isfinite(v))
-                            raise FloatingPointError(
-                                f"stage {stage} epoch {epoch + 1} update {global_step + 1}: non-finite "
-                                f"{'losses ' + str(bad) if bad else 'gradient norm'} (loss values {values}); "
-                                "lower lr or check the batch"
-                            )
-                        lr = optimizer.param_groups[0]["lr"]
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        global_step += 1
-                        seconds = time.perf_counter() - t0
-                        logger.log({"step": global_step, "epoch": epoch + 1, "lr": lr, **values, "grad_norm": grad_norm_value, "seconds": seconds}, tcfg.log_every)
-                        if global_step % tcfg.log_every == 0:
-                            bar.set_postfix(loss=f"{values[TOTAL_LOSS]:.4f}", lr=f"{lr:.2e}")
-                        bar.update(1)
-                        sums, micro = {}, 0
-                        t0 = time.perf_counter()
+            desc = f"stage {stage} epoch {epoch + 1}/{n_epochs}"
+            bar = tqdm(total=updates_per_epoch, desc=desc, disable=not show_bar, leave=False)
+            global_step = _train_epoch(model, loader, stage, epoch, opt, logger, global_step, tcfg.log_every, bar)
             bar.close()
             # 3. checkpoint every epoch
-            state = StageState(stage, epoch + 1, n_epochs, global_step, updates_per_epoch, epoch + 1 == n_epochs, state.init)
-            _save_checkpoint(out_dir / CHECKPOINT_DIR / f"epoch_{epoch + 1:03d}", model, optimizer, scheduler, state, accelerator)
+            done = epoch + 1 == n_epochs
+            state = StageState(stage, epoch + 1, n_epochs, global_step, updates_per_epoch, done, init_name)
+            folder = out_dir / CHECKPOINT_DIR / f"epoch_{epoch + 1:03d}"
+            _save_checkpoint(folder, model, optimizer, opt.scheduler, state, accelerator)
             if main:
                 _prune_checkpoints(out_dir, tcfg.keep_checkpoints)
         # 4. the stage's result at the top of --out: what the next stage's --init points at
@@ -684,10 +820,8 @@ def load_train_config(spec: Optional[str], args: argparse.Namespace, stage: int)
     return TrainConfig.from_dict(values)
 
 
-def load_model_config(spec: str) -> Any:
+def load_model_config(spec: str) -> SparseOccVLAConfig:
     """Model config from a YAML path or the preset names 'tiny' / 'paper'."""
-    from .config import SparseOccVLAConfig
-
     if spec in ("tiny", "paper") and not Path(spec).exists():
         return SparseOccVLAConfig.tiny() if spec == "tiny" else SparseOccVLAConfig.paper()
     if not Path(spec).is_file():
@@ -695,7 +829,7 @@ def load_model_config(spec: str) -> Any:
     return SparseOccVLAConfig.from_yaml(spec)
 
 
-def dataset_qa_corpus(dataset: Any) -> list[str]:
+def dataset_qa_corpus(dataset: "DrivingDataset") -> list[str]:
     """Every question, answer and driving-decision text of a :class:`DrivingDataset` split (tokenizer corpus).
 
     Reads the split's OmniDrive files and nuScenes-QA pairs once; duplicates are dropped, order is kept.
@@ -715,7 +849,7 @@ def dataset_qa_corpus(dataset: Any) -> list[str]:
     return list(texts)
 
 
-def _build_tokenizer(cfg: Any, dataset: Any) -> Any:
+def _build_tokenizer(cfg: SparseOccVLAConfig, dataset: "DrivingDataset") -> "PreTrainedTokenizerBase":
     """Stage-1 tokenizer: the configured one (``tokenizer_path`` / ``llm_path``), else a byte-level BPE trained on
     the training split's QA text plus the built-in driving corpus, with ``cfg.llm_vocab_size`` entries at most."""
     from .llm import resolve_tokenizer
@@ -727,7 +861,7 @@ def _build_tokenizer(cfg: Any, dataset: Any) -> Any:
     return train_tokenizer(default_corpus() + corpus, cfg.llm_vocab_size)
 
 
-def _install_anchors(model: Any, anchors_file: Optional[str], data_root: Path, split: str, seed: int) -> str:
+def _install_anchors(model: "SparseOccVLA", anchors_file: Optional[str], data_root: Path, split: str, seed: int) -> str:
     """Set the planner's K-means anchors from ``anchors_file`` or, without one, from the training split."""
     from .data.anchors import collect_trajectories, compute_anchors, load_anchors
 
@@ -751,7 +885,7 @@ def _install_anchors(model: Any, anchors_file: Optional[str], data_root: Path, s
     return source
 
 
-def dataset_options(tcfg: TrainConfig) -> Any:
+def dataset_options(tcfg: TrainConfig) -> "DatasetOptions":
     """The loader options a training config implies (``DatasetOptions`` defaults otherwise)."""
     from .data.dataset import DatasetOptions
 

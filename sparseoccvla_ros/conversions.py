@@ -1,71 +1,62 @@
-"""ROS messages <-> SparseOccVLA core types (DESIGN.md §5).  The only module that knows both.
+"""ROS messages <-> SparseOccVLA core types.  The only module that knows both (see the README's node section).
 
 Inputs:
 
 * ``sensor_msgs/CompressedImage`` (JPEG / PNG) and raw ``sensor_msgs/Image`` (rgb8, bgr8, mono8) -> [H, W, 3]
-  uint8 RGB.  A JPEG may be decoded directly at 1/2, 1/4 or 1/8 size (libjpeg DCT scaling) when the model
-  input is that much smaller; the returned factor scales the intrinsics exactly.
-* ``sensor_msgs/CameraInfo`` -> K [3, 3]; ``nav_msgs/Odometry`` -> :class:`OdometrySample`.
-* The **calibration YAML** (camera -> ego extrinsics; schema below) and ``/tf_static`` transforms.
+  uint8 RGB.  JPEGs are decoded strictly (libjpeg-turbo through ``simplejpeg``: a recoverable error such as
+  "Corrupt JPEG data" is an error, not a warning on stderr), optionally at 1/2, 1/4 or 1/8 size (libjpeg DCT
+  scaling) when the model input is that much smaller; the returned factor scales the intrinsics exactly.
+* ``sensor_msgs/CameraInfo`` -> K [3, 3]; ``nav_msgs/Odometry`` -> :class:`OdometrySample`;
+  ``/tf_static`` transforms -> cam2ego per camera.  The calibration YAML is a file format and lives in
+  :mod:`sparseoccvla_core.calibration_file` (re-exported here for compatibility).
 
-Outputs: ``sensor_msgs/PointCloud2`` (x, y, z float32, class uint8, score float32 [, time float32]),
-``sparseoccvla_msgs/OccupancyForecast``, ``sparseoccvla_msgs/DrivingPlan`` + ``nav_msgs/Path``,
-``visualization_msgs/MarkerArray`` and ``diagnostic_msgs/DiagnosticArray``.  Point-cloud ``data`` is always set
-from ``bytes`` (a memoryview is ~40x slower in these rclpy wheels, ROS_NOTES.md §1.e).
-
-Calibration YAML schema (``calibration_file``; the bag converter writes one beside every bag)::
-
-    format: sparseoccvla_calibration        # required, identifies the file
-    version: 1                              # required
-    ego_frame: base_link                    # frame the extrinsics map into (the ego / vehicle frame)
-    cameras:                                # required: one entry per camera, keyed by nuScenes camera name
-      CAM_FRONT:
-        frame_id: CAM_FRONT                 # optional, the camera's TF frame (default: the camera name)
-        translation: [1.70, 0.016, 1.51]    # required, camera origin in the ego frame, m
-        rotation_wxyz: [0.50, -0.50, 0.50, -0.50]  # required, camera -> ego rotation, unit quaternion (w, x, y, z)
-                                            #   (nuScenes calibrated_sensor order; camera axes x right, y down, z forward)
-        image_size: [1600, 900]             # optional, width, height in pixels of the published image
-        intrinsics: [[1266.4, 0, 816.3], [0, 1266.4, 491.5], [0, 0, 1]]  # optional K, used until a CameraInfo arrives
-      CAM_FRONT_RIGHT: {...}
-
-The translation + quaternion form is nuScenes' ``calibrated_sensor`` record, so a converter copies it verbatim.
+Outputs: ``sensor_msgs/PointCloud2`` with 4-byte aligned fields (x, y, z, rgb, score float32 [, time float32],
+class uint8 + 3 padding bytes; ``rgb`` is the class colour of :data:`sparseoccvla_core.batch.OCC3D_COLORS` packed
+as RViz / PCL expect, 0x00RRGGBB in the bits of a float32), ``sparseoccvla_msgs/OccupancyForecast``,
+``sparseoccvla_msgs/DrivingPlan`` + ``nav_msgs/Path`` and ``diagnostic_msgs/DiagnosticArray``; RViz markers are
+built by :mod:`.markers`.  Point-cloud ``data`` is always set from ``bytes`` (assigning a memoryview is far slower
+in the rclpy wheels of PyPI).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
-import yaml
+import simplejpeg
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
 from nav_msgs.msg import Odometry, Path as PathMsg
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
-from std_msgs.msg import ColorRGBA, Header
-from visualization_msgs.msg import Marker, MarkerArray
+from std_msgs.msg import Header
 
-from sparseoccvla_core.batch import CAMERA_NAMES, OCC3D_CLASSES
+from sparseoccvla_core.batch import OCC3D_CLASSES, OCC3D_COLORS
+from sparseoccvla_core.calibration_file import (  # noqa: F401 - re-exported: the YAML moved to the core
+    CALIBRATION_FORMAT, CALIBRATION_VERSION, CameraCalibration, load_calibration, matrix_to_wxyz, save_calibration,
+)
 from sparseoccvla_core.data.camera import pose_matrix
 from sparseoccvla_core.data.images import CorruptImageError
-from sparseoccvla_core.pipeline import OccupancyFrame, PlanResult, StepResult, path_headings
+from sparseoccvla_core.pipeline import OccupancyFrame, PlanResult, path_headings
 from sparseoccvla_msgs.msg import AnchorTrajectory, DrivingPlan, OccupancyForecast
 
 from .synchronizer import NS_PER_S, OdometrySample
 
-CALIBRATION_FORMAT = "sparseoccvla_calibration"
-CALIBRATION_VERSION = 1
 
-#: PointCloud2 layout of occupancy clouds (packed, little-endian; 17 bytes per point).
-OCCUPANCY_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("class", "u1"), ("score", "<f4")])
-#: Forecast cloud for RViz: the occupancy layout + ``time`` (s after the header stamp); 21 bytes per point.
-FORECAST_DTYPE = np.dtype(
-    [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("class", "u1"), ("score", "<f4"), ("time", "<f4")]
-)
+def _aligned_dtype(float_fields: Sequence[str]) -> np.dtype:
+    """x, y, z, ``float_fields`` (float32 each), then ``class`` (uint8) padded to a multiple of 4 bytes."""
+    names = ["x", "y", "z", *float_fields, "class"]
+    formats = ["<f4"] * (len(names) - 1) + ["u1"]
+    offsets = [4 * i for i in range(len(names))]
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": 4 * len(names)})
+
+
+#: PointCloud2 layout of occupancy clouds: every field 4-byte aligned (PCL / Open3D readers require it); 24 bytes.
+OCCUPANCY_DTYPE = _aligned_dtype(["rgb", "score"])
+#: Forecast cloud for RViz: the occupancy layout + ``time`` (s after the header stamp); 28 bytes per point.
+FORECAST_DTYPE = _aligned_dtype(["rgb", "score", "time"])
 
 _NUMPY_TO_POINTFIELD = {
     np.dtype("int8"): PointField.INT8, np.dtype("uint8"): PointField.UINT8,
@@ -75,15 +66,22 @@ _NUMPY_TO_POINTFIELD = {
 }
 _POINTFIELD_TO_NUMPY = {v: k for k, v in _NUMPY_TO_POINTFIELD.items()}
 
-#: RGB colour per Occ3D class (0..16), the palette commonly used to draw Occ3D-nuScenes occupancy.
-CLASS_COLORS: np.ndarray = np.array(
-    [
-        (0, 0, 0), (255, 120, 50), (255, 192, 203), (255, 255, 0), (0, 150, 245), (0, 255, 255),
-        (200, 180, 0), (255, 0, 0), (255, 240, 150), (135, 60, 0), (160, 32, 240), (255, 0, 255),
-        (139, 137, 137), (75, 0, 75), (150, 240, 80), (230, 230, 250), (0, 175, 0),
-    ],
-    dtype=np.float32,
-) / 255.0
+#: Class colour packed as RViz / PCL read an ``rgb`` field: 0x00RRGGBB in the bits of a float32, index = class id.
+PACKED_CLASS_RGB: np.ndarray = (
+    (np.asarray(OCC3D_COLORS, dtype=np.uint32) * np.array([1 << 16, 1 << 8, 1], dtype=np.uint32)).sum(axis=1)
+).astype(np.uint32).view(np.float32)
+
+
+def packed_rgb(classes: np.ndarray) -> np.ndarray:
+    """[M] class ids -> [M] float32 packed colours (ids beyond the palette take its last colour)."""
+    idx = np.clip(np.asarray(classes, dtype=np.int64), 0, len(PACKED_CLASS_RGB) - 1)
+    return PACKED_CLASS_RGB[idx]
+
+
+def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """[M] packed float32 colours -> [M, 3] uint8 RGB (inverse of :func:`packed_rgb`)."""
+    bits = np.ascontiguousarray(rgb, dtype=np.float32).view(np.uint32)
+    return np.stack([(bits >> 16) & 0xFF, (bits >> 8) & 0xFF, bits & 0xFF], axis=-1).astype(np.uint8)
 
 
 class ConversionError(ValueError):
@@ -107,29 +105,40 @@ def make_header(stamp_ns: int, frame_id: str) -> Header:
 
 
 # ----------------------------------------------------------------------------------------------- images
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+_REDUCTIONS = (1, 2, 4, 8)
 
 
 def decode_compressed_image(msg: CompressedImage, reduction: int = 1) -> np.ndarray:
     """CompressedImage (JPEG / PNG) -> [H, W, 3] uint8 RGB.
+
+    JPEGs are decoded by libjpeg-turbo in strict mode (``simplejpeg``): data that libjpeg only warns about
+    ("Corrupt JPEG data: premature end of data segment", bad Huffman codes, a missing EOI) is rejected here,
+    where OpenCV would return an image with grey or smeared blocks.  A bit flip that still forms valid entropy
+    codes cannot be detected by any decoder (JPEG has no checksum).
 
     Args:
         msg: the message (``format`` e.g. "jpeg", "rgb8; jpeg compressed bgr8", "png").
         reduction: decode at 1/reduction size (1, 2, 4 or 8; exact for JPEG when both sides divide by it): pixel
             ``j`` of the result covers input pixels ``[r j, r (j + 1))``, so K scales by ``1 / r``.
     Raises:
-        CorruptImageError: empty, truncated or undecodable data (names the frame id and the format).
+        CorruptImageError: empty, truncated, corrupt or undecodable data (names the frame id and the format).
     """
-    if reduction not in _REDUCED:
+    if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be 1, 2, 4 or 8, got {reduction}")
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    data = bytes(msg.data)
     where = f"CompressedImage from frame '{msg.header.frame_id}' (format '{msg.format}')"
-    if data.size < 4:
-        raise CorruptImageError(f"{where} has no image data ({data.size} bytes)")
-    is_jpeg = data[0] == 0xFF and data[1] == 0xD8
-    if is_jpeg and bytes(data[-2:]) != b"\xff\xd9" and bytes(np.trim_zeros(data, "b")[-2:]) != b"\xff\xd9":
-        raise CorruptImageError(f"{where} is a truncated JPEG (no EOI marker)")
-    img = cv2.imdecode(data, _REDUCED[reduction] if is_jpeg else cv2.IMREAD_COLOR)
+    if len(data) < 4:
+        raise CorruptImageError(f"{where} has no image data ({len(data)} bytes)")
+    if data[:2] == b"\xff\xd8":
+        try:
+            h, w = simplejpeg.decode_jpeg_header(data)[:2]
+            img = simplejpeg.decode_jpeg(
+                data, colorspace="RGB", strict=True, min_height=-(-h // reduction), min_width=-(-w // reduction)
+            )
+        except ValueError as exc:
+            raise CorruptImageError(f"{where} is a corrupt JPEG: {str(exc).strip()}") from exc
+        return np.ascontiguousarray(img)
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise CorruptImageError(f"{where} could not be decoded (corrupt data)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -231,117 +240,7 @@ def odometry_to_sample(msg: Odometry) -> OdometrySample:
     return sample
 
 
-# ----------------------------------------------------------------------------------------------- calibration
-@dataclass
-class CameraCalibration:
-    """Calibration of one camera.
-
-    Args:
-        name: nuScenes camera name.
-        cam2ego: [4, 4] camera -> ego transform.
-        frame_id: TF frame of the camera.
-        intrinsics: [3, 3] K (optional; CameraInfo takes precedence).
-        image_size: (W, H) pixels (optional).
-    """
-
-    name: str
-    cam2ego: np.ndarray
-    frame_id: str
-    intrinsics: Optional[np.ndarray] = None
-    image_size: Optional[tuple[int, int]] = None
-
-
-def _matrix_to_wxyz(rot: np.ndarray) -> list[float]:
-    """Rotation matrix [3, 3] -> unit quaternion (w, x, y, z) with w >= 0 (Shepperd's method)."""
-    m = np.asarray(rot, dtype=np.float64)
-    tr = np.trace(m)
-    if tr > 0:
-        s = math.sqrt(tr + 1.0) * 2
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
-        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
-        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
-    else:
-        s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
-        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q) / np.linalg.norm(q)
-    return (q if q[0] >= 0 else -q).tolist()
-
-
-def save_calibration(path: str | Path, cameras: Mapping[str, CameraCalibration], ego_frame: str = "base_link") -> Path:
-    """Write the calibration YAML (schema in the module docstring)."""
-    entries: dict[str, Any] = {}
-    for name, cal in cameras.items():
-        m = np.asarray(cal.cam2ego, dtype=np.float64)
-        entry: dict[str, Any] = {
-            "frame_id": cal.frame_id,
-            "translation": [float(x) for x in m[:3, 3]],
-            "rotation_wxyz": [float(x) for x in _matrix_to_wxyz(m[:3, :3])],
-        }
-        if cal.image_size is not None:
-            entry["image_size"] = [int(cal.image_size[0]), int(cal.image_size[1])]
-        if cal.intrinsics is not None:
-            entry["intrinsics"] = np.asarray(cal.intrinsics, dtype=np.float64).tolist()
-        entries[name] = entry
-    doc = {"format": CALIBRATION_FORMAT, "version": CALIBRATION_VERSION, "ego_frame": ego_frame, "cameras": entries}
-    path = Path(path)
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def load_calibration(path: str | Path) -> tuple[dict[str, CameraCalibration], str]:
-    """Read the calibration YAML.
-
-    Returns:
-        ({camera name: CameraCalibration}, ego frame id).
-    Raises:
-        FileNotFoundError: missing file.  ValueError: a schema violation, naming the key to fix.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration file {path} not found (set calibration_file to the YAML beside the bag)")
-    doc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
-        raise ValueError(f"{path}: not a SparseOccVLA calibration file (expected 'format: {CALIBRATION_FORMAT}')")
-    if doc.get("version") != CALIBRATION_VERSION:
-        raise ValueError(f"{path}: unsupported calibration version {doc.get('version')!r} (expected {CALIBRATION_VERSION})")
-    cams = doc.get("cameras")
-    if not isinstance(cams, dict) or not cams:
-        raise ValueError(f"{path}: 'cameras' must map camera names to their calibration")
-    out = {}
-    for name, entry in cams.items():
-        if name not in CAMERA_NAMES:
-            raise ValueError(f"{path}: unknown camera '{name}'; expected names from {list(CAMERA_NAMES)}")
-        if not isinstance(entry, dict):
-            raise ValueError(f"{path}: cameras.{name} must be a mapping")
-        for key in ("translation", "rotation_wxyz"):
-            if key not in entry:
-                raise ValueError(f"{path}: cameras.{name}.{key} is required")
-        t = np.asarray(entry["translation"], dtype=np.float64)
-        q = np.asarray(entry["rotation_wxyz"], dtype=np.float64)
-        if t.shape != (3,) or q.shape != (4,) or not np.all(np.isfinite(t)) or not np.all(np.isfinite(q)):
-            raise ValueError(f"{path}: cameras.{name} needs translation [x, y, z] and rotation_wxyz [w, x, y, z]")
-        if abs(np.linalg.norm(q) - 1.0) > 1e-3:
-            raise ValueError(f"{path}: cameras.{name}.rotation_wxyz is not a unit quaternion (norm {np.linalg.norm(q):.4f})")
-        k = entry.get("intrinsics")
-        if k is not None:
-            k = np.asarray(k, dtype=np.float64)
-            if k.shape != (3, 3):
-                raise ValueError(f"{path}: cameras.{name}.intrinsics must be a 3x3 matrix")
-        size = entry.get("image_size")
-        out[name] = CameraCalibration(
-            name=name,
-            cam2ego=pose_matrix(q, t),
-            frame_id=str(entry.get("frame_id", name)),
-            intrinsics=k,
-            image_size=(int(size[0]), int(size[1])) if size is not None else None,
-        )
-    return out, str(doc.get("ego_frame", "base_link"))
-
-
+# ----------------------------------------------------------------------------------------------- /tf_static
 def transform_to_matrix(translation: Any, rotation: Any) -> np.ndarray:
     """geometry_msgs Vector3 + Quaternion (x, y, z, w) -> [4, 4]."""
     return pose_matrix((rotation.w, rotation.x, rotation.y, rotation.z), (translation.x, translation.y, translation.z))
@@ -391,7 +290,7 @@ def array_to_pointcloud2(arr: np.ndarray, header: Header) -> PointCloud2:
     msg.point_step = arr.dtype.itemsize
     msg.row_step = arr.dtype.itemsize * int(arr.shape[0])
     msg.is_dense = True
-    msg.data = np.ascontiguousarray(arr).tobytes()  # bytes, never a memoryview (ROS_NOTES §1.e)
+    msg.data = np.ascontiguousarray(arr).tobytes()  # bytes, never a memoryview (docs/ros_conventions.md §6)
     return msg
 
 
@@ -416,10 +315,10 @@ def pointcloud2_to_array(msg: PointCloud2) -> np.ndarray:
 
 
 def occupancy_to_pointcloud2(frame: OccupancyFrame, header: Header) -> PointCloud2:
-    """One occupancy frame -> PointCloud2 with fields x, y, z (float32, m), class (uint8), score (float32)."""
-    arr = np.empty(len(frame.points), dtype=OCCUPANCY_DTYPE)
+    """One occupancy frame -> PointCloud2 (:data:`OCCUPANCY_DTYPE`: x, y, z m, rgb class colour, score, class)."""
+    arr = np.zeros(len(frame.points), dtype=OCCUPANCY_DTYPE)  # zeros: the padding bytes are deterministic
     arr["x"], arr["y"], arr["z"] = frame.points[:, 0], frame.points[:, 1], frame.points[:, 2]
-    arr["class"], arr["score"] = frame.classes, frame.scores
+    arr["class"], arr["score"], arr["rgb"] = frame.classes, frame.scores, packed_rgb(frame.classes)
     return array_to_pointcloud2(arr, header)
 
 
@@ -434,13 +333,14 @@ def forecast_to_time_cloud(frames: Sequence[OccupancyFrame], header: Header) -> 
     planned pose, so RViz can colour the whole forecast by ``time`` (s after ``header.stamp``).
     """
     total = sum(len(f.points) for f in frames)
-    arr = np.empty(total, dtype=FORECAST_DTYPE)
+    arr = np.zeros(total, dtype=FORECAST_DTYPE)
     i = 0
     for f in frames:
         j = i + len(f.points)
         pts = _transform(f.points, f.ego_pose)
         arr["x"][i:j], arr["y"][i:j], arr["z"][i:j] = pts[:, 0], pts[:, 1], pts[:, 2]
         arr["class"][i:j], arr["score"][i:j], arr["time"][i:j] = f.classes, f.scores, f.time_s
+        arr["rgb"][i:j] = packed_rgb(f.classes)
         i = j
     return array_to_pointcloud2(arr, header)
 
@@ -448,7 +348,7 @@ def forecast_to_time_cloud(frames: Sequence[OccupancyFrame], header: Header) -> 
 def _pose_msg(m: np.ndarray) -> Pose:
     pose = Pose()
     pose.position = Point(x=float(m[0, 3]), y=float(m[1, 3]), z=float(m[2, 3]))
-    w, x, y, z = _matrix_to_wxyz(m[:3, :3])
+    w, x, y, z = matrix_to_wxyz(m[:3, :3])
     pose.orientation = Quaternion(x=x, y=y, z=z, w=w)
     return pose
 
@@ -506,71 +406,6 @@ def plan_to_msgs(plan: PlanResult, reasoning: str, stamp_ns: int, frame_id: str)
     return msg, path
 
 
-# ----------------------------------------------------------------------------------------------- markers
-def _color(r: float, g: float, b: float, a: float = 1.0) -> ColorRGBA:
-    return ColorRGBA(r=float(r), g=float(g), b=float(b), a=float(a))
-
-
-def _score_color(score: float) -> ColorRGBA:
-    """Low score blue -> high score red (anchors)."""
-    s = float(np.clip(score, 0.0, 1.0))
-    return _color(s, 0.2, 1.0 - s, 0.35 + 0.65 * s)
-
-
-def result_to_markers(
-    result: StepResult, frame_id: str, voxel_size: float, show_text: bool = True, text_height_m: float = 2.0,
-    max_voxels: int = 10000,
-) -> MarkerArray:
-    """Debug markers: voxels as one CUBE_LIST per class (namespace ``occupancy``, id = Occ3D class, class colour),
-    anchors (LINE_STRIPs coloured by score), the chosen path and the explanation (TEXT_VIEW_FACING above the car).
-    The first marker is DELETEALL so stale markers vanish.
-
-    Markers need one Python object per voxel, so at most ``max_voxels`` voxels (the highest-scoring) are drawn;
-    the PointCloud2 on ``~/output/occupancy`` always carries all of them.
-    """
-    header = make_header(result.stamp_ns, frame_id)
-    markers = [Marker(header=header, action=Marker.DELETEALL)]
-
-    occ = result.occupancy
-    keep = np.argsort(-occ.scores, kind="stable")[:max_voxels] if len(occ.scores) > max_voxels else slice(None)
-    pts, classes = occ.points[keep], occ.classes[keep].astype(np.int64)
-    for cls in np.unique(classes):
-        voxels = Marker(header=header, ns="occupancy", id=int(cls), type=Marker.CUBE_LIST, action=Marker.ADD)
-        voxels.pose.orientation.w = 1.0
-        voxels.scale.x = voxels.scale.y = voxels.scale.z = float(voxel_size)
-        r, g, b = CLASS_COLORS[min(int(cls), len(CLASS_COLORS) - 1)].tolist()
-        voxels.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
-        voxels.points = [Point(x=x, y=y, z=z) for x, y, z in pts[classes == cls].tolist()]
-        markers.append(voxels)
-
-    for k, (traj, score) in enumerate(zip(result.plan.anchors, result.plan.anchor_scores)):
-        line = Marker(header=header, ns="anchors", id=k, type=Marker.LINE_STRIP, action=Marker.ADD)
-        line.pose.orientation.w = 1.0
-        line.scale.x = 0.1
-        line.color = _score_color(score)
-        line.points = [Point(x=0.0, y=0.0, z=0.0)] + [Point(x=float(x), y=float(y), z=0.0) for x, y in traj]
-        markers.append(line)
-
-    chosen = Marker(header=header, ns="plan", id=0, type=Marker.LINE_STRIP, action=Marker.ADD)
-    chosen.pose.orientation.w = 1.0
-    chosen.scale.x = 0.4
-    chosen.color = _color(0.1, 1.0, 0.1)
-    chosen.points = [Point(x=0.0, y=0.0, z=0.05)] + [
-        Point(x=float(x), y=float(y), z=0.05) for x, y in result.plan.waypoints
-    ]
-    markers.append(chosen)
-
-    if show_text:
-        text = Marker(header=header, ns="explanation", id=0, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
-        text.pose.position.z = 4.0
-        text.pose.orientation.w = 1.0
-        text.scale.z = float(text_height_m)
-        text.color = _color(1.0, 1.0, 1.0)
-        text.text = result.explanation or "(no explanation)"
-        markers.append(text)
-    return MarkerArray(markers=markers)
-
-
 # ----------------------------------------------------------------------------------------------- diagnostics
 def diagnostic_status(
     name: str, level: int, message: str, values: Mapping[str, Any], hardware_id: str = ""
@@ -592,10 +427,11 @@ def diagnostic_array(stamp: Time, statuses: Sequence[DiagnosticStatus]) -> Diagn
 
 
 __all__ = [
-    "CLASS_COLORS", "FORECAST_DTYPE", "OCCUPANCY_DTYPE", "OCC3D_CLASSES", "CameraCalibration", "ConversionError",
-    "CorruptImageError", "array_to_pointcloud2", "camera_info_to_intrinsics", "decode_compressed_image",
-    "diagnostic_array", "diagnostic_status", "forecast_to_msg", "forecast_to_time_cloud", "image_to_rgb",
-    "jpeg_reduction", "load_calibration", "make_header", "ns_to_stamp", "occupancy_to_pointcloud2",
-    "odometry_to_sample", "plan_to_msgs", "pointcloud2_to_array", "result_to_markers", "save_calibration",
-    "scale_intrinsics", "stamp_to_ns", "tf_to_cam2ego", "transform_to_matrix", "waypoints_to_path",
+    "CALIBRATION_FORMAT", "CALIBRATION_VERSION", "FORECAST_DTYPE", "OCCUPANCY_DTYPE", "OCC3D_CLASSES",
+    "PACKED_CLASS_RGB", "CameraCalibration", "ConversionError", "CorruptImageError", "array_to_pointcloud2",
+    "camera_info_to_intrinsics", "decode_compressed_image", "diagnostic_array", "diagnostic_status", "forecast_to_msg",
+    "forecast_to_time_cloud", "image_to_rgb", "jpeg_reduction", "load_calibration", "make_header", "matrix_to_wxyz",
+    "ns_to_stamp", "occupancy_to_pointcloud2", "odometry_to_sample", "packed_rgb", "plan_to_msgs",
+    "pointcloud2_to_array", "save_calibration", "scale_intrinsics", "stamp_to_ns", "tf_to_cam2ego",
+    "transform_to_matrix", "unpack_rgb", "waypoints_to_path",
 ]

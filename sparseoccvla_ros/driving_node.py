@@ -1,4 +1,6 @@
-"""The SparseOccVLA driving node: six cameras + odometry in; occupancy, forecast, plan, explanation out (DESIGN.md §5).
+"""The SparseOccVLA driving node: six cameras + odometry in; occupancy, forecast, plan, explanation out.
+
+Architecture: docs/design.md §6; ROS conventions: docs/ros_conventions.md.
 
 Run (pip-only ROS 2, from the repository root)::
 
@@ -7,28 +9,40 @@ Run (pip-only ROS 2, from the repository root)::
 
 On a full ROS 2 install: ``ros2 launch sparseoccvla_ros driving.launch.py checkpoint:=DIR``.
 
-I/O only (STYLE.md "Model vs. runtime vs. node"): messages are converted by :mod:`.conversions`, camera sets are
+I/O only (the node layer of docs/design.md §2): messages are converted by :mod:`.conversions`, camera sets are
 built by :mod:`.synchronizer`, all model work happens in :class:`~sparseoccvla_core.pipeline.SparseOccVLAPipeline`.
 
-Threads: subscription callbacks only store messages (O(1)) in their own mutually exclusive callback group; a
-camera set that completes replaces the pending one in a one-slot mailbox (a replaced set is counted as dropped:
-the node processes only the newest complete set when it falls behind).  One worker thread loads the model, decodes
-images, runs ``pipeline.step`` and publishes.  ``~/ask_scene`` and the diagnostics timer have their own callback
-groups, so under the :class:`~rclpy.executors.MultiThreadedExecutor` of :func:`main` neither sensor callbacks nor
-``/clock`` are ever starved by inference.
+Threads: the node is spun by a :class:`~rclpy.executors.SingleThreadedExecutor` (:func:`main`).  Its callbacks
+(cameras, CameraInfo, odometry, command, ``/tf_static``, ``/clock``, the diagnostics timer) only store data and
+return in microseconds; a camera set that completes replaces the pending one in a one-slot mailbox (a replaced set
+is counted as dropped: the node processes only the newest complete set when it falls behind).  One worker thread
+loads the model, decodes images, runs ``pipeline.step`` and publishes.  ``~/ask_scene`` is served by a small
+helper node (``<name>_ask_scene``, the service keeps the name ``<node>/ask_scene``) with its own single-threaded
+executor and thread, so a question being answered never delays sensor callbacks or ``/clock``.
+rclpy's MultiThreadedExecutor is deliberately not used: while a callback waits in its thread pool, the executor
+re-submits it in a loop that holds the GIL (rclpy issue #1452), which under ``/clock`` traffic stalled the worker
+for seconds and kept the main thread from seeing Ctrl-C.  :func:`main` also wakes at least every
+:data:`SPIN_WAKE_S` so SIGINT / SIGTERM end the process within a second, and shutdown waits at most
+:data:`SHUTDOWN_JOIN_S` for a step in progress.
 
-Camera extrinsics (cam2ego): one precedence rule - per camera, a transform from ``/tf_static`` (ego frame ->
-camera frame, when ``tf2_msgs`` is importable, i.e. on a full ROS 2 install) wins over the calibration YAML
-(``calibration_file``); the YAML covers every camera ``/tf_static`` does not.  With no YAML and no ``tf2_msgs``
-the node refuses to start; a camera set whose cameras are not all calibrated is rejected with an ERROR diagnostic.
-Intrinsics come from each camera's CameraInfo (latest), else from the YAML.
+Camera calibration: one precedence rule (:func:`sparseoccvla_core.calibration_file.resolve_camera_models`), per
+camera - extrinsics from ``/tf_static`` (a complete chain from ``frame_id`` to the camera's frame) win over the
+calibration YAML (``calibration_file``), the YAML covers every camera ``/tf_static`` does not; intrinsics from the
+latest CameraInfo win over the YAML's.  ``/tf_static`` is subscribed whenever ``tf2_msgs`` imports (a full ROS 2
+install, or a pip-only install where ``scripts/install.sh`` built it).  With no YAML and no ``tf2_msgs`` the node
+refuses to start; a camera set whose cameras are not all calibrated is dropped with an ERROR diagnostic that names
+the cameras and the missing part.
+
+Diagnostics (``/diagnostics``, statuses ``<node>: model | inputs | inference``): every problem raises an alarm
+of its own kind with a fixed level, held for ``diagnostics_hold_s`` after it last happened
+(:mod:`.health`); the README's node section lists the levels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -39,7 +53,7 @@ from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
@@ -50,26 +64,44 @@ from std_msgs.msg import String, UInt8
 from visualization_msgs.msg import MarkerArray
 
 from sparseoccvla_core.batch import CAMERA_NAMES
+from sparseoccvla_core.calibration_file import (
+    CalibrationIncompleteError, CameraCalibration, camera_frame_ids, load_calibration, resolve_camera_models,
+)
+from sparseoccvla_core.config import SparseOccVLAConfig
 from sparseoccvla_core.data.images import CorruptImageError
+from sparseoccvla_core.model import DEFAULT_SCORE_THRESHOLD
 from sparseoccvla_core.pipeline import CameraFrame, FrameInput, PipelineOptions, SparseOccVLAPipeline, StepResult
 from sparseoccvla_msgs.msg import DrivingPlan, OccupancyForecast
 from sparseoccvla_msgs.srv import AskScene
 
 from . import conversions as conv
+from .health import ERROR, OK, WARN, AlarmBoard, LogThrottle
+from .markers import result_to_markers
 from .synchronizer import (
     NS_PER_S, CameraSet, CameraSetSynchronizer, OdometryHistory, OdometryLookupError,
 )
 
-try:  # only on a full ROS 2 install (not on PyPI, ROS_NOTES.md §1.0)
+try:  # a full ROS 2 install, or the TFMessage-only package scripts/install.sh builds on pip-only installs
     from tf2_msgs.msg import TFMessage  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - depends on the install
     TFMessage = None
 
-OK, WARN, ERROR, STALE = 0, 1, 2, 3
-#: Seconds between repeats of the same kind of bad-input warning in the log.
+#: Seconds between two log lines of the same kind of problem (each kind has its own throttle).
 WARN_THROTTLE_S = 5.0
 #: A camera whose last image is this much older than the freshest camera's is reported as silent, s (wall time).
 CAMERA_SILENT_S = 1.0
+#: The main thread returns from the executor's wait at least this often, s (signals are handled in between).
+SPIN_WAKE_S = 0.1
+#: Shutdown waits this long for a step in progress before leaving the daemon worker behind, s.
+SHUTDOWN_JOIN_S = 1.0
+#: |now - stamp| above this means the node clock and the input stamps are in different time bases (a bag played
+#: in wall time): input ages are then measured against the stream's own offset, s.
+TIME_BASE_MISMATCH_S = 3600.0
+#: Driving commands a checkpoint knows by default (0 left, 1 straight, 2 right); the loaded model's count rules.
+DEFAULT_NUM_COMMANDS: int = next(f.default for f in dataclasses.fields(SparseOccVLAConfig) if f.name == "num_commands")
+
+#: Alarm kinds reported under the ``inference`` status (all others belong to ``inputs``).
+INFERENCE_KINDS = frozenset({"inference", "latency", "time_backwards"})
 
 
 @dataclass(frozen=True)
@@ -105,7 +137,8 @@ PARAMETERS: dict[str, _Param] = {
                                     "(0.5 = the key-frame interval the training data uses)", lo=0.01, hi=5.0),
     "reset_time_gap_s": _Param(1.5, "a larger gap between frames starts a new sequence, s", False, 0.01, 3600.0),
     "reset_pose_jump_m": _Param(20.0, "a larger jump in ego position starts a new sequence, m", False, 0.01, 1e6),
-    "score_threshold": _Param(0.3, "occupancy points below this score are not published (0..1)", False, 0.0, 1.0),
+    "score_threshold": _Param(DEFAULT_SCORE_THRESHOLD, "occupancy points below this score are not published (0..1; "
+                              "the default is the model's)", False, 0.0, 1.0),
     "explain": _Param(True, "publish the language explanation (~/output/explanation and a text marker) every "
                       "frame; the reasoning is always generated because the planner attends to it", False),
     "history_interval_s": _Param(0.0, "minimum spacing of the model's past frames, s; 0 = every processed frame "
@@ -113,8 +146,14 @@ PARAMETERS: dict[str, _Param] = {
                                  "was trained on", False, 0.0, 10.0),
     "max_question_chars": _Param(1000, "AskScene rejects longer questions, characters", False, 1, 100000),
     "driving_command": _Param(1, "driving command (0 left, 1 straight, 2 right) used until one arrives on "
-                              "~/input/command", False, 0, 2),
+                              "~/input/command", False, 0, DEFAULT_NUM_COMMANDS - 1),
     "diagnostics_period_s": _Param(1.0, "/diagnostics publishing period, s", lo=0.05, hi=60.0),
+    "diagnostics_hold_s": _Param(5.0, "a problem stays reported on /diagnostics this long after it last happened, s "
+                                 "(wall time)", lo=0.1, hi=3600.0),
+    "stale_input_s": _Param(2.0, "no camera image for this long (wall time) after images flowed -> WARN stale input, s",
+                            lo=0.1, hi=3600.0),
+    "latency_budget_s": _Param(1.0, "a frame whose camera-set-complete -> outputs-published latency exceeds this -> "
+                               "WARN, s", False, 0.01, 3600.0),
 }
 
 
@@ -133,7 +172,7 @@ def _descriptor(name: str, p: _Param) -> ParameterDescriptor:
 
 
 class _Stats:
-    """Counters and timings reported on /diagnostics (written by callbacks and the worker)."""
+    """Counters and timings reported on /diagnostics (written by callbacks and the worker under ``lock``)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -142,19 +181,17 @@ class _Stats:
         self.frames_published = 0
         self.ignored_no_clock = 0
         self.bad_input: dict[str, int] = {}
-        self.last_problem = ""
-        self.last_problem_level = OK
-        self.problem_since_report = False
-        self.publish_times: deque[float] = deque(maxlen=50)  # node-clock seconds of published frames
+        self.publish_times: list[float] = []  # wall seconds of the last published frames (rate)
+        self.latencies_s: list[float] = []  # camera set complete -> outputs published, last frames, s
         self.last_timings: dict[str, float] = {}
         self.last_latency_s = float("nan")
         self.last_age_s = float("nan")
+        self.age_time_base = "none"
         self.last_stamp_ns = 0
 
-    def problem(self, kind: str, text: str, level: int = WARN) -> None:
+    def count(self, kind: str) -> None:
         with self.lock:
             self.bad_input[kind] = self.bad_input.get(kind, 0) + 1
-            self.last_problem, self.last_problem_level, self.problem_since_report = text, level, True
 
 
 class DrivingNode(Node):
@@ -172,6 +209,7 @@ class DrivingNode(Node):
         try:
             self._setup()
         except Exception:
+            self._teardown_helpers()
             super().destroy_node()  # release the half-built node's handles before reporting the error
             raise
 
@@ -182,20 +220,27 @@ class DrivingNode(Node):
         self._validate_parameters()
 
         self.stats = _Stats()
+        self._input_alarms = AlarmBoard(float(self._p["diagnostics_hold_s"]))
+        self._inference_alarms = AlarmBoard(float(self._p["diagnostics_hold_s"]))
+        self._log_throttle = LogThrottle(WARN_THROTTLE_S)
         self._pipeline: Optional[SparseOccVLAPipeline] = None
         self._model_status = (WARN, "loading the model")
         self._command = int(self._p["driving_command"])
         self._stop = threading.Event()
         self._mailbox: Optional[tuple[CameraSet, float]] = None
         self._mailbox_cv = threading.Condition()
+        self._last_published_stamp_ns: Optional[int] = None
+        self._stamp_offset_ns: Optional[int] = None  # min(node clock at receipt - stamp): the stream's time base
+        self._diag_snapshot: dict[str, int] = {}
 
-        # --- calibration: YAML first, /tf_static overrides per camera (one documented rule)
-        self._yaml_cal: dict[str, conv.CameraCalibration] = {}
-        self._tf_cam2ego: dict[str, np.ndarray] = {}
-        self._tf_transforms: dict[str, Any] = {}
+        # --- calibration sources (precedence: sparseoccvla_core.calibration_file.resolve_camera_models)
+        self._yaml_cal: dict[str, CameraCalibration] = {}
+        self._tf_transforms: dict[str, Any] = {}  # child frame -> geometry_msgs/TransformStamped from /tf_static
+        self._tf_lock = threading.Lock()
+        self._calibration_sources: dict[str, str] = {}
         ego_frame = self._p["frame_id"]
         if self._p["calibration_file"]:
-            self._yaml_cal, yaml_ego = conv.load_calibration(self._p["calibration_file"])
+            self._yaml_cal, yaml_ego = load_calibration(self._p["calibration_file"])
             if yaml_ego != ego_frame:
                 self.get_logger().warning(
                     f"calibration_file maps cameras into '{yaml_ego}' but frame_id is '{ego_frame}'; "
@@ -204,8 +249,8 @@ class DrivingNode(Node):
         elif TFMessage is None:
             raise ValueError(
                 "no source of camera extrinsics: set the calibration_file parameter to the calibration YAML "
-                "(the bag converter writes one beside every bag); /tf_static needs tf2_msgs, which this ROS 2 "
-                "install (pip-only rclpy) does not have"
+                "(the bag converter writes one beside every bag), or run scripts/install.sh so that tf2_msgs "
+                "imports and the node can read /tf_static"
             )
         self._camera_info: dict[str, tuple[np.ndarray, tuple[int, int], str]] = {}
         self._last_msg_time: dict[str, float] = {}
@@ -218,11 +263,9 @@ class DrivingNode(Node):
         self._odometry = OdometryHistory(
             max_age_s=float(self._p["odometry_history_s"]), max_gap_s=float(self._p["max_odometry_gap_s"])
         )
-        self._sensor_group = MutuallyExclusiveCallbackGroup()
-        self._service_group = MutuallyExclusiveCallbackGroup()
-        self._timer_group = MutuallyExclusiveCallbackGroup()
+        group = MutuallyExclusiveCallbackGroup()
         # Cameras: best effort (sensor data), depth 2 - the synchronizer keeps its own bounded queues and callbacks
-        # only store, so a deeper DDS queue would only deliver stale frames (ROS_NOTES §3).
+        # only store, so a deeper DDS queue would only deliver stale frames (docs/ros_conventions.md §4).
         image_qos = QoSProfile(
             reliability=QoSReliabilityPolicy.BEST_EFFORT, history=QoSHistoryPolicy.KEEP_LAST, depth=2,
             durability=QoSDurabilityPolicy.VOLATILE,
@@ -231,22 +274,24 @@ class DrivingNode(Node):
         for cam in CAMERA_NAMES:
             self.create_subscription(
                 image_type, f"~/input/{cam}/image", lambda msg, cam=cam: self._on_image(cam, msg), image_qos,
-                callback_group=self._sensor_group,
+                callback_group=group,
             )
             self.create_subscription(
                 CameraInfo, f"~/input/{cam}/camera_info", lambda msg, cam=cam: self._on_camera_info(cam, msg),
-                qos_profile_sensor_data, callback_group=self._sensor_group,
+                qos_profile_sensor_data, callback_group=group,
             )
         odom_qos = QoSProfile(reliability=QoSReliabilityPolicy.BEST_EFFORT, depth=20)  # accepts reliable publishers
-        self.create_subscription(Odometry, "~/input/odometry", self._on_odometry, odom_qos, callback_group=self._sensor_group)
-        self.create_subscription(UInt8, "~/input/command", self._on_command, 10, callback_group=self._sensor_group)
+        self.create_subscription(Odometry, "~/input/odometry", self._on_odometry, odom_qos, callback_group=group)
+        self.create_subscription(UInt8, "~/input/command", self._on_command, 10, callback_group=group)
         if TFMessage is not None:
+            # latched like tf2's static listener: late joiners get every static transform published before
             tf_qos = QoSProfile(
-                reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL, depth=100
+                reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+                history=QoSHistoryPolicy.KEEP_LAST, depth=100,
             )
-            self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, tf_qos, callback_group=self._sensor_group)
+            self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, tf_qos, callback_group=group)
 
-        # --- outputs: reliable, depth 1 (large clouds are lost best-effort, ROS_NOTES §1.e)
+        # --- outputs: reliable, depth 1 (large clouds are lost best-effort, docs/ros_conventions.md §4)
         out_qos = QoSProfile(
             reliability=QoSReliabilityPolicy.RELIABLE, history=QoSHistoryPolicy.KEEP_LAST, depth=1,
             durability=QoSDurabilityPolicy.VOLATILE,
@@ -259,14 +304,32 @@ class DrivingNode(Node):
         self._pub_explanation = self.create_publisher(String, "~/output/explanation", out_qos)
         self._pub_markers = self.create_publisher(MarkerArray, "~/debug/markers", out_qos)
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_lock = threading.Lock()
 
-        self.create_service(AskScene, "~/ask_scene", self._on_ask, callback_group=self._service_group)
         self._diag_timer = self.create_timer(
-            float(self._p["diagnostics_period_s"]), self._publish_diagnostics, callback_group=self._timer_group
+            float(self._p["diagnostics_period_s"]), self._publish_diagnostics, callback_group=group
         )
         self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        # --- AskScene on a helper node with its own executor thread (see the module docstring)
+        self._ask_node = rclpy.create_node(
+            f"{self.get_name()}_ask_scene", namespace=self.get_namespace(), context=self.context,
+            use_global_arguments=False, start_parameter_services=False,
+        )
+        self._ask_node.create_service(AskScene, self.resolve_service_name("~/ask_scene"), self._on_ask)
+        self._ask_executor = SingleThreadedExecutor(context=self.context)
+        self._ask_executor.add_node(self._ask_node)
+        self._ask_thread = threading.Thread(target=self._spin_ask, name="sparseoccvla-ask-scene", daemon=True)
+        self._ask_thread.start()
+
         self._worker = threading.Thread(target=self._run_worker, name="sparseoccvla-inference", daemon=True)
         self._worker.start()
+
+    def _spin_ask(self) -> None:
+        try:
+            self._ask_executor.spin()
+        except (ExternalShutdownException, KeyboardInterrupt):
+            pass
 
     # ------------------------------------------------------------------ parameters
     def _validate_parameters(self) -> None:
@@ -304,6 +367,19 @@ class DrivingNode(Node):
         pipe.options.max_question_chars = opts.max_question_chars
         pipe.options.history_interval_s = opts.history_interval_s
 
+    # ------------------------------------------------------------------ problems: alarm + throttled log per kind
+    def _warn(self, kind: str, text: str, level: int = WARN) -> None:
+        """Count, raise the alarm of this kind (held, see :mod:`.health`) and log, throttled per kind."""
+        now = time.monotonic()
+        self.stats.count(kind)
+        board = self._inference_alarms if kind in INFERENCE_KINDS else self._input_alarms
+        board.raise_alarm(kind, level, text, now)
+        suppressed = self._log_throttle.admit(kind, now)
+        if suppressed is None:
+            return
+        line = text + (f" [{suppressed} more '{kind}' messages in the last {WARN_THROTTLE_S:.0f} s]" if suppressed else "")
+        (self.get_logger().error if level >= ERROR else self.get_logger().warning)(line)
+
     # ------------------------------------------------------------------ callbacks (O(1): store and return)
     def _clock_ready(self) -> bool:
         """False while use_sim_time is on and no /clock has arrived (now() == 0): inputs are ignored."""
@@ -313,10 +389,6 @@ class DrivingNode(Node):
             return False
         return True
 
-    def _warn(self, kind: str, text: str, level: int = WARN) -> None:
-        self.stats.problem(kind, text, level)
-        self.get_logger().warning(text, throttle_duration_sec=WARN_THROTTLE_S)
-
     def _on_image(self, cam: str, msg: Any) -> None:
         if not self._clock_ready():
             return
@@ -325,12 +397,18 @@ class DrivingNode(Node):
         if stamp == 0:
             self._warn("no_stamp", f"{cam}: image without header.stamp ignored (publish real stamps)")
             return
+        offset = self.get_clock().now().nanoseconds - stamp
         before = (self._sync.stats.late, self._sync.stats.resets)
         sets = self._sync.add(cam, stamp, msg)
-        if self._sync.stats.late > before[0]:
-            self._warn("out_of_order", f"{cam}: image stamp {stamp} ns is older than the last synchronized set; dropped")
         if self._sync.stats.resets > before[1]:
-            self._warn("time_jump", "camera stamps jumped backwards (bag loop / new bag): synchronizer reset")
+            self._stamp_offset_ns = None  # a new time line (bag loop / new bag)
+            self._warn("time_jump", f"{cam}: image stamps jumped backwards (bag loop / new bag): synchronizer reset, "
+                       "pending images dropped")
+        if self._sync.stats.late > before[0]:
+            self._warn("out_of_order", f"{cam}: image stamp {stamp} ns is not newer than the last synchronized set; "
+                       "dropped")
+        if self._stamp_offset_ns is None or offset < self._stamp_offset_ns:
+            self._stamp_offset_ns = offset
         for s in sets:
             with self._mailbox_cv:
                 with self.stats.lock:
@@ -358,23 +436,18 @@ class DrivingNode(Node):
             self._warn("odometry", f"odometry rejected: {exc}")
 
     def _on_command(self, msg: UInt8) -> None:
-        if msg.data > 2:
-            self._warn("command", f"driving command {msg.data} ignored (0 left, 1 straight, 2 right)")
+        pipe = self._pipeline
+        n = pipe.cfg.num_commands if pipe is not None else DEFAULT_NUM_COMMANDS
+        if msg.data >= n:
+            self._warn("command", f"driving command {msg.data} ignored: the model knows commands 0..{n - 1} "
+                       "(0 left, 1 straight, 2 right)")
             return
         self._command = int(msg.data)
 
-    def _on_tf_static(self, msg: Any) -> None:  # pragma: no cover - needs tf2_msgs (full ROS 2 install)
-        for t in msg.transforms:
-            self._tf_transforms[t.child_frame_id.lstrip("/")] = t
-        frames = {cam: self._camera_frame(cam) for cam in CAMERA_NAMES}
-        self._tf_cam2ego = conv.tf_to_cam2ego(self._tf_transforms.values(), self._p["frame_id"], frames)
-
-    def _camera_frame(self, cam: str) -> str:
-        info = self._camera_info.get(cam)
-        if info is not None and info[2]:
-            return info[2]
-        cal = self._yaml_cal.get(cam)
-        return cal.frame_id if cal is not None else cam
+    def _on_tf_static(self, msg: Any) -> None:
+        with self._tf_lock:
+            for t in msg.transforms:
+                self._tf_transforms[t.child_frame_id.lstrip("/")] = t
 
     # ------------------------------------------------------------------ worker
     def _run_worker(self) -> None:
@@ -400,6 +473,8 @@ class DrivingNode(Node):
             try:
                 self._process(pipe, *item)
             except Exception as exc:  # noqa: BLE001 - the node must survive any single bad frame
+                if self._stop.is_set():
+                    return  # shutting down: handles may already be gone
                 self._warn("inference", f"frame dropped: {type(exc).__name__}: {exc}", ERROR)
                 self._publish_diagnostics()
 
@@ -414,18 +489,26 @@ class DrivingNode(Node):
                     raise
                 time.sleep(0.005)
 
+    def camera_models(self) -> dict[str, Any]:
+        """The calibration of every camera under the precedence rule (raises CalibrationIncompleteError)."""
+        info = {cam: (k, hw) for cam, (k, hw, _) in self._camera_info.items()}
+        frames = camera_frame_ids(CAMERA_NAMES, {c: v[2] for c, v in self._camera_info.items()}, self._yaml_cal)
+        with self._tf_lock:
+            transforms = list(self._tf_transforms.values())
+        tf_cam2ego = conv.tf_to_cam2ego(transforms, self._p["frame_id"], frames) if transforms else {}
+        return resolve_camera_models(CAMERA_NAMES, self._yaml_cal, tf_cam2ego, info, tf_available=TFMessage is not None)
+
     def _frame_input(self, pipe: SparseOccVLAPipeline, cset: CameraSet) -> FrameInput:
         """Decode and calibrate one camera set (raises ValueError subclasses on bad input)."""
         target_hw = tuple(pipe.cfg.image_size)
-        missing = [c for c in CAMERA_NAMES if c not in self._tf_cam2ego and c not in self._yaml_cal]
-        if missing:
-            raise conv.ConversionError(
-                f"no extrinsics (cam2ego) for cameras {missing}: add them to calibration_file"
-                + (" or publish them on /tf_static" if TFMessage is not None else "")
-            )
+        models = self.camera_models()
+        self._calibration_sources = {
+            cam: f"{m.extrinsics_source}+{m.intrinsics_source}" for cam, m in models.items()
+        }
         cameras = []
         for cam in CAMERA_NAMES:
             msg = cset.messages[cam]
+            model = models[cam]
             scale = 1.0
             if isinstance(msg, CompressedImage):
                 r = conv.jpeg_reduction(msg, target_hw)
@@ -433,25 +516,15 @@ class DrivingNode(Node):
                 scale = 1.0 / r
             else:
                 rgb = conv.image_to_rgb(msg)
-            info = self._camera_info.get(cam)
-            cal = self._yaml_cal.get(cam)
-            if info is not None:
-                k, (h, w) = info[0], info[1]
-            elif cal is not None and cal.intrinsics is not None:
-                k = cal.intrinsics
-                w, h = cal.image_size if cal.image_size is not None else (round(rgb.shape[1] / scale), round(rgb.shape[0] / scale))
-            else:
-                raise conv.ConversionError(f"{cam}: no CameraInfo received yet and no intrinsics in calibration_file")
-            expect = (round(h * scale), round(w * scale))
-            if h > 0 and w > 0 and rgb.shape[:2] != expect:
-                raise conv.ConversionError(
-                    f"{cam}: image is {rgb.shape[1]}x{rgb.shape[0]} but its calibration is for {w}x{h}"
-                    + (f" (decoded at 1/{round(1 / scale)})" if scale != 1.0 else "")
-                )
-            cam2ego = self._tf_cam2ego.get(cam)
-            if cam2ego is None:
-                cam2ego = cal.cam2ego  # type: ignore[union-attr]
-            cameras.append(CameraFrame(cam, rgb, conv.scale_intrinsics(k, scale), cam2ego))
+            if model.image_size is not None:
+                w, h = model.image_size
+                expect = (round(h * scale), round(w * scale))
+                if rgb.shape[:2] != expect:
+                    raise conv.ConversionError(
+                        f"{cam}: image is {rgb.shape[1]}x{rgb.shape[0]} but its calibration ({model.intrinsics_source})"
+                        f" is for {w}x{h}" + (f" (decoded at 1/{round(1 / scale)})" if scale != 1.0 else "")
+                    )
+            cameras.append(CameraFrame(cam, rgb, conv.scale_intrinsics(model.intrinsics, scale), model.cam2ego))
         odom = self._lookup_odometry(cset.stamp_ns)
         acc = self._odometry.acceleration(cset.stamp_ns, float(self._p["acceleration_window_s"]))
         return FrameInput(
@@ -460,45 +533,63 @@ class DrivingNode(Node):
             command=self._command,
         )
 
+    def _drop(self, kind: str, cset: CameraSet, exc: Exception, level: int) -> None:
+        self._warn(kind, f"camera set at {cset.stamp_ns} ns dropped: {exc}", level)
+        if level >= ERROR:
+            self._publish_diagnostics()
+
     def _process(self, pipe: SparseOccVLAPipeline, cset: CameraSet, t_ready: float) -> None:
         t0 = time.perf_counter()
         try:
             frame = self._frame_input(pipe, cset)
         except CorruptImageError as exc:
-            self._warn("corrupt_image", f"camera set at {cset.stamp_ns} ns dropped: {exc}", ERROR)
-            self._publish_diagnostics()
-            return
+            return self._drop("corrupt_image", cset, exc, ERROR)
+        except CalibrationIncompleteError as exc:
+            return self._drop("calibration", cset, exc, ERROR)
         except OdometryLookupError as exc:
-            self._warn("odometry_gap", f"camera set at {cset.stamp_ns} ns dropped: {exc}")
-            self._publish_diagnostics()
-            return
+            return self._drop("odometry_gap", cset, exc, WARN)
         except ValueError as exc:
-            self._warn("bad_input", f"camera set at {cset.stamp_ns} ns dropped: {exc}", ERROR)
-            self._publish_diagnostics()
-            return
+            return self._drop("bad_input", cset, exc, ERROR)
         t_decode = time.perf_counter() - t0
         try:
             result = pipe.step(frame)
         except ValueError as exc:
-            self._warn("bad_input", f"camera set at {cset.stamp_ns} ns rejected by the pipeline: {exc}", ERROR)
-            self._publish_diagnostics()
-            return
-        if result.sequence_reset and pipe.frames_processed > 1:
-            self.get_logger().info(f"new sequence: {result.reset_reason}", throttle_duration_sec=WARN_THROTTLE_S)
+            return self._drop("bad_input", cset, ValueError(f"rejected by the pipeline: {exc}"), ERROR)
+        last = self._last_published_stamp_ns
+        if last is not None and result.stamp_ns <= last:
+            # outputs go back in time (bag loop, new bag, a publisher restarted): say so before publishing them
+            self._warn("time_backwards", f"outputs go back in time: stamp {result.stamp_ns} ns after {last} ns "
+                       f"({(result.stamp_ns - last) / NS_PER_S:+.3f} s); the model's history was reset "
+                       f"({result.reset_reason or 'new sequence'})")
+        elif result.sequence_reset and pipe.frames_processed > 1:
+            self.get_logger().info(f"new sequence: {result.reset_reason}")
         t1 = time.perf_counter()
-        self._publish_result(result)
+        self._publish_result(pipe, result)
         t_publish = time.perf_counter() - t1
-        now = self.get_clock().now().nanoseconds
+        latency = time.perf_counter() - t_ready
+        self._last_published_stamp_ns = result.stamp_ns
+        now_ns = self.get_clock().now().nanoseconds
+        age_ns = now_ns - cset.stamp_ns
+        if abs(age_ns) <= TIME_BASE_MISMATCH_S * NS_PER_S:
+            age_s, base = age_ns / NS_PER_S, "node clock"
+        else:  # wall-time replay of a bag: measure against the stream's own offset from the node clock
+            offset = self._stamp_offset_ns if self._stamp_offset_ns is not None else age_ns
+            age_s, base = (age_ns - offset) / NS_PER_S, "stamps offset to node clock"
+        budget = float(self._p["latency_budget_s"])
+        if latency > budget:
+            self._warn("latency", f"latency {latency:.3f} s over latency_budget_s = {budget:.3f} s")
         with self.stats.lock:
             s = self.stats
             s.frames_published += 1
             s.last_timings = {"decode": t_decode, **result.timings_s, "publish": t_publish}
-            s.last_latency_s = time.perf_counter() - t_ready
-            s.last_age_s = (now - cset.stamp_ns) / NS_PER_S
+            s.last_latency_s = latency
+            s.latencies_s = (s.latencies_s + [latency])[-100:]
+            s.last_age_s, s.age_time_base = age_s, base
             s.last_stamp_ns = cset.stamp_ns
-            s.publish_times.append(now / NS_PER_S)
+            s.publish_times = (s.publish_times + [time.monotonic()])[-50:]
+        return None
 
-    def _publish_result(self, result: StepResult) -> None:
+    def _publish_result(self, pipe: SparseOccVLAPipeline, result: StepResult) -> None:
         """Every output carries the input set's stamp (never now())."""
         frame_id, stamp = self._p["frame_id"], result.stamp_ns
         header = conv.make_header(stamp, frame_id)
@@ -511,8 +602,7 @@ class DrivingNode(Node):
         explain = bool(self._p["explain"])
         if explain:
             self._pub_explanation.publish(String(data=result.explanation))
-        voxel = self._pipeline.cfg.voxel_size if self._pipeline is not None else 0.4
-        self._pub_markers.publish(conv.result_to_markers(result, frame_id, voxel, show_text=explain))
+        self._pub_markers.publish(result_to_markers(result, frame_id, pipe.cfg.voxel_size, show_text=explain))
 
     # ------------------------------------------------------------------ service
     def _on_ask(self, request: AskScene.Request, response: AskScene.Response) -> AskScene.Response:
@@ -520,91 +610,150 @@ class DrivingNode(Node):
         pipe = self._pipeline
         if pipe is None:
             response.success, response.error_message = False, f"the model is not ready: {self._model_status[1]}"
+        elif pipe.frames_processed == 0:
+            response.success, response.error_message = False, (
+                "no camera set has been processed yet: the node answers about the latest processed camera set; "
+                "publish the six camera images and odometry (e.g. play a bag) and ask again"
+            )
         else:
             try:
                 answer = pipe.ask(request.question)
                 response.success, response.answer = True, answer.text
                 response.scene_stamp = conv.ns_to_stamp(answer.stamp_ns)
-            except (ValueError, RuntimeError) as exc:
+            except ValueError as exc:  # empty / too long question: the text says what to change
                 response.success, response.error_message = False, str(exc)
+            except RuntimeError as exc:
+                response.success, response.error_message = False, f"the question could not be answered: {exc}"
         response.latency_s = float(time.perf_counter() - t0)
         return response
 
     # ------------------------------------------------------------------ diagnostics
-    def _publish_diagnostics(self) -> None:
-        name = self.get_name()
-        now = self.get_clock().now()
-        wall = time.monotonic()
-        s = self.stats
-        sync = self._sync.stats
+    def _check_inputs(self, now: float) -> dict[str, Any]:
+        """Raise the alarms of conditions seen by polling (silent cameras, stale input, drops); input values."""
+        s, sync = self.stats, self._sync.stats
         with s.lock:
-            times = list(s.publish_times)
-            window = [t for t in times if t >= now.nanoseconds / NS_PER_S - 10.0]
-            rate = (len(window) - 1) / (window[-1] - window[0]) if len(window) >= 2 and window[-1] > window[0] else 0.0
-            level, message = (s.last_problem_level, s.last_problem) if s.problem_since_report else (OK, "inputs OK")
-            s.problem_since_report = False
-            bad = dict(s.bad_input)
-            timings = dict(s.last_timings)
-            input_values: dict[str, Any] = {
+            counters = {
                 "sets_completed": s.sets_completed, "sets_dropped_behind": s.sets_dropped,
                 "sync_messages_dropped": sync.dropped, "sync_late_messages": sync.late,
                 "sync_resets": sync.resets, "ignored_before_clock": s.ignored_no_clock,
-                **{f"bad_{k}": v for k, v in bad.items()},
             }
-            latency = {
-                "frames_published": s.frames_published, "rate_hz": rate, "latency_s": s.last_latency_s,
-                "input_age_s": s.last_age_s, "last_stamp_ns": s.last_stamp_ns,
-                **{f"time_{k}_s": v for k, v in timings.items()},
-            }
+            bad = dict(s.bad_input)
+        values: dict[str, Any] = {**counters, **{f"bad_{k}": v for k, v in bad.items()}}
+        prev, self._diag_snapshot = self._diag_snapshot, dict(counters)
+        new_drops = {k: counters[k] - prev.get(k, 0) for k in ("sets_dropped_behind", "sync_messages_dropped")}
+        if any(new_drops.values()):
+            self._input_alarms.raise_alarm(
+                "drops", WARN, "dropped: " + ", ".join(f"{v} {k}" for k, v in new_drops.items() if v), now
+            )
+        ages = {}
         for topic in (*CAMERA_NAMES, "odometry"):
             last = self._last_msg_time.get(topic)
-            input_values[f"age_{topic}_s"] = float("inf") if last is None else wall - last
-        silent = [t for t in CAMERA_NAMES if t not in self._last_msg_time]
-        ages = {t: input_values[f"age_{t}_s"] for t in CAMERA_NAMES}
-        freshest = min(ages.values())
-        # a camera far behind the others has stopped (cameras of one rig publish within milliseconds of each other)
-        lagging = [t for t, a in ages.items() if a - freshest > CAMERA_SILENT_S and t not in silent]
-        if level == OK and silent and s.sets_completed == 0:
-            level, message = WARN, f"waiting for cameras {silent}"
-        elif level == OK and (lagging or (silent and freshest < CAMERA_SILENT_S)):
-            level, message = WARN, f"no images from cameras {silent + lagging} while others publish: no camera set completes"
+            ages[topic] = float("inf") if last is None else now - last
+            values[f"age_{topic}_s"] = ages[topic]
+        cams = {t: ages[t] for t in CAMERA_NAMES}
+        silent = [t for t, a in cams.items() if a == float("inf")]
+        freshest = min(cams.values())
+        stale_s = float(self._p["stale_input_s"])
+        if len(silent) == len(CAMERA_NAMES):
+            self._input_alarms.raise_alarm("waiting", WARN, f"waiting for cameras {silent}", now)
+        elif freshest > stale_s:
+            self._input_alarms.raise_alarm(
+                "stale_input", WARN, f"inputs stale: no camera image for {freshest:.1f} s (bag ended or sensors "
+                f"stopped)", now
+            )
+        else:
+            self._input_alarms.clear("waiting")
+            # a camera far behind the others has stopped (cameras of one rig publish within ms of each other)
+            lagging = [t for t, a in cams.items() if a - freshest > CAMERA_SILENT_S]
+            if lagging:
+                self._input_alarms.raise_alarm(
+                    "missing_camera", WARN, f"no images from cameras {lagging} while others publish: no camera set "
+                    "completes", now
+                )
+        values["calibration_sources"] = ", ".join(f"{c}={v}" for c, v in self._calibration_sources.items()) or "none yet"
+        values["tf_static"] = "subscribed" if TFMessage is not None else "unavailable (tf2_msgs does not import)"
+        return values
+
+    def _publish_diagnostics(self) -> None:
+        """Publish the model / inputs / inference statuses (timer, and at once after an ERROR from the worker)."""
+        with self._diag_lock:
+            try:
+                self._publish_diagnostics_locked()
+            except Exception as exc:  # noqa: BLE001 - diagnostics must never take the node down
+                if not self._stop.is_set():
+                    self.get_logger().error(f"diagnostics failed: {type(exc).__name__}: {exc}")
+
+    def _publish_diagnostics_locked(self) -> None:
+        name = self.get_name()
+        now = time.monotonic()
+        input_values = self._check_inputs(now)
+        s = self.stats
+        with s.lock:
+            times = [t for t in s.publish_times if t >= now - 10.0]
+            rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else 0.0
+            lat = sorted(s.latencies_s)
+            latency: dict[str, Any] = {
+                "frames_published": s.frames_published, "rate_hz": rate, "latency_s": s.last_latency_s,
+                "latency_p50_s": lat[len(lat) // 2] if lat else float("nan"),
+                "latency_max_s": lat[-1] if lat else float("nan"),
+                "input_age_s": s.last_age_s, "input_age_time_base": s.age_time_base, "last_stamp_ns": s.last_stamp_ns,
+                **{f"time_{k}_s": v for k, v in s.last_timings.items()},
+            }
+            published = s.frames_published
         pipe = self._pipeline
         if pipe is not None:
             latency.update(history_frames=pipe.history_length, sequence_resets=pipe.resets)
+        in_level, in_msg = self._input_alarms.summary(now, "inputs OK")
+        inf_level, inf_msg = self._inference_alarms.summary(now, "running" if published else "no frame processed yet")
+        if inf_level == OK and not published:
+            inf_level = WARN
+        device = self._p["device"]
         statuses = [
             conv.diagnostic_status(f"{name}: model", self._model_status[0], self._model_status[1],
-                                   {"checkpoint": self._p["checkpoint"]}, hardware_id=self._p["device"]),
-            conv.diagnostic_status(f"{name}: inputs", level, message, input_values, hardware_id=self._p["device"]),
-            conv.diagnostic_status(f"{name}: inference", OK if s.frames_published else WARN,
-                                   "running" if s.frames_published else "no frame processed yet", latency,
-                                   hardware_id=self._p["device"]),
+                                   {"checkpoint": self._p["checkpoint"]}, hardware_id=device),
+            conv.diagnostic_status(f"{name}: inputs", in_level, in_msg, input_values, hardware_id=device),
+            conv.diagnostic_status(f"{name}: inference", inf_level, inf_msg, latency, hardware_id=device),
         ]
-        self._pub_diagnostics.publish(conv.diagnostic_array(now.to_msg(), statuses))
+        self._pub_diagnostics.publish(conv.diagnostic_array(self.get_clock().now().to_msg(), statuses))
 
     # ------------------------------------------------------------------ shutdown
-    def destroy_node(self) -> None:
-        """Stop the worker thread, then destroy the node."""
+    def _teardown_helpers(self, join_s: float = SHUTDOWN_JOIN_S) -> None:
+        """Stop the worker and the AskScene helper (each waited for at most ``join_s``)."""
         stop, cv, worker = (getattr(self, n, None) for n in ("_stop", "_mailbox_cv", "_worker"))
         if stop is not None:  # None when __init__ failed early (bad parameters)
             stop.set()
         if cv is not None:
             with cv:
                 cv.notify_all()
+        executor, ask_node, ask_thread = (getattr(self, n, None) for n in ("_ask_executor", "_ask_node", "_ask_thread"))
+        if executor is not None:
+            executor.shutdown(timeout_sec=0.0)
+        if ask_thread is not None and ask_thread.is_alive() and threading.current_thread() is not ask_thread:
+            ask_thread.join(timeout=join_s)
+        if ask_node is not None:
+            ask_node.destroy_node()
+            self._ask_node = None
         if worker is not None and worker.is_alive() and threading.current_thread() is not worker:
-            worker.join(timeout=30.0)
+            worker.join(timeout=join_s)
+
+    def destroy_node(self, join_s: float = SHUTDOWN_JOIN_S) -> None:
+        """Stop the worker (waiting at most ``join_s`` for a step in progress) and the AskScene helper, then
+        destroy the node."""
+        self._teardown_helpers(join_s)
         super().destroy_node()
 
 
 def main(args: Optional[list[str]] = None) -> int:
-    """Console script ``driving_node``: spin the node under a MultiThreadedExecutor until Ctrl-C."""
+    """Console script ``driving_node``: spin the node under a SingleThreadedExecutor until Ctrl-C / SIGTERM."""
     rclpy.init(args=args)
     node = None
     code = 0
     try:
         node = DrivingNode()
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_WAKE_S)  # returns at least every SPIN_WAKE_S: signals are seen
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ValueError, FileNotFoundError) as exc:

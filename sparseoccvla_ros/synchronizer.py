@@ -1,10 +1,10 @@
-"""Approximate-time synchronization of the six cameras and odometry lookup at the set stamp (DESIGN.md §5).
+"""Approximate-time synchronization of the six cameras and odometry lookup at the set stamp (docs/design.md §6).
 
 Pure Python + numpy (no rclpy import), so one code path serves pip-only and full ROS 2 installs, and the
 algorithm is unit-tested on crafted stamp streams (``test/test_synchronizer.py``).
 
 Camera sets (:class:`CameraSetSynchronizer`) follow the idea of ROS' ``message_filters`` ApproximateTime
-policy (ROS_NOTES.md §2.3), implemented here from the description, not from its code:
+policy (docs/ros_conventions.md §5), implemented here from the description, not from its code:
 
 * a *set* holds one message per camera; its *span* is newest stamp - oldest stamp;
 * the synchronizer emits the set of smallest span among those that compete for the same messages, only
@@ -142,10 +142,6 @@ class CameraSetSynchronizer:
         """Pending messages per camera."""
         return {t: len(q) for t, q in self._queues.items()}
 
-    def newest_stamps(self) -> dict[str, Optional[int]]:
-        """Newest stamp received per camera (None before the first), ns."""
-        return dict(self._newest)
-
     def add(self, topic: str, stamp_ns: int, payload: Any) -> list[CameraSet]:
         """Add one message and return the sets that became final (usually zero or one), oldest first.
 
@@ -164,6 +160,7 @@ class CameraSetSynchronizer:
             self.stats.dropped += sum(len(q) for q in self._queues.values())
             self.stats.resets += 1
             self.reset()
+            newest = None  # the pre-jump stamp must not survive the reset, or every later message re-resets
         last_used = self._last_used[topic]
         if last_used is not None and stamp_ns <= last_used:
             self.stats.late += 1

@@ -21,11 +21,12 @@ from rclpy.serialization import deserialize_message, serialize_message  # noqa: 
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
-from sparseoccvla_core.batch import CAMERA_NAMES  # noqa: E402
+from sparseoccvla_core.batch import CAMERA_NAMES, OCC3D_COLORS  # noqa: E402
 from sparseoccvla_core.data.images import CorruptImageError  # noqa: E402
 from sparseoccvla_core.pipeline import OccupancyFrame, PlanResult, StepResult, poses_along_path  # noqa: E402
 from sparseoccvla_core.synthetic.calibration import camera_calibrations  # noqa: E402
 from sparseoccvla_ros import conversions as conv  # noqa: E402
+from sparseoccvla_ros import markers as mk  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -44,20 +45,28 @@ def test_occupancy_cloud_bytes_round_trip():
     rng = np.random.default_rng(0)
     frame = _frame(rng, 500)
     msg = conv.occupancy_to_pointcloud2(frame, conv.make_header(1_532_402_927_612_460_000, "base_link"))
-    assert [f.name for f in msg.fields] == ["x", "y", "z", "class", "score"]
-    assert msg.point_step == 17 and msg.row_step == 17 * 500 and msg.width == 500 and msg.height == 1
-    # independent reader: the packed layout written by hand, applied to the serialized-and-back message
+    assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb", "score", "class"]
+    # every field 4-byte aligned (PCL / Open3D readers reject misaligned float fields) and the point padded to 4
+    assert all(f.offset % 4 == 0 for f in msg.fields) and msg.point_step == 24
+    assert msg.row_step == 24 * 500 and msg.width == 500 and msg.height == 1
+    # independent reader: the layout written by hand, applied to the serialized-and-back message
     back = deserialize_message(serialize_message(msg), PointCloud2)
-    dtype = np.dtype({"names": ["x", "y", "z", "c", "s"], "formats": ["<f4", "<f4", "<f4", "u1", "<f4"],
-                      "offsets": [0, 4, 8, 12, 13], "itemsize": 17})
+    dtype = np.dtype({"names": ["x", "y", "z", "rgb", "s", "c"], "formats": ["<f4", "<f4", "<f4", "<u4", "<f4", "u1"],
+                      "offsets": [0, 4, 8, 12, 16, 20], "itemsize": 24})
     arr = np.frombuffer(bytes(back.data), dtype=dtype)
     np.testing.assert_array_equal(np.stack([arr["x"], arr["y"], arr["z"]], 1), frame.points)
     np.testing.assert_array_equal(arr["c"], frame.classes)
     np.testing.assert_array_equal(arr["s"], frame.scores)
+    # rgb: 0x00RRGGBB of the class colour in the package palette (what RViz's RGB8 transformer reads)
+    palette = np.asarray(OCC3D_COLORS, dtype=np.uint32)
+    expect = (palette[frame.classes, 0] << 16) | (palette[frame.classes, 1] << 8) | palette[frame.classes, 2]
+    np.testing.assert_array_equal(arr["rgb"], expect)
+    np.testing.assert_array_equal(conv.unpack_rgb(conv.pointcloud2_to_array(back)["rgb"]), palette[frame.classes])
     assert back.header.stamp.sec == 1532402927 and back.header.stamp.nanosec == 612460000
     # and the module's own generic reader agrees
     generic = conv.pointcloud2_to_array(back)
     np.testing.assert_array_equal(generic["class"], frame.classes)
+    np.testing.assert_array_equal(generic["score"], frame.scores)
     empty = conv.occupancy_to_pointcloud2(_frame(rng, 0), conv.make_header(0, "base_link"))
     assert empty.width == 0 and len(empty.data) == 0
 
@@ -69,7 +78,9 @@ def test_forecast_time_cloud_and_message():
     frames = [_frame(rng, 30, 0.5, poses[0]), _frame(rng, 20, 1.0, poses[1])]
     cloud = conv.forecast_to_time_cloud(frames, conv.make_header(10**18, "base_link"))
     arr = conv.pointcloud2_to_array(cloud)
-    assert [f.name for f in cloud.fields] == ["x", "y", "z", "class", "score", "time"] and len(arr) == 50
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb", "score", "time", "class"] and len(arr) == 50
+    assert all(f.offset % 4 == 0 for f in cloud.fields) and cloud.point_step == 28
+    np.testing.assert_array_equal(conv.unpack_rgb(arr["rgb"]), np.asarray(OCC3D_COLORS)[arr["class"]])
     np.testing.assert_array_equal(arr["time"], np.r_[np.full(30, 0.5), np.full(20, 1.0)].astype(np.float32))
     # points moved into the current ego frame with the frame pose (independent: homogeneous matrix product)
     homog = np.c_[frames[1].points, np.ones(20)] @ poses[1].T
@@ -125,6 +136,41 @@ def test_corrupt_jpeg_raises(bad):
     msg.header.frame_id = "CAM_FRONT"
     with pytest.raises(CorruptImageError, match="CAM_FRONT"):
         conv.decode_compressed_image(msg)
+
+
+def _warning_only_corruption(data):
+    """A copy of ``data`` with one bit flipped in the entropy-coded scan that OpenCV still decodes (libjpeg only
+    warns), found by a deterministic search; the test needs such a flip, not any flip."""
+    rng = np.random.default_rng(7)
+    for _ in range(2000):
+        b = bytearray(data)
+        pos = int(rng.integers(len(data) // 3, len(data) - 4))
+        b[pos] ^= 1 << int(rng.integers(8))
+        if cv2.imdecode(np.frombuffer(bytes(b), np.uint8), cv2.IMREAD_COLOR) is None:
+            continue
+        try:
+            import simplejpeg
+
+            simplejpeg.decode_jpeg(bytes(b), strict=True)
+        except ValueError:
+            return bytes(b)
+    raise AssertionError("no warning-only bit flip found")
+
+
+def test_corrupt_jpeg_that_opencv_decodes_is_rejected(nuscenes_demo_dir):
+    """Bit-flipped and zeroed scan data of a real nuScenes JPEG: OpenCV returns an image, the strict decoder raises."""
+    data = next(nuscenes_demo_dir.glob("*__CAM_FRONT__*.jpg")).read_bytes()
+    zeroed = bytearray(data)
+    zeroed[len(data) // 2: len(data) // 2 + 4000] = bytes(4000)
+    for bad in (_warning_only_corruption(data), bytes(zeroed)):
+        assert cv2.imdecode(np.frombuffer(bad, np.uint8), cv2.IMREAD_REDUCED_COLOR_2) is not None  # OpenCV: "fine"
+        msg = CompressedImage(format="jpeg", data=bad)
+        msg.header.frame_id = "CAM_FRONT"
+        for r in (1, 2):
+            with pytest.raises(CorruptImageError, match="CAM_FRONT.*corrupt JPEG"):
+                conv.decode_compressed_image(msg, reduction=r)
+    ok = conv.decode_compressed_image(CompressedImage(format="jpeg", data=data), reduction=2)
+    assert ok.shape == (450, 800, 3)
 
 
 def test_raw_image_encodings_with_row_padding():
@@ -259,7 +305,7 @@ def test_plan_and_path_contents():
 def test_markers_and_diagnostics():
     rng = np.random.default_rng(5)
     res = _result(rng)
-    markers = conv.result_to_markers(res, "base_link", voxel_size=0.4).markers
+    markers = mk.result_to_markers(res, "base_link", voxel_size=0.4).markers
     types = [m.type for m in markers]
     assert markers[0].action == Marker.DELETEALL
     classes = res.occupancy.classes
@@ -269,7 +315,7 @@ def test_markers_and_diagnostics():
     assert sum(len(m.points) for m in cubes.values()) == 40 and cubes[int(classes[0])].scale.x == pytest.approx(0.4)
     for cls, m in cubes.items():  # each class list holds exactly that class's voxels, in its colour
         np.testing.assert_allclose([[p.x, p.y, p.z] for p in m.points], res.occupancy.points[classes == cls], atol=1e-6)
-        assert m.color.g == pytest.approx(float(conv.CLASS_COLORS[cls][1]))
+        assert m.color.g == pytest.approx(float(OCC3D_COLORS[cls][1] / 255.0))
     anchors = [m for m in markers if m.ns == "anchors"]
     assert anchors[-1].color.r > anchors[0].color.r  # higher score -> redder
     assert all(conv.stamp_to_ns(m.header.stamp) == res.stamp_ns for m in markers)
@@ -280,7 +326,7 @@ def test_markers_and_diagnostics():
 def test_marker_voxel_cap_keeps_best_scores():
     rng = np.random.default_rng(6)
     res = _result(rng)
-    cubes = [m for m in conv.result_to_markers(res, "base_link", 0.4, max_voxels=5).markers if m.ns == "occupancy"]
+    cubes = [m for m in mk.result_to_markers(res, "base_link", 0.4, max_voxels=5).markers if m.ns == "occupancy"]
     drawn = sorted(tuple(round(v, 4) for v in (p.x, p.y, p.z)) for m in cubes for p in m.points)
     best = np.argsort(-res.occupancy.scores)[:5]
     assert drawn == sorted(tuple(round(float(v), 4) for v in p) for p in res.occupancy.points[best])

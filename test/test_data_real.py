@@ -211,7 +211,7 @@ def test_omnidrive_files(qa_samples_dir, tmp_path):
     anchors = load_omnidrive_planning_anchors(qa_samples_dir / "omnidrive" / "planning_anchor_infos.pkl")
     assert anchors.shape == (300, 6, 3)
     assert 0.0 <= anchors[..., 0].min() and anchors[..., 0].max() < 60.0  # x forward, <= 54.5 m in 3 s
-    # QA files in the OmniDrive layout (REFERENCE_FACTS §6.1; no real instance is public)
+    # QA files in the OmniDrive layout (docs/reference_choices.md §5.2; no real instance is public)
     for kind, content in {
         "desc": {"description": "A wide road at night.", "action": "Keep the lane and slow down."},
         "conv": [{"question": "Is the light red?", "answer": "Yes."}],

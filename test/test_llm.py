@@ -8,7 +8,7 @@ import torch
 from model_fixtures import make_batch, tiny_tokenizer
 from sparseoccvla_core.batch import IGNORE_INDEX
 from sparseoccvla_core.config import SparseOccVLAConfig
-from sparseoccvla_core.llm import SceneLanguageModel, build_causal_lm
+from sparseoccvla_core.llm import SceneLanguageModel, build_causal_lm, cache_keyword
 from sparseoccvla_core.model import SparseOccVLA
 from sparseoccvla_core.tokenizer import encode_qa
 
@@ -56,7 +56,8 @@ def test_llm_input_sequence_is_occupancy_global_ego_text(cfg, tokenizer):
     calls = []
 
     def record(module, args, kwargs):
-        calls.append((kwargs["inputs_embeds"].detach().clone(), kwargs["past_key_values"].get_seq_length()))
+        cache = kwargs[cache_keyword(module)]  # "cache" (current transformers) or "past_key_values"
+        calls.append((kwargs["inputs_embeds"].detach().clone(), cache.get_seq_length()))
 
     handle = model.llm.decoder.register_forward_pre_hook(record, with_kwargs=True)
     model.set_stage(2)

@@ -103,8 +103,8 @@ def test_lm_loss_is_the_sum_of_per_stream_means(model, batch):
     model.set_stage(2)
     with torch.no_grad():
         losses = model(batch, stage=2)
-        enc = model._encode(batch)
-        prefix = model._scene_prefix(model.connector(enc.queries, enc.query_points), batch)
+        enc = model.encode_scene(batch)
+        prefix = model.scene_prefix(model.scene_tokens(enc), batch.ego_state, batch.command)
         parts = []
         for ids, mask, labels in ((batch.qa_input_ids, batch.qa_attention_mask, batch.qa_labels),
                                   (batch.plan_input_ids, batch.plan_attention_mask, batch.plan_labels)):

@@ -165,6 +165,29 @@ def test_late_duplicate_and_backwards_reset():
     assert s.messages == {"A": 6, "B": 7}
 
 
+def test_loops_with_time_jumping_back_keep_every_set():
+    """A bag played twice with stamps jumping back, cameras in a shuffled order inside each frame: the second loop
+    yields every frame as the first did (the camera that triggered the reset must not keep its pre-jump stamp)."""
+    rng = np.random.default_rng(11)
+    sync = CameraSetSynchronizer(CAMS, queue_size=4, max_span_s=0.1, min_period_s=0.25)
+    t0 = 1_532_402_927_000_000_000
+    frames = 5
+    emitted = []
+    for loop in range(2):
+        for k in range(frames):
+            order = list(CAMS)
+            rng.shuffle(order)
+            for cam in order:
+                stamp = t0 + k * 500 * MS + CAMS.index(cam) * 7 * MS
+                emitted.extend(sync.add(cam, stamp, (loop, k)))
+    assert sync.stats.resets == 1
+    per_loop = [[s.messages["CAM_FRONT"] for s in emitted if s.messages["CAM_FRONT"][0] == loop] for loop in (0, 1)]
+    assert per_loop[0] == [(0, k) for k in range(frames)]
+    assert per_loop[1] == [(1, k) for k in range(frames)]
+    assert all(len({p for p in s.messages.values()}) == 1 for s in emitted)  # never a mix of frames or loops
+    assert sync.stats.dropped == 0 and sync.stats.late == 0
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         CameraSetSynchronizer(("A", "A"))

@@ -1,4 +1,4 @@
-"""Data loading for SparseOccVLA (DESIGN.md §6): nuScenes, Occ3D-nuScenes, OmniDrive / nuScenes-QA / DriveLM text.
+"""Data loading for SparseOccVLA (docs/design.md §7): nuScenes, Occ3D-nuScenes, OmniDrive / nuScenes-QA / DriveLM text.
 
 One concept per module:
 

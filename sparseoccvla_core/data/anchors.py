@@ -1,7 +1,7 @@
-"""Planning anchors (paper sec. 3.5): K-means on the training split's GT future trajectories, per driving command.
+"""Planning anchors (paper sec. 3.3): K-means on the training split's GT future trajectories, per driving command.
 
-As DiffusionDrive's nuScenes branch (REFERENCE_FACTS §5.2, SparseDrive ``kmeans_plan.py``): K-means with K = 6
-separately for each of the 3 commands (left / straight / right) on the cumulative (x, y) ego-frame
+As DiffusionDrive's nuScenes branch (docs/reference_choices.md §7.1, SparseDrive ``kmeans_plan.py``): K-means
+with K = 6 separately for each of the 3 commands (left / straight / right) on the cumulative (x, y) ego-frame
 trajectories (6 steps -> 12-d vectors), using only samples whose 6 waypoints are all valid -> 18 anchors.
 Saved together with the dataset statistics the planner and the ego-state token normalise with.
 

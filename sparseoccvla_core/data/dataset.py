@@ -13,7 +13,7 @@ Per item (paper sec. 3 + appendix A): F frames x 6 cameras resized to ``cfg.imag
 cam2ego and ego poses; ego state; the driving command and ``cfg.plan_horizon`` GT waypoints; Occ3D GT of the
 current frame, the concatenated GT ``G`` (current + ``cfg.forecast_frames`` future frames, extended range),
 ``G`` in each future frame (eq. 11) and each future frame's own labels (evaluation); one understanding QA pair
-and the driving-decision (plan) prompt + reasoning, tokenized with the model's chat template.
+and the driving-decision (plan) prompt ``cfg.plan_question`` + reasoning, tokenized with the model's chat template.
 
 No work is done twice: calibration, poses, ego states and the camera history are indexed once per split
 (:mod:`.frames`); decoded + resized images and sparse Occ3D points are kept in small LRU caches (consecutive key
@@ -47,7 +47,6 @@ from .images import CorruptImageError, load_image
 from .layout import DatasetLayout, qa_split_name, resolve_layout
 from .occ3d import EXTENDED_RANGE_EGO, VISIBILITY_MASKS, concat_gt, load_occ3d_labels, occ3d_points, to_future_frame
 from .qa import (
-    ACTION_QUESTION,
     DESCRIPTION_QUESTION,
     OMNIDRIVE_KINDS,
     PLANNING_QUESTION,
@@ -349,7 +348,7 @@ class DrivingDataset(Dataset):
                 qa_ids, qa_labels = encode_qa(self.tokenizer, qa_pair.question, qa_pair.answer, cfg.max_text_tokens)
             else:
                 qa_ids, qa_labels = encode_qa(self.tokenizer, DESCRIPTION_QUESTION, None, cfg.max_text_tokens)
-            plan_ids, plan_labels = encode_qa(self.tokenizer, ACTION_QUESTION, plan_text, cfg.max_text_tokens)
+            plan_ids, plan_labels = encode_qa(self.tokenizer, cfg.plan_question, plan_text, cfg.max_text_tokens)
         t = cfg.forecast_frames
         return DrivingItem(
             images=images,

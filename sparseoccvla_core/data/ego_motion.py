@@ -1,16 +1,17 @@
-"""Ego state, future waypoints and driving command from the ego poses of a scene's key frames (DESIGN.md §6).
+"""Ego state, future waypoints and driving command from the ego poses of a scene's key frames (docs/design.md §7).
 
 * **Ego state** (:data:`~sparseoccvla_core.batch.EGO_STATE_FIELDS`: vx, vy, ax, ay, yaw_rate, speed) by finite
   differences of the key-frame ego poses, expressed in the ego frame of the frame it belongs to.  It is a model
   *input*, so it is causal: backward differences (frame k and k-1).  At a scene's first key frame there is no
   past pose; velocity and yaw rate then take the second frame's backward difference (the only value that looks
-  0.5 s ahead; documented because ego status is a known shortcut in open-loop planning, REFERENCE_FACTS §4.6),
-  and the acceleration of the first two frames is that of the third (it needs three poses).
+  0.5 s ahead; documented because ego status is a known shortcut in open-loop planning,
+  docs/reference_choices.md §4.3), and the acceleration of the first two frames is that of the third (it needs
+  three poses).
 * **Waypoints**: the next ``T`` key-frame positions (0.5 s apart in nuScenes) in the current ego frame, with a
   validity mask where the scene ends (as ``gt_planning`` + mask of OmniDrive / ``fut_valid_flag`` of VAD).
 * **Driving command** from the GT future lateral offset as UniAD / VAD / SparseDrive / OmniDrive derive it:
   lateral displacement (ego y, left positive) of the last valid waypoint >= +2 m -> left, <= -2 m -> right,
-  otherwise straight (REFERENCE_FACTS §4.5, §4.6: OmniDrive ``get_planning_label``, VAD / SparseDrive converters,
+  otherwise straight (docs/reference_choices.md §4.4: OmniDrive ``get_planning_label``, VAD / SparseDrive converters,
   threshold 2 m).  Encoded 0 left / 1 straight / 2 right (:data:`~sparseoccvla_core.batch.COMMANDS`).
 """
 

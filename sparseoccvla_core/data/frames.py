@@ -8,7 +8,7 @@ DataLoader workers.
 
 * **Past frames** are the previous key frames (``past="keyframes"``, ``stride`` key frames apart, 0.5 s each in
   nuScenes) or camera sweeps (``past="sweeps"``, ``stride`` sweeps apart per camera; 6 = ~0.5 s at 12 Hz, OPUS'
-  test interval, REFERENCE_FACTS §2.6).  Missing history (scene start) repeats the oldest real frame with
+  test interval, docs/reference_choices.md §2.6).  Missing history (scene start) repeats the oldest real frame with
   ``frame_valid = False`` (:mod:`sparseoccvla_core.batch` convention).
 * **Frame ego pose**: a key frame's reference pose is the LIDAR_TOP ego pose (Occ3D labels are in the ego frame
   at the lidar timestamp) or CAM_FRONT's when there is no lidar; a sweep frame uses its CAM_FRONT pose.

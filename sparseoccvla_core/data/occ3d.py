@@ -7,11 +7,11 @@
   T key frames' GT warped into the current ego frame by the ego poses (``inv(E_cur) @ E_fut``, SparseWorld's
   ``temporal2ego``), voxelised on an extended range and deduplicated per voxel (earliest frame wins, so the
   current frame's own labels are kept where frames overlap).  Default extended range: SparseWorld's
-  ``[-80, -60, -3, 80, 60, 6.6]`` (REFERENCE_FACTS §1.2) in Occ3D nominal z, i.e. ``z in [-2.2, 7.4]`` in ego
+  ``[-80, -60, -3, 80, 60, 6.6]`` (docs/reference_choices.md §3.3) in Occ3D nominal z, i.e. ``z in [-2.2, 7.4]`` in ego
   metres, 0.4 m voxels aligned with the Occ3D grid.
 * Forecast supervision ``G_t`` (eq. 11, appendix A "End to End Training"): ``G`` transformed into future frame
   t's ego frame by the GT poses (``inv(E_t) @ E_cur``), cropped to the extended range.
-* Evaluation GT of future frame t: that frame's own labels in its own ego frame (REFERENCE_FACTS §7.1).
+* Evaluation GT of future frame t: that frame's own labels in its own ego frame (docs/reference_choices.md §3.4).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ..batch import FREE_CLASS
 from ..occ_grid import OCC3D_Z_SHIFT, grid_shape, labels_to_points
 
 OCC3D_GRID_SHAPE: tuple[int, int, int] = (200, 200, 16)
-#: SparseWorld's extended range for the stacked (concatenated) GT, Occ3D nominal z (REFERENCE_FACTS §1.2) ...
+#: SparseWorld's extended range for the stacked (concatenated) GT, Occ3D nominal z (docs/reference_choices.md §3.3) ...
 SPARSEWORLD_EXTENDED_RANGE_NOMINAL: tuple[float, ...] = (-80.0, -60.0, -3.0, 80.0, 60.0, 6.6)
 #: ... and the same range in true ego metres (z shifted like the Occ3D grid, see occ_grid.py).
 EXTENDED_RANGE_EGO: tuple[float, ...] = (

@@ -1,13 +1,13 @@
-"""Language data -> question / answer pairs (paper sec. 3.3 eq. 5 understanding, sec. 3.5 planning reasoning).
+"""Language data -> question / answer pairs (paper sec. 3.2 eq. 5 understanding, sec. 3.3 planning reasoning).
 
-Sources (REFERENCE_FACTS §6):
+Sources (docs/reference_choices.md §5):
 
-* **OmniDrive-nuScenes** ``omnidrive/{desc,conv,vqa,keywords}/{train,val}/<sample_token>.json`` (§6.1):
+* **OmniDrive-nuScenes** ``omnidrive/{desc,conv,vqa,keywords}/{train,val}/<sample_token>.json`` (§5.2):
   ``desc`` = ``{"description", "action"}``, ``conv`` / ``vqa`` = ``[{"question", "answer"}]``, ``keywords`` = a
-  JSON string.  Questions for desc / action are the ones HERMES scores with (§6.2) and OmniDrive's keyword
+  JSON string.  Questions for desc / action are the ones HERMES scores with (§5.3) and OmniDrive's keyword
   question.  The driving-decision ("plan") text is the desc ``action`` (else the keywords).
 * **nuScenes-QA** ``NuScenes_{train,val}_questions.json`` = ``{"questions": [{sample_token, question, answer,
-  template_type, num_hop}]}`` (§6.3), answers from a closed 30-word vocabulary (``answer_dict.json``).
+  template_type, num_hop}]}`` (§5.4), answers from a closed 30-word vocabulary (``answer_dict.json``).
 * **DriveLM-nuScenes** challenge files (``train_sample.json`` / ``v1_1_train_nus.json`` / ``test.json``):
   ``{scene: {key_frames: {sample_token: {QA: {perception, prediction, planning, behavior: [{Q, A}]}}}}}``;
   its plan text is the ``behavior`` answer.
@@ -26,9 +26,10 @@ from typing import Optional
 
 import numpy as np
 
-#: HERMES' description question (its GT is desc["description"]), REFERENCE_FACTS §6.2.
+#: HERMES' description question (its GT is desc["description"]), docs/reference_choices.md §5.3.
 DESCRIPTION_QUESTION = "Can you provide a summary of the current driving scenario based on the input images?"
-#: HERMES' action question (GT desc["action"]) - the driving-decision prompt of the plan text stream.
+#: HERMES' action question (GT desc["action"]) - the default driving-decision prompt of the plan text stream
+#: (``SparseOccVLAConfig.plan_question``: the dataset trains with it, every inference path asks it).
 ACTION_QUESTION = "What action should be taken in the current driving scenario?"
 #: OmniDrive's question for the keywords file.
 KEYWORDS_QUESTION = "Please shortly describe your driving action."
@@ -208,7 +209,7 @@ def planning_answer(waypoints: np.ndarray) -> str:
     """OmniDrive's planning answer for GT waypoints [T, 2]: "Here is the planning trajectory [PT, (x, y), ...]."
 
     Numbers are signed with 2 decimals; a value that rounds to magnitude <= 0.01 is written 0.0 (OmniDrive's
-    formatting, REFERENCE_FACTS §6.1).
+    formatting, docs/reference_choices.md §5.2).
     """
 
     def fmt(v: float) -> str:

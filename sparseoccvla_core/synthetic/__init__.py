@@ -1,4 +1,4 @@
-"""Synthetic nuScenes-format driving world (DESIGN.md section 6): ``sparseoccvla synth``.
+"""Synthetic nuScenes-format driving world (docs/design.md §7): ``sparseoccvla synth``.
 
 Modules, one concept each: ``config`` (SynthConfig), ``calibration`` (embedded real nuScenes calibration),
 ``paths`` (lane polylines), ``primitives`` (boxes / ellipsoids), ``world`` (layouts and scenery), ``traffic``

@@ -93,9 +93,3 @@ def lidar_calibration() -> SensorCalibration:
     """LIDAR_TOP (nuScenes lidar frame: x right, y forward, z up)."""
     c = _load()["lidar"]["LIDAR_TOP"]
     return SensorCalibration("LIDAR_TOP", tuple(c["rotation_wxyz"]), tuple(c["translation"]))
-
-
-def native_image_size() -> tuple[int, int]:
-    """(width, height) the embedded intrinsics refer to."""
-    data = _load()
-    return int(data["image_width"]), int(data["image_height"])

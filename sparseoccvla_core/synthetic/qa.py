@@ -8,9 +8,10 @@ Every answer is computed from the frame's ground truth, so it is true in that fr
 * the action and its reason come from the ego driver's binding constraint (red light, leader, oncoming traffic,
   curve) and its route maneuver over the next seconds.
 
-OmniDrive layout (REFERENCE_FACTS 6.1): ``desc`` = {"description", "action"}, ``conv`` and ``vqa`` = lists of
-{"question", "answer"}, ``keywords`` = a JSON string (the short action).  nuScenes-QA (REFERENCE_FACTS 6.3): items
-{sample_token, question, answer, template_type, num_hop} with answers from the 30-answer vocabulary below.
+OmniDrive layout (docs/reference_choices.md §5.2): ``desc`` = {"description", "action"}, ``conv`` and ``vqa`` =
+lists of {"question", "answer"}, ``keywords`` = a JSON string (the short action).  nuScenes-QA
+(docs/reference_choices.md §5.4): items {sample_token, question, answer, template_type, num_hop} with answers from
+the 30-answer vocabulary below.
 """
 
 from __future__ import annotations

@@ -157,14 +157,6 @@ class SignalProgram:
             return "yellow"
         return "red"
 
-    def time_to_change(self, group: int, t: float) -> float:
-        """Seconds until group ``group`` next changes state."""
-        now = self.state(group, t)
-        dt = 0.0
-        while dt < self.cycle_s and self.state(group, t + dt) == now:
-            dt += 0.1
-        return dt
-
 
 @dataclass
 class SignalHead:

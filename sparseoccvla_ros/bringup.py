@@ -1,0 +1,272 @@
+"""``sparseoccvla drive``: the pip-only bringup - bag player, driving node and recorder in one process.
+
+    sparseoccvla drive --bag BAG --checkpoint CKPT [--rate R] [--record OUT] [--use-sim-time] [--loop]
+                       [--params-file config/driving.yaml] [--calibration-file YAML] [-p NAME:=VALUE ...]
+
+The same nodes as ``ros2 launch sparseoccvla_ros driving.launch.py`` (full ROS 2 install), configured the same
+way: the driving node reads ``config/driving.yaml`` (``--params-file``) and gets its input remaps from
+:func:`sparseoccvla_ros.replay.topics.node_remaps` - the one list the launch file uses too - through rclpy's
+command-line arguments (``Node(..., cli_args=["--ros-args", "--params-file", F, "-r", "~/input/...:=/..."])``).
+All three nodes share one :class:`~rclpy.executors.MultiThreadedExecutor`; the player paces the bag from its own
+thread.
+
+Order of events: the recorder and the node start; the player waits until the model is loaded and the node's
+inputs are subscribed (so no camera set is lost to loading or discovery), plays the bag, then the bringup waits
+until the node has published its last outputs and the recorder has them (no new output for ``--linger`` s, or
+``--max-linger`` s at most), closes the bag and exits 0.  Ctrl-C stops it at any point, still finalizing the
+recording.  Exit status 1 on a startup error (bad parameters, missing checkpoint, unreadable bag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .replay import topics
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "config" / "driving.yaml"
+
+
+def default_params_file() -> Path:
+    """config/driving.yaml: from the installed package share (colcon / pip data files), else the checkout."""
+    candidates = [Path(sys.prefix) / "share" / "sparseoccvla_ros" / "config" / "driving.yaml", REPO_PARAMS]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(f"config/driving.yaml not found in {[str(c) for c in candidates]}; pass --params-file")
+
+
+def node_cli_args(params_file: str | Path, image_suffix: str = topics.IMAGE_SUFFIX,
+                  odometry_topic: str = topics.ODOM_TOPIC, extra: Optional[list[str]] = None) -> list[str]:
+    """``--ros-args`` of the driving node: the params file, then one ``-r`` per remap of :func:`topics.node_remaps`.
+
+    Args:
+        params_file: YAML with ``/**: ros__parameters:``.
+        image_suffix: camera topics are ``/<CAM>/<suffix>``.
+        odometry_topic: the Odometry topic.
+        extra: further ``NAME:=VALUE`` parameter assignments (each becomes ``-p NAME:=VALUE``).
+    """
+    args = ["--ros-args", "--params-file", str(params_file)]
+    for src, dst in topics.node_remaps(image_suffix, odometry_topic):
+        args += ["-r", f"{src}:={dst}"]
+    for assignment in extra or []:
+        args += ["-p", assignment]
+    return args
+
+
+class Bringup:
+    """Player + driving node + recorder on one rclpy context (see the module docstring).
+
+    Args:
+        bag: rosbag2 folder to play.
+        checkpoint: model checkpoint folder (overrides the params file).
+        params_file: node parameters (default :func:`default_params_file`).
+        rate / loop / loop_time / start_s: player options (:class:`~.replay.player.BagPlayer`).
+        record: bag folder for the outputs (None = no recording).
+        use_sim_time: node and recorder follow the player's ``/clock`` (published at ``clock_hz``).
+        namespace: the driving node's namespace.
+        parameters: extra ``NAME:=VALUE`` node parameters (e.g. ``calibration_file:=/path.yaml``).
+        linger_s: after the bag ends, stop once no output arrived for this long, s.
+        max_linger_s: ... or after this long at most, s.
+    """
+
+    def __init__(self, bag: str | Path, checkpoint: str | Path, params_file: Optional[str | Path] = None,
+                 rate: float = 1.0, loop: bool = False, loop_time: str = "jump", start_s: float = 0.0,
+                 record: Optional[str | Path] = None, use_sim_time: bool = False, clock_hz: float = 100.0,
+                 namespace: str = topics.NODE_NAMESPACE, parameters: Optional[list[str]] = None,
+                 linger_s: float = 2.0, max_linger_s: float = 60.0, wait_timeout_s: float = 300.0,
+                 progress: bool = True, context: Any = None) -> None:
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.parameter import Parameter
+
+        from .driving_node import DrivingNode
+        from .replay.player import BagPlayer
+        from .replay.recorder import BagRecorder, default_topics
+
+        self.context = context if context is not None else rclpy.context.Context()
+        rclpy.init(context=self.context)
+        self.linger_s, self.max_linger_s, self.wait_timeout_s = linger_s, max_linger_s, wait_timeout_s
+        self.node = self.recorder = self.player = None
+        self._player_node = self._recorder_node = None
+        self.executor = None
+        try:
+            sim = [Parameter("use_sim_time", value=bool(use_sim_time))]
+            params = params_file if params_file is not None else default_params_file()
+            self.node = DrivingNode(
+                context=self.context, namespace=namespace,
+                cli_args=node_cli_args(params, extra=[f"checkpoint:={checkpoint}", *(parameters or [])]),
+                parameter_overrides=sim,
+            )
+            node_path = f"{self.node.get_namespace().rstrip('/')}/{self.node.get_name()}"
+            if record is not None:
+                self._recorder_node = rclpy.create_node("bag_recorder", context=self.context, parameter_overrides=sim)
+                self.recorder = BagRecorder(self._recorder_node, record, default_topics(node_path))
+            self._player_node = rclpy.create_node("bag_player", context=self.context)
+            self.player = BagPlayer(self._player_node, bag, rate=rate, loop=loop, loop_time=loop_time,
+                                    start_s=start_s, clock_hz=clock_hz if use_sim_time else 0.0, progress=progress)
+            self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
+            for n in (self.node, self._player_node, self._recorder_node):
+                if n is not None:
+                    self.executor.add_node(n)
+        except BaseException:
+            self.close()
+            raise
+        self._spin_thread = threading.Thread(target=self._spin, name="bringup-executor", daemon=True)
+        self._spin_thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self.executor.spin()
+        except (ExternalShutdownException, KeyboardInterrupt):
+            pass
+        except Exception as exc:  # noqa: BLE001 - a context torn down under the executor at Ctrl-C
+            if self.context.ok():
+                raise
+            del exc
+
+    # ------------------------------------------------------------------ phases
+    def wait_ready(self) -> bool:
+        """Until the model is loaded and the node subscribes to the bag's input topics (False on timeout/failure)."""
+        deadline = time.monotonic() + self.wait_timeout_s
+        self.player._hold_clock(self.player.first_ns)  # sim-time nodes get a clock while they wait
+        while time.monotonic() < deadline and not self.player.stop_event.is_set():
+            level, text = self.node._model_status
+            if level >= 2:  # ERROR: the checkpoint could not be loaded
+                self.node.get_logger().error(f"not playing the bag: {text}")
+                return False
+            if self.node._pipeline is not None:
+                break
+            time.sleep(0.05)
+        else:
+            return False
+        left = max(1.0, deadline - time.monotonic())
+        return self.player.wait_for_subscribers(left, settle_s=0.5)
+
+    def play(self):
+        """Play the bag (blocks); returns the player's :class:`~.replay.player.PlaybackStats`."""
+        return self.player.play()
+
+    def wait_outputs_done(self) -> None:
+        """After the bag: wait until the node is idle and no output arrived for ``linger_s`` (<= ``max_linger_s``)."""
+        start = time.monotonic()
+
+        def snapshot():
+            s = self.node.stats
+            with s.lock:
+                node_count = (s.frames_published, s.sets_completed)
+            return node_count, (self.recorder.total if self.recorder is not None else 0), self.node._mailbox is None
+
+        last, stable_since = snapshot(), time.monotonic()
+        while time.monotonic() - start < self.max_linger_s:
+            time.sleep(0.05)
+            now = snapshot()
+            if now != last or not now[2]:
+                last, stable_since = now, time.monotonic()
+            elif time.monotonic() - stable_since >= self.linger_s:
+                return
+
+    def stop(self) -> None:
+        """Ask the player to stop (thread-safe, e.g. from a signal handler)."""
+        if self.player is not None:
+            self.player.stop_event.set()
+
+    def close(self) -> None:
+        """Stop everything, finalize the recording and shut the context down (idempotent)."""
+        import rclpy
+
+        if self.player is not None:
+            self.player.close()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.executor is not None:
+            self.executor.shutdown(timeout_sec=5.0)
+        for n in (self.node, self._player_node, self._recorder_node):
+            if n is not None:
+                try:
+                    n.destroy_node()
+                except Exception:  # noqa: BLE001 - already destroyed
+                    pass
+        self.node = self._player_node = self._recorder_node = None
+        rclpy.try_shutdown(context=self.context)
+        thread = getattr(self, "_spin_thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+
+    def run(self) -> int:
+        """wait_ready -> play -> wait_outputs_done -> close; returns the exit status."""
+        try:
+            if not self.wait_ready():
+                if self.player.stop_event.is_set():
+                    return 0
+                print("sparseoccvla drive: the node did not become ready (see the log above)", file=sys.stderr)
+                return 1
+            stats = self.play()
+            self.wait_outputs_done()
+            s = self.node.stats
+            print(f"[drive] played {stats.published} messages in {stats.wall_s:.1f} s; node: {s.sets_completed} "
+                  f"camera sets, {s.frames_published} published, {s.sets_dropped} dropped (fell behind)"
+                  + (f"; recorded {self.recorder.total} messages -> {self.recorder.out}" if self.recorder else ""),
+                  file=sys.stderr)
+            return 0
+        finally:
+            self.close()
+
+
+# ---------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .replay.player import LOOP_TIME_MODES
+
+    parser.add_argument("--bag", required=True, help="rosbag2 folder to play (e.g. from 'sparseoccvla bag')")
+    parser.add_argument("--checkpoint", required=True, help="model checkpoint folder (save_pretrained)")
+    parser.add_argument("--params-file", default=None,
+                        help="node parameters YAML (default: the package's config/driving.yaml)")
+    parser.add_argument("--calibration-file", default=None,
+                        help="camera calibration YAML (the converter writes one beside the bag); needed where "
+                             "tf2_msgs is missing and the bag's /tf_static cannot be read")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="extra node parameter, ROS syntax (repeatable), e.g. -p device:=cuda")
+    parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default %(default)s)")
+    parser.add_argument("--loop", action="store_true", help="replay the bag until Ctrl-C")
+    parser.add_argument("--loop-time", choices=LOOP_TIME_MODES, default="jump",
+                        help="how time continues across loops (see 'sparseoccvla play --help')")
+    parser.add_argument("--start", type=float, default=0.0, metavar="S", help="skip the first S seconds")
+    parser.add_argument("--record", default=None, metavar="OUT", help="record the outputs + /diagnostics to OUT")
+    parser.add_argument("--use-sim-time", action="store_true",
+                        help="node and recorder follow the player's /clock (published at --clock Hz)")
+    parser.add_argument("--clock", type=float, default=100.0, metavar="HZ",
+                        help="/clock rate with --use-sim-time (default %(default)s)")
+    parser.add_argument("--namespace", default=topics.NODE_NAMESPACE, help="node namespace (default %(default)s)")
+    parser.add_argument("--linger", type=float, default=2.0, metavar="S",
+                        help="after the bag ends, exit once no output came for S seconds (default %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = list(args.param)
+    if args.calibration_file:
+        params.append(f"calibration_file:={Path(args.calibration_file).resolve()}")
+    try:
+        bringup = Bringup(
+            args.bag, Path(args.checkpoint).resolve(), params_file=args.params_file, rate=args.rate, loop=args.loop,
+            loop_time=args.loop_time, start_s=args.start, record=args.record, use_sim_time=args.use_sim_time,
+            clock_hz=args.clock, namespace=args.namespace, parameters=params, linger_s=args.linger,
+            progress=not args.quiet,
+        )
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+        print(f"sparseoccvla drive: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return bringup.run()
+    except KeyboardInterrupt:
+        bringup.stop()
+        bringup.close()
+        return 0

@@ -1,0 +1,123 @@
+"""Health bookkeeping of the driving node: alarms held for a fixed time, and log throttling per kind of problem.
+
+Pure Python (no rclpy), so the rules are unit-tested with explicit times (``test/test_health.py``); the node
+(``sparseoccvla_ros/driving_node.py``) feeds them wall-clock seconds (``time.monotonic()``), so a paused or
+looping bag clock never freezes or stretches an alarm.
+
+Levels follow diagnostic_msgs/DiagnosticStatus (OK 0, WARN 1, ERROR 2, STALE 3).  An alarm is raised under a
+*key* (one per condition, e.g. ``corrupt_image``); it stays active for ``hold_s`` after it was last raised, so a
+problem that happens once between two diagnostics periods is still reported, and for at least the hold time.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+OK, WARN, ERROR, STALE = 0, 1, 2, 3
+LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
+
+
+@dataclass
+class Alarm:
+    """One active condition.
+
+    Args:
+        key: condition name (one alarm per key; raising it again refreshes it).
+        level: WARN, ERROR or STALE.
+        message: the latest text for the condition.
+        first_s: when it was first raised in the current episode, s (monotonic).
+        last_s: when it was last raised, s (monotonic).
+        count: times raised in the current episode.
+    """
+
+    key: str
+    level: int
+    message: str
+    first_s: float
+    last_s: float
+    count: int = 1
+
+
+class AlarmBoard:
+    """Alarms keyed by condition, each held for ``hold_s`` seconds after it was last raised.  Thread-safe.
+
+    Args:
+        hold_s: hold time, s (> 0).
+    Raises:
+        ValueError: a non-positive hold time.
+    """
+
+    def __init__(self, hold_s: float) -> None:
+        if not hold_s > 0:
+            raise ValueError(f"hold_s must be > 0, got {hold_s}")
+        self.hold_s = float(hold_s)
+        self._alarms: dict[str, Alarm] = {}
+        self._lock = threading.Lock()
+
+    def raise_alarm(self, key: str, level: int, message: str, now_s: float) -> None:
+        """Raise or refresh the alarm ``key`` (a higher level replaces a lower one; the level never drops inside
+        the hold time of the higher one)."""
+        with self._lock:
+            old = self._alarms.get(key)
+            if old is None or now_s - old.last_s > self.hold_s:
+                self._alarms[key] = Alarm(key, int(level), message, now_s, now_s)
+                return
+            old.count += 1
+            old.last_s = now_s
+            if level >= old.level:
+                old.level, old.message = int(level), message
+
+    def clear(self, key: str) -> None:
+        """Drop ``key`` at once (for conditions the node knows are over, e.g. the model finished loading)."""
+        with self._lock:
+            self._alarms.pop(key, None)
+
+    def active(self, now_s: float) -> list[Alarm]:
+        """Alarms raised within the hold time, highest level first, then most recent first."""
+        with self._lock:
+            for key in [k for k, a in self._alarms.items() if now_s - a.last_s > self.hold_s]:
+                del self._alarms[key]
+            alarms = list(self._alarms.values())
+        return sorted(alarms, key=lambda a: (-a.level, -a.last_s))
+
+    def summary(self, now_s: float, ok_message: str, keys: Optional[set[str]] = None) -> tuple[int, str]:
+        """(level, message) over the active alarms (restricted to ``keys`` when given).
+
+        The level is the highest active level; the message lists every active alarm, worst first, each with how
+        often it happened within the hold time.
+        """
+        alarms = [a for a in self.active(now_s) if keys is None or a.key in keys]
+        if not alarms:
+            return OK, ok_message
+        parts = [a.message + (f" (x{a.count})" if a.count > 1 else "") for a in alarms]
+        return alarms[0].level, "; ".join(parts)
+
+
+class LogThrottle:
+    """Rate-limits log lines per kind: one line per ``period_s`` for each kind, so one frequent problem never hides
+    another.  Lines suppressed in between are counted and reported with the next line of that kind.
+
+    Args:
+        period_s: minimum spacing of two lines of the same kind, s.
+    """
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = float(period_s)
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, kind: str, now_s: float) -> Optional[int]:
+        """None when this line of ``kind`` is to be suppressed; else how many were suppressed since the last one."""
+        with self._lock:
+            last = self._last.get(kind)
+            if last is not None and now_s - last < self.period_s:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return None
+            self._last[kind] = now_s
+            return self._suppressed.pop(kind, 0)
+
+
+__all__ = ["ERROR", "LEVEL_NAMES", "OK", "STALE", "WARN", "Alarm", "AlarmBoard", "LogThrottle"]
