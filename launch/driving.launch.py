@@ -1,55 +1,89 @@
-"""Bring up SparseOccVLA on a full ROS 2 install: the driving node (+ RViz2).
+"""Bring up SparseOccVLA on a full ROS 2 install: bag player, driving node, recorder and RViz2.
 
-    ros2 launch sparseoccvla_ros driving.launch.py checkpoint:=/path/to/ckpt [rviz:=true] [use_sim_time:=true]
+    ros2 launch sparseoccvla_ros driving.launch.py checkpoint:=/path/to/ckpt bag:=/path/to/bag \
+        [rate:=1.0] [use_sim_time:=true] [record:=/path/to/out_bag] [rviz:=true] [loop:=false]
 
-Inputs are remapped to the de-facto nuScenes bag topics (/CAM_*/image_rect_compressed, /CAM_*/camera_info,
-/odom); override them with the *_topic arguments or edit config/driving.yaml.  On a pip-only machine (no
-`launch`), run the same node with the same YAML: `driving_node --ros-args --params-file config/driving.yaml`.
+Without ``bag`` only the node (+ RViz2) starts, for live sensors.  The player is ``sparseoccvla play`` (raw CDR,
+exact stamps, ``/clock`` at 100 Hz when ``use_sim_time:=true``), the recorder ``sparseoccvla record`` (the node's
+outputs + /diagnostics to MCAP).  Every remap comes from ``sparseoccvla_ros.replay.topics`` (``node_remaps`` for
+the node, ``rviz_remaps`` for RViz2's compressed camera images), the same list the pip-only bringup
+``sparseoccvla drive --bag BAG --checkpoint CKPT`` uses, and the node reads the same ``config/driving.yaml``.
+When the bag ends (and ``loop:=false``) the launch waits ``linger`` seconds for the last outputs to be recorded
+and shuts down; Ctrl-C stops every process (the recorder finalizes its bag).
 """
 
 import os
+import sys
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import (
+    DeclareLaunchArgument, EmitEvent, ExecuteProcess, LogInfo, OpaqueFunction, RegisterEventHandler, TimerAction,
+)
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessExit
+from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
+from sparseoccvla_ros.replay import topics
+
+
+def _flag(context, name):
+    return LaunchConfiguration(name).perform(context).strip().lower() in ("true", "1", "yes")
 
 
 def _launch_setup(context):
     share = get_package_share_directory("sparseoccvla_ros")
-    suffix = LaunchConfiguration("image_topic_suffix").perform(context)
-    remappings = [("~/input/odometry", LaunchConfiguration("odometry_topic").perform(context))]
-    for cam in CAMERAS:
-        remappings.append((f"~/input/{cam}/image", f"/{cam}/{suffix}"))
-        remappings.append((f"~/input/{cam}/camera_info", f"/{cam}/camera_info"))
-    overrides = {"use_sim_time": LaunchConfiguration("use_sim_time").perform(context).lower() == "true"}
-    checkpoint = LaunchConfiguration("checkpoint").perform(context)
-    if checkpoint:
-        overrides["checkpoint"] = checkpoint
+    arg = lambda name: LaunchConfiguration(name).perform(context).strip()  # noqa: E731
+    suffix = arg("image_topic_suffix")
+    remappings = topics.node_remaps(suffix, arg("odometry_topic"))
+    sim_time = _flag(context, "use_sim_time")
+    overrides = {"use_sim_time": sim_time}
+    if arg("checkpoint"):
+        overrides["checkpoint"] = arg("checkpoint")
+    namespace = arg("namespace")
     driving = Node(
         package="sparseoccvla_ros",
         executable="driving_node",
-        name="driving_node",
-        namespace=LaunchConfiguration("namespace"),
-        parameters=[LaunchConfiguration("params_file"), overrides],
+        name=topics.NODE_NAME,
+        namespace=namespace,
+        parameters=[arg("params_file"), overrides],
         remappings=remappings,
         output="screen",
         emulate_tty=True,
     )
-    rviz = Node(
+    actions = [driving]
+    cli = [sys.executable, "-m", "sparseoccvla_core.cli"]  # the interpreter running this launch has the package
+    if arg("record"):
+        node_path = f"/{namespace.strip('/')}/{topics.NODE_NAME}" if namespace.strip("/") else f"/{topics.NODE_NAME}"
+        actions.append(ExecuteProcess(
+            cmd=cli + ["record", "--out", arg("record"), "--node", node_path] + (["--use-sim-time"] if sim_time else []),
+            name="recorder", output="screen", sigterm_timeout="10",
+        ))
+    if arg("bag"):
+        play = cli + ["play", arg("bag"), "--rate", arg("rate"), "--quiet"]
+        play += ["--clock", "100"] if sim_time else []
+        play += ["--loop"] if _flag(context, "loop") else []
+        play += ["--delay", arg("play_delay")] if arg("play_delay") else []
+        player = ExecuteProcess(cmd=play, name="player", output="screen")
+        actions.append(player)
+        if not _flag(context, "loop"):
+            actions.append(RegisterEventHandler(OnProcessExit(target_action=player, on_exit=[
+                LogInfo(msg=f"bag finished; shutting down in {arg('linger')} s (last outputs are being recorded)"),
+                TimerAction(period=float(arg("linger")), actions=[EmitEvent(event=Shutdown(reason="bag finished"))]),
+            ])))
+    actions.append(Node(
         package="rviz2",
         executable="rviz2",
         name="rviz2",
         arguments=["-d", os.path.join(share, "rviz", "sparseoccvla.rviz")],
-        parameters=[{"use_sim_time": overrides["use_sim_time"]}],
+        parameters=[{"use_sim_time": sim_time}],
+        remappings=topics.rviz_remaps(suffix),
         condition=IfCondition(LaunchConfiguration("rviz")),
         output="log",
-    )
-    return [driving, rviz]
+    ))
+    return actions
 
 
 def generate_launch_description():
@@ -62,8 +96,17 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="sparseoccvla"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="true when replaying a bag with /clock"),
         DeclareLaunchArgument("rviz", default_value="true", description="start RViz2 with rviz/sparseoccvla.rviz"),
-        DeclareLaunchArgument("image_topic_suffix", default_value="image_rect_compressed",
+        DeclareLaunchArgument("image_topic_suffix", default_value=topics.IMAGE_SUFFIX,
                               description="camera topics are /<CAM>/<suffix>"),
-        DeclareLaunchArgument("odometry_topic", default_value="/odom"),
+        DeclareLaunchArgument("odometry_topic", default_value=topics.ODOM_TOPIC),
+        DeclareLaunchArgument("bag", default_value="", description="rosbag2 folder to play; empty = live sensors"),
+        DeclareLaunchArgument("rate", default_value="1.0", description="playback speed factor"),
+        DeclareLaunchArgument("loop", default_value="false", description="replay the bag until Ctrl-C"),
+        DeclareLaunchArgument("play_delay", default_value="",
+                              description="seconds the player waits; empty = until the node subscribes its inputs"),
+        DeclareLaunchArgument("record", default_value="",
+                              description="bag folder for the node's outputs + /diagnostics; empty = no recording"),
+        DeclareLaunchArgument("linger", default_value="5.0",
+                              description="seconds between the end of the bag and the shutdown"),
         OpaqueFunction(function=_launch_setup),
     ])

@@ -153,7 +153,7 @@ PARAMETERS: dict[str, _Param] = {
     "stale_input_s": _Param(2.0, "no camera image for this long (wall time) after images flowed -> WARN stale input, s",
                             lo=0.1, hi=3600.0),
     "latency_budget_s": _Param(1.0, "a frame whose camera-set-complete -> outputs-published latency exceeds this -> "
-                               "WARN, s", False, 0.01, 3600.0),
+                               "WARN, s", False, 0.0, 3600.0),
 }
 
 
@@ -378,7 +378,10 @@ class DrivingNode(Node):
         if suppressed is None:
             return
         line = text + (f" [{suppressed} more '{kind}' messages in the last {WARN_THROTTLE_S:.0f} s]" if suppressed else "")
-        (self.get_logger().error if level >= ERROR else self.get_logger().warning)(line)
+        if level >= ERROR:  # one call site per severity: rclpy ties a severity to the calling line
+            self.get_logger().error(line)
+        else:
+            self.get_logger().warning(line)
 
     # ------------------------------------------------------------------ callbacks (O(1): store and return)
     def _clock_ready(self) -> bool:

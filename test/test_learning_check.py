@@ -9,7 +9,7 @@ Everything runs through the user-facing commands, in process::
     sparseoccvla train --stage 3 --train-config train.yaml --data DATA --init s2 --out s3
     sparseoccvla eval --ckpt s3 --data DATA --out ev --no-text --no-meteor
 
-Baselines (computed by ``sparseoccvla eval`` from the training split, see ``evaluation.py``):
+Baselines (computed by ``sparseoccvla eval`` from the training split, see ``sparseoccvla_core/evaluation/baselines.py``):
 
 * occupancy: the most frequent training class on every GT-occupied voxel (it is handed the true geometry);
 * planning: the training set's mean trajectory (the constant-velocity extrapolation is reported for reference);

@@ -9,7 +9,7 @@ import torch
 
 from model_fixtures import make_batch, tiny_tokenizer
 from sparseoccvla_core import PredictOutput, SparseOccVLA, SparseOccVLAConfig
-from sparseoccvla_core.model import STAGE_LOSSES
+from sparseoccvla_core.model import LOSS_NAMES, STAGE_LOSSES, loss_weights
 from sparseoccvla_core.planner import inference_timesteps
 
 
@@ -125,7 +125,12 @@ def test_stage_3_only_lora_inside_the_llm(model, batch):
     assert _none_trainable(model.distillation.teacher)
     losses = model(batch, stage=3)
     assert set(losses) == set(STAGE_LOSSES[3]) | {"loss"}
+    assert list(losses) == [*LOSS_NAMES, "loss"]  # the order losses.csv logs them in
     cfg = model.cfg
+    assert loss_weights(cfg) == {
+        "occ_cd": 1.0, "occ_focal": cfg.lambda_focal, "distill": cfg.distill_weight, "lm": 1.0, "fore_cd": 1.0,
+        "fore_focal": cfg.lambda_focal, "plan_cls": cfg.plan_cls_weight, "plan_l1": cfg.plan_reg_weight,
+    }
     expect = (
         losses["occ_cd"] + cfg.lambda_focal * losses["occ_focal"] + cfg.distill_weight * losses["distill"]
         + losses["lm"] + losses["fore_cd"] + cfg.lambda_focal * losses["fore_focal"]

@@ -1,7 +1,8 @@
 """SparseOccVLAPipeline on a tiny untrained, seeded checkpoint: streaming caches, resets, validation, parity.
 
 * the backbone sees each frame exactly once across a stream (forward hook counts calls and images);
-* ``ask`` and the planner's reasoning reuse the frame's KV cache (the LLM never re-runs the scene prefix);
+* ``ask`` and the planner's reasoning reuse the frame's KV cache (the LLM never re-runs the scene prefix), with no
+  transformers deprecation warning;
 * a time gap / backwards stamp / pose jump / ``reset()`` clears the history;
 * ``step`` equals ``SparseOccVLA.predict`` on the same frames (same history, same diffusion noise);
 * an image of another size is resized with its intrinsics scaled (checked against an exact 2x upsample).
@@ -15,6 +16,7 @@ import torch
 
 from sparseoccvla_core.batch import CAMERA_NAMES, DrivingBatch
 from sparseoccvla_core.config import SparseOccVLAConfig
+from sparseoccvla_core.llm import cache_keyword
 from sparseoccvla_core.model import SparseOccVLA
 from sparseoccvla_core.pipeline import (
     CameraFrame, FrameInput, PipelineOptions, SparseOccVLAPipeline, path_headings, poses_along_path,
@@ -85,11 +87,14 @@ def test_backbone_runs_once_per_frame_and_outputs_are_sane(pipe):
 
 
 def _count_llm_tokens(pipe):
+    """Records (tokens fed, tokens already in the KV cache) of every LLM decoder call."""
     seen = []
+    cache_arg = cache_keyword(pipe.model.llm.decoder)
 
     def pre_hook(module, args, kwargs):
         emb = kwargs.get("inputs_embeds")
-        seen.append(int(emb.shape[1]) if emb is not None else int(kwargs["input_ids"].shape[1]))
+        tokens = int(emb.shape[1]) if emb is not None else int(kwargs["input_ids"].shape[1])
+        seen.append((tokens, kwargs[cache_arg].get_seq_length()))
 
     return seen, pipe.model.llm.decoder.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
@@ -107,12 +112,12 @@ def test_prefix_encoded_once_and_reused_by_ask(pipe):
     a1 = pipe.ask("Is there a pedestrian ahead?")
     a2 = pipe.ask("What is the traffic light state?", max_new_tokens=5)
     hook.remove()
-    # the step encodes the prefix exactly once; the reasoning runs after it token by token
-    assert step_calls[0] == prefix_len and step_calls.count(prefix_len) == 1
-    assert all(n < prefix_len for n in step_calls[1:])
-    # ask never re-runs the prefix: only its prompt, then one token per generated token
-    assert max(seen) < prefix_len
-    assert sum(seen) == a1.prompt_tokens + a1.generated_tokens + a2.prompt_tokens + a2.generated_tokens
+    # the step encodes the prefix exactly once (the only call on an empty cache); the reasoning runs after it
+    assert step_calls[0] == (prefix_len, 0) and [c for c in step_calls if c[1] == 0] == [(prefix_len, 0)]
+    assert step_calls[1][1] == prefix_len and all(past > prefix_len for _, past in step_calls[2:])
+    # ask never re-runs the prefix: each starts on the cropped prefix cache with its prompt, then one token at a time
+    assert [past for _, past in seen].count(prefix_len) == 2 and all(past >= prefix_len for _, past in seen)
+    assert sum(n for n, _ in seen) == a1.prompt_tokens + a1.generated_tokens + a2.prompt_tokens + a2.generated_tokens
     assert a1.stamp_ns == T0 and a2.generated_tokens <= 5 and a1.latency_s > 0
     # the cache is back at the prefix length after each answer (the same question gives the same answer)
     assert pipe.ask("Is there a pedestrian ahead?").text == a1.text
@@ -122,6 +127,19 @@ def test_prefix_encoded_once_and_reused_by_ask(pipe):
         pipe.ask("why? " * 300)
     with pytest.raises(ValueError, match="tokens"):
         pipe.ask(" ".join(f"w{i}" for i in range(120)))  # short in characters, too long in tokens
+
+
+def test_step_and_ask_emit_no_future_warning(pipe):
+    """The KV cache goes through transformers' current cache argument: no deprecation warning on every frame."""
+    import warnings
+
+    rng = np.random.default_rng(7)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe.step(_frame(pipe.cfg, 0, rng))
+        pipe.ask("Is the road clear?", max_new_tokens=3)
+    future = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught if issubclass(w.category, FutureWarning)]
+    assert not future, future
 
 
 def test_sequence_resets(pipe):

@@ -161,15 +161,18 @@ def write_report(
 
     Returns:
         The files written.
+
+    Raises:
+        ValueError: qualitative frames without ``pc_range`` (checked before anything is written).
     """
+    if qualitative and pc_range is None:
+        raise ValueError("write_report needs pc_range to plot qualitative frames")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "metrics.json", out / "metrics.md", out / "horizons.png"]
     files[0].write_text(json.dumps(results.to_dict(), indent=2) + "\n")
     files[1].write_text(render_markdown(results))
     plot_horizons(results, files[2])
-    if qualitative and pc_range is None:
-        raise ValueError("write_report needs pc_range to plot qualitative frames")
     for n, frame in enumerate(qualitative):
         path = out / f"bev_{n:02d}_{frame.sample_token[:8]}.png"
         plot_bev(frame, pc_range or (), path)

@@ -98,8 +98,14 @@ TYPE_UINT8 = "std_msgs/msg/UInt8"
 TYPE_STRING = "std_msgs/msg/String"
 
 #: Point layout of /gt/occupancy (16 bytes: x, y, z float32, class uint8, 3 bytes padding).
-GT_CLOUD_DTYPE = np.dtype({"names": ["x", "y", "z", "class"], "formats": ["<f4", "<f4", "<f4", "u1"],
-                           "offsets": [0, 4, 8, 12], "itemsize": 16})
+GT_CLOUD_DTYPE = np.dtype(
+    {
+        "names": ["x", "y", "z", "class"],
+        "formats": ["<f4", "<f4", "<f4", "u1"],
+        "offsets": [0, 4, 8, 12],
+        "itemsize": 16,
+    }
+)
 POINTFIELD_UINT8, POINTFIELD_FLOAT32 = 2, 7  # sensor_msgs/PointField datatypes
 
 
@@ -109,12 +115,19 @@ def bag_topics() -> dict[str, str]:
     for cam in CAMERA_NAMES:
         out[topics.image_topic(cam)] = TYPE_IMAGE
         out[topics.camera_info_topic(cam)] = TYPE_INFO
-    out.update({
-        topics.ODOM_TOPIC: TYPE_ODOM, topics.TF_TOPIC: TYPE_TF, topics.TF_STATIC_TOPIC: TYPE_TF,
-        topics.GT_OCCUPANCY_TOPIC: TYPE_CLOUD, topics.GT_CAMERA_MASK_TOPIC: TYPE_RAW_IMAGE,
-        topics.GT_TRAJECTORY_TOPIC: TYPE_PATH, topics.GT_BOXES_TOPIC: TYPE_MARKERS,
-        topics.GT_COMMAND_TOPIC: TYPE_UINT8, topics.GT_FRAME_TOPIC: TYPE_STRING,
-    })
+    out.update(
+        {
+            topics.ODOM_TOPIC: TYPE_ODOM,
+            topics.TF_TOPIC: TYPE_TF,
+            topics.TF_STATIC_TOPIC: TYPE_TF,
+            topics.GT_OCCUPANCY_TOPIC: TYPE_CLOUD,
+            topics.GT_CAMERA_MASK_TOPIC: TYPE_RAW_IMAGE,
+            topics.GT_TRAJECTORY_TOPIC: TYPE_PATH,
+            topics.GT_BOXES_TOPIC: TYPE_MARKERS,
+            topics.GT_COMMAND_TOPIC: TYPE_UINT8,
+            topics.GT_FRAME_TOPIC: TYPE_STRING,
+        }
+    )
     return out
 
 
@@ -143,8 +156,9 @@ def _vector(x: float, y: float, z: float) -> Any:
 
 def compressed_image_msg(stamp_ns: int, frame_id: str, jpeg: bytes) -> Any:
     """sensor_msgs/CompressedImage holding ``jpeg`` unchanged (``format: jpeg``)."""
-    return make_msg(TYPE_IMAGE, header=header(stamp_ns, frame_id), format="jpeg",
-                    data=np.frombuffer(jpeg, dtype=np.uint8))
+    return make_msg(
+        TYPE_IMAGE, header=header(stamp_ns, frame_id), format="jpeg", data=np.frombuffer(jpeg, dtype=np.uint8)
+    )
 
 
 def camera_info_msg(stamp_ns: int, frame_id: str, k: np.ndarray, height: int, width: int) -> Any:
@@ -152,28 +166,47 @@ def camera_info_msg(stamp_ns: int, frame_id: str, k: np.ndarray, height: int, wi
     k = np.asarray(k, dtype=np.float64).reshape(3, 3)
     p = np.zeros((3, 4))
     p[:, :3] = k
-    return make_msg(TYPE_INFO, header=header(stamp_ns, frame_id), height=int(height), width=int(width),
-                    distortion_model="plumb_bob", d=np.zeros(5), k=k.reshape(-1).copy(),
-                    r=np.eye(3).reshape(-1), p=p.reshape(-1))
+    return make_msg(
+        TYPE_INFO,
+        header=header(stamp_ns, frame_id),
+        height=int(height),
+        width=int(width),
+        distortion_model="plumb_bob",
+        d=np.zeros(5),
+        k=k.reshape(-1).copy(),
+        r=np.eye(3).reshape(-1),
+        p=p.reshape(-1),
+    )
 
 
-def transform_stamped(stamp_ns: int, parent: str, child: str, translation: Sequence[float],
-                      rotation_wxyz: Sequence[float]) -> Any:
+def transform_stamped(
+    stamp_ns: int, parent: str, child: str, translation: Sequence[float], rotation_wxyz: Sequence[float]
+) -> Any:
     """geometry_msgs/TransformStamped parent -> child (nuScenes translation + (w, x, y, z) quaternion)."""
-    tf = make_msg("geometry_msgs/msg/Transform", translation=_vector(*translation),
-                  rotation=_quat_xyzw(rotation_wxyz))
-    return make_msg("geometry_msgs/msg/TransformStamped", header=header(stamp_ns, parent), child_frame_id=child,
-                    transform=tf)
+    tf = make_msg("geometry_msgs/msg/Transform", translation=_vector(*translation), rotation=_quat_xyzw(rotation_wxyz))
+    return make_msg(
+        "geometry_msgs/msg/TransformStamped", header=header(stamp_ns, parent), child_frame_id=child, transform=tf
+    )
 
 
-def odometry_msg(stamp_ns: int, translation: Sequence[float], rotation_wxyz: Sequence[float],
-                 velocity_xy: Sequence[float], yaw_rate: float) -> Any:
+def odometry_msg(
+    stamp_ns: int,
+    translation: Sequence[float],
+    rotation_wxyz: Sequence[float],
+    velocity_xy: Sequence[float],
+    yaw_rate: float,
+) -> Any:
     """nav_msgs/Odometry: pose in ``map``, twist (vx, vy, yaw rate) in ``base_link``; covariances unknown (0)."""
     pose = make_msg("geometry_msgs/msg/Pose", position=_point(*translation), orientation=_quat_xyzw(rotation_wxyz))
-    twist = make_msg("geometry_msgs/msg/Twist", linear=_vector(velocity_xy[0], velocity_xy[1], 0.0),
-                     angular=_vector(0.0, 0.0, yaw_rate))
+    twist = make_msg(
+        "geometry_msgs/msg/Twist",
+        linear=_vector(velocity_xy[0], velocity_xy[1], 0.0),
+        angular=_vector(0.0, 0.0, yaw_rate),
+    )
     return make_msg(
-        TYPE_ODOM, header=header(stamp_ns, topics.MAP_FRAME), child_frame_id=topics.EGO_FRAME,
+        TYPE_ODOM,
+        header=header(stamp_ns, topics.MAP_FRAME),
+        child_frame_id=topics.EGO_FRAME,
         pose=make_msg("geometry_msgs/msg/PoseWithCovariance", pose=pose, covariance=np.zeros(36)),
         twist=make_msg("geometry_msgs/msg/TwistWithCovariance", twist=twist, covariance=np.zeros(36)),
     )
@@ -184,13 +217,28 @@ def gt_cloud_msg(stamp_ns: int, points: np.ndarray, labels: np.ndarray, frame_id
     arr = np.zeros(len(points), dtype=GT_CLOUD_DTYPE)
     arr["x"], arr["y"], arr["z"] = points[:, 0], points[:, 1], points[:, 2]
     arr["class"] = np.asarray(labels).astype(np.uint8)
-    fields = [make_msg("sensor_msgs/msg/PointField", name=n, offset=int(o), datatype=d, count=1)
-              for n, o, d in (("x", 0, POINTFIELD_FLOAT32), ("y", 4, POINTFIELD_FLOAT32), ("z", 8, POINTFIELD_FLOAT32),
-                              ("class", 12, POINTFIELD_UINT8))]
+    fields = [
+        make_msg("sensor_msgs/msg/PointField", name=n, offset=int(o), datatype=d, count=1)
+        for n, o, d in (
+            ("x", 0, POINTFIELD_FLOAT32),
+            ("y", 4, POINTFIELD_FLOAT32),
+            ("z", 8, POINTFIELD_FLOAT32),
+            ("class", 12, POINTFIELD_UINT8),
+        )
+    ]
     data = np.frombuffer(arr.tobytes(), dtype=np.uint8)
-    return make_msg(TYPE_CLOUD, header=header(stamp_ns, frame_id), height=1, width=len(arr), fields=fields,
-                    is_bigendian=False, point_step=GT_CLOUD_DTYPE.itemsize,
-                    row_step=GT_CLOUD_DTYPE.itemsize * len(arr), data=data, is_dense=True)
+    return make_msg(
+        TYPE_CLOUD,
+        header=header(stamp_ns, frame_id),
+        height=1,
+        width=len(arr),
+        fields=fields,
+        is_bigendian=False,
+        point_step=GT_CLOUD_DTYPE.itemsize,
+        row_step=GT_CLOUD_DTYPE.itemsize * len(arr),
+        data=data,
+        is_dense=True,
+    )
 
 
 def pack_camera_mask(mask: np.ndarray) -> np.ndarray:
@@ -212,12 +260,25 @@ def camera_mask_msg(stamp_ns: int, mask: np.ndarray, frame_id: str = topics.EGO_
     """/gt/occupancy_camera_mask sensor_msgs/Image ``16UC1`` (see module docstring)."""
     packed = pack_camera_mask(mask).astype("<u2")
     x, y = packed.shape
-    return make_msg(TYPE_RAW_IMAGE, header=header(stamp_ns, frame_id), height=x, width=y, encoding="16UC1",
-                    is_bigendian=0, step=2 * y, data=np.frombuffer(packed.tobytes(), dtype=np.uint8))
+    return make_msg(
+        TYPE_RAW_IMAGE,
+        header=header(stamp_ns, frame_id),
+        height=x,
+        width=y,
+        encoding="16UC1",
+        is_bigendian=0,
+        step=2 * y,
+        data=np.frombuffer(packed.tobytes(), dtype=np.uint8),
+    )
 
 
-def path_msg(stamp_ns: int, waypoints: np.ndarray, yaws: np.ndarray, pose_stamps_ns: Sequence[int],
-             frame_id: str = topics.EGO_FRAME) -> Any:
+def path_msg(
+    stamp_ns: int,
+    waypoints: np.ndarray,
+    yaws: np.ndarray,
+    pose_stamps_ns: Sequence[int],
+    frame_id: str = topics.EGO_FRAME,
+) -> Any:
     """nav_msgs/Path of waypoints [T, 2] (z = 0) with headings [T] and one stamp per pose."""
     poses = []
     for (x, y), yaw, s in zip(np.asarray(waypoints, dtype=np.float64), yaws, pose_stamps_ns):
@@ -226,8 +287,9 @@ def path_msg(stamp_ns: int, waypoints: np.ndarray, yaws: np.ndarray, pose_stamps
     return make_msg(TYPE_PATH, header=header(stamp_ns, frame_id), poses=poses)
 
 
-def boxes_msg(stamp_ns: int, steps: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]],
-              frame_id: str = topics.EGO_FRAME) -> Any:
+def boxes_msg(
+    stamp_ns: int, steps: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]], frame_id: str = topics.EGO_FRAME
+) -> Any:
     """MarkerArray: DELETEALL, then per step s a CUBE per box, ``ns = str(s)``.
 
     Args:
@@ -240,14 +302,24 @@ def boxes_msg(stamp_ns: int, steps: Sequence[tuple[np.ndarray, np.ndarray, Seque
         fade = 1.0 - 0.1 * s
         for j, (box, (zc, height), cat) in enumerate(zip(boxes, zh, cats)):
             rgb = next((c for p, c in _BOX_COLORS.items() if cat.startswith(p)), (0.7, 0.7, 0.7))
-            pose = make_msg("geometry_msgs/msg/Pose", position=_point(box[0], box[1], zc),
-                            orientation=_yaw_quat(float(box[4])))
-            markers.append(make_msg(
-                "visualization_msgs/msg/Marker", header=hdr, ns=str(s), id=j, type=1, action=0, pose=pose,
-                scale=_vector(box[2], box[3], height),
-                color=make_msg("std_msgs/msg/ColorRGBA", r=rgb[0] * fade, g=rgb[1] * fade, b=rgb[2] * fade,
-                               a=0.5 if s else 0.8),
-            ))
+            pose = make_msg(
+                "geometry_msgs/msg/Pose", position=_point(box[0], box[1], zc), orientation=_yaw_quat(float(box[4]))
+            )
+            markers.append(
+                make_msg(
+                    "visualization_msgs/msg/Marker",
+                    header=hdr,
+                    ns=str(s),
+                    id=j,
+                    type=1,
+                    action=0,
+                    pose=pose,
+                    scale=_vector(box[2], box[3], height),
+                    color=make_msg(
+                        "std_msgs/msg/ColorRGBA", r=rgb[0] * fade, g=rgb[1] * fade, b=rgb[2] * fade, a=0.5 if s else 0.8
+                    ),
+                )
+            )
     return make_msg(TYPE_MARKERS, markers=markers)
 
 
@@ -318,6 +390,7 @@ class _SceneConverter:
         if abs(step - round(step)) > 1e-6 or round(step) < 1:
             raise ValueError(f"plan_dt {cfg.plan_dt} s must be a multiple of the {KEYFRAME_INTERVAL_S} s key frames")
         self.plan_step = int(round(step))
+        self._last_labels: Optional[tuple[Path, Any]] = None
 
     # ------------------------------------------------------------------ helpers
     def _sd(self, token: str) -> dict:
@@ -336,10 +409,13 @@ class _SceneConverter:
         for cam in CAMERA_NAMES:
             sd = self._sd(sample["data"][cam])
             cs = self.nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-            out[cam] = {"translation": [float(v) for v in cs["translation"]],
-                        "rotation": [float(v) for v in cs["rotation"]],
-                        "K": np.asarray(cs["camera_intrinsic"], dtype=np.float64),
-                        "width": int(sd["width"]), "height": int(sd["height"])}
+            out[cam] = {
+                "translation": [float(v) for v in cs["translation"]],
+                "rotation": [float(v) for v in cs["rotation"]],
+                "K": np.asarray(cs["camera_intrinsic"], dtype=np.float64),
+                "width": int(sd["width"]),
+                "height": int(sd["height"]),
+            }
         return out
 
     def _camera_records(self, scene) -> list[dict]:
@@ -395,51 +471,123 @@ class _SceneConverter:
         cams = self._camera_records(scene)
         start_ns = _us_to_ns(cams[0]["timestamp"])
         # /tf_static first: base_link -> each camera
-        ev.append(_Event(start_ns, _PRIO_TF_STATIC, topics.TF_STATIC_TOPIC, lambda: make_msg(TYPE_TF, transforms=[
-            transform_stamped(start_ns, topics.EGO_FRAME, cam, c["translation"], c["rotation"])
-            for cam, c in calib.items()])))
+        ev.append(
+            _Event(
+                start_ns,
+                _PRIO_TF_STATIC,
+                topics.TF_STATIC_TOPIC,
+                lambda: make_msg(
+                    TYPE_TF,
+                    transforms=[
+                        transform_stamped(start_ns, topics.EGO_FRAME, cam, c["translation"], c["rotation"])
+                        for cam, c in calib.items()
+                    ],
+                ),
+            )
+        )
         # cameras
         for sd in cams:
             cam, s = self._channel(sd), _us_to_ns(sd["timestamp"])
             cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
             k = np.asarray(cs["camera_intrinsic"], dtype=np.float64)
-            ev.append(_Event(s, _PRIO_INFO, topics.camera_info_topic(cam),
-                             lambda s=s, cam=cam, k=k, sd=sd: camera_info_msg(s, cam, k, sd["height"], sd["width"])))
-            ev.append(_Event(s, _PRIO_IMAGE, topics.image_topic(cam),
-                             lambda s=s, cam=cam, sd=sd: compressed_image_msg(s, cam, self._image_bytes(sd))))
+            ev.append(
+                _Event(
+                    s,
+                    _PRIO_INFO,
+                    topics.camera_info_topic(cam),
+                    lambda s=s, cam=cam, k=k, sd=sd: camera_info_msg(s, cam, k, sd["height"], sd["width"]),
+                )
+            )
+            ev.append(
+                _Event(
+                    s,
+                    _PRIO_IMAGE,
+                    topics.image_topic(cam),
+                    lambda s=s, cam=cam, sd=sd: compressed_image_msg(s, cam, self._image_bytes(sd)),
+                )
+            )
         # odometry + tf
         poses = self._odometry_poses(scene)
-        mats = np.stack([pose_matrix(p["rotation"], p["translation"]) for p in poses])
-        states = ego_states(mats, np.asarray([p["timestamp"] for p in poses], dtype=np.int64))
+        if self.sweeps:  # backward differences over every published pose
+            mats = np.stack([pose_matrix(p["rotation"], p["translation"]) for p in poses])
+            states = ego_states(mats, np.asarray([p["timestamp"] for p in poses], dtype=np.int64))
+        else:  # one pose per key frame: the loader's own ego state (the model input of `sparseoccvla eval`)
+            if len(poses) != len(scene):
+                raise ValueError(f"scene {scene.name}: two key frames share a reference ego pose timestamp")
+            states = scene.ego_state
         for p, st in zip(poses, states):
             s = _us_to_ns(p["timestamp"])
-            ev.append(_Event(s, _PRIO_ODOM, topics.ODOM_TOPIC, lambda s=s, p=p, st=st: odometry_msg(
-                s, p["translation"], p["rotation"], (float(st[0]), float(st[1])), float(st[4]))))
-            ev.append(_Event(s, _PRIO_ODOM, topics.TF_TOPIC, lambda s=s, p=p: make_msg(TYPE_TF, transforms=[
-                transform_stamped(s, topics.MAP_FRAME, topics.EGO_FRAME, p["translation"], p["rotation"])])))
+            ev.append(
+                _Event(
+                    s,
+                    _PRIO_ODOM,
+                    topics.ODOM_TOPIC,
+                    lambda s=s, p=p, st=st: odometry_msg(
+                        s, p["translation"], p["rotation"], (float(st[0]), float(st[1])), float(st[4])
+                    ),
+                )
+            )
+            ev.append(
+                _Event(
+                    s,
+                    _PRIO_ODOM,
+                    topics.TF_TOPIC,
+                    lambda s=s, p=p: make_msg(
+                        TYPE_TF,
+                        transforms=[
+                            transform_stamped(s, topics.MAP_FRAME, topics.EGO_FRAME, p["translation"], p["rotation"])
+                        ],
+                    ),
+                )
+            )
         # ground truth per key frame
         n_occ, n_missing = 0, 0
-        stamps = []
+        samples = [nusc.get("sample", tok) for tok in scene.sample_tokens]
+        all_stamps = [
+            {cam: _us_to_ns(self._sd(smp["data"][cam])["timestamp"]) for cam in CAMERA_NAMES} for smp in samples
+        ]
+        stamps = [st[CAMERA_NAMES[0]] for st in all_stamps]  # CAM_FRONT stamp of each key frame
         for i, tok in enumerate(scene.sample_tokens):
-            sample = nusc.get("sample", tok)
-            cam_stamps = {cam: _us_to_ns(self._sd(sample["data"][cam])["timestamp"]) for cam in CAMERA_NAMES}
-            stamps.append(cam_stamps[CAMERA_NAMES[0]])
-        for i, tok in enumerate(scene.sample_tokens):
-            sample = nusc.get("sample", tok)
-            cam_stamps = {cam: _us_to_ns(self._sd(sample["data"][cam])["timestamp"]) for cam in CAMERA_NAMES}
+            cam_stamps = all_stamps[i]
             s = stamps[i]
-            info = {"scene": scene.name, "scene_token": scene.token, "sample_token": tok, "frame_index": i,
-                    "scene_length": len(scene), "timestamp_us": int(scene.timestamps[i]),
-                    "camera_stamps_ns": cam_stamps}
-            ev.append(_Event(s, _PRIO_GT, topics.GT_FRAME_TOPIC,
-                             lambda info=info: make_msg(TYPE_STRING, data=json.dumps(info, sort_keys=True))))
+            info = {
+                "scene": scene.name,
+                "scene_token": scene.token,
+                "sample_token": tok,
+                "frame_index": i,
+                "scene_length": len(scene),
+                "timestamp_us": int(scene.timestamps[i]),
+                "camera_stamps_ns": cam_stamps,
+            }
+            ev.append(
+                _Event(
+                    s,
+                    _PRIO_GT,
+                    topics.GT_FRAME_TOPIC,
+                    lambda info=info: make_msg(TYPE_STRING, data=json.dumps(info, sort_keys=True)),
+                )
+            )
             wp, valid, yaws, fut_idx = self._trajectory(scene, i)
             cmd = self._command(wp, valid)
-            ev.append(_Event(min(cam_stamps.values()), _PRIO_COMMAND, topics.GT_COMMAND_TOPIC,
-                             lambda cmd=cmd: make_msg(TYPE_UINT8, data=cmd)))
+            ev.append(
+                _Event(
+                    min(cam_stamps.values()),
+                    _PRIO_COMMAND,
+                    topics.GT_COMMAND_TOPIC,
+                    lambda cmd=cmd: make_msg(TYPE_UINT8, data=cmd),
+                )
+            )
             n_valid = int(valid.sum())
-            ev.append(_Event(s, _PRIO_GT, topics.GT_TRAJECTORY_TOPIC, lambda s=s, wp=wp, yaws=yaws, n=n_valid, f=fut_idx:
-                             path_msg(s, wp[:n], yaws[:n], [stamps[j] for j in f[:n]])))
+            ev.append(
+                _Event(
+                    s,
+                    _PRIO_GT,
+                    topics.GT_TRAJECTORY_TOPIC,
+                    lambda s=s, wp=wp, yaws=yaws, n=n_valid, f=fut_idx: path_msg(
+                        s, wp[:n], yaws[:n], [stamps[j] for j in f[:n]]
+                    ),
+                )
+            )
             ev.append(_Event(s, _PRIO_GT, topics.GT_BOXES_TOPIC, lambda s=s, i=i: boxes_msg(s, self._boxes(scene, i))))
             label_path = self.layout.occ3d_path(scene.name, tok)
             if label_path.is_file():
@@ -481,8 +629,9 @@ class _SceneConverter:
         from sparseoccvla_core.evaluation import future_agent_boxes
 
         horizon, step = self.cfg.plan_horizon, self.plan_step
-        tokens = [scene.sample_tokens[i + s * step] if i + s * step < len(scene) else None
-                  for s in range(0, horizon + 1)]
+        tokens = [
+            scene.sample_tokens[i + s * step] if i + s * step < len(scene) else None for s in range(0, horizon + 1)
+        ]
         boxes, mask = future_agent_boxes(self.nusc, tokens, scene.ego2global[i])
         g2e = invert_pose(scene.ego2global[i])
         prefixes = tuple(M.COLLISION_CATEGORY_PREFIXES)
@@ -493,25 +642,34 @@ class _SceneConverter:
                 for ann_token in self.nusc.get("sample", tok)["anns"]:
                     ann = self.nusc.get("sample_annotation", ann_token)
                     if ann["category_name"].startswith(prefixes):
-                        zh.append((float(g2e[2, :3] @ np.asarray(ann["translation"]) + g2e[2, 3]), float(ann["size"][2])))
+                        zh.append(
+                            (float(g2e[2, :3] @ np.asarray(ann["translation"]) + g2e[2, 3]), float(ann["size"][2]))
+                        )
                         cats.append(ann["category_name"])
             b = boxes[s][mask[s]]
             if len(b) != len(zh):
-                raise RuntimeError(f"box bookkeeping mismatch at {tok}: {len(b)} collision boxes, {len(zh)} annotations")
+                raise RuntimeError(
+                    f"box bookkeeping mismatch at {tok}: {len(b)} collision boxes, {len(zh)} annotations"
+                )
             out.append((b, np.asarray(zh, dtype=np.float64).reshape(-1, 2), cats))
         return out
 
-    def _cloud(self, stamp_ns: int, path: Path) -> Any:
-        from sparseoccvla_core.data.occ3d import load_occ3d_labels, occ3d_points
+    def _labels(self, path: Path):
+        """Occ3D labels of one file (the last one is kept: the cloud and the mask of a key frame share it)."""
+        from sparseoccvla_core.data.occ3d import load_occ3d_labels
 
-        labels = load_occ3d_labels(path)
-        pts, lab = occ3d_points(labels, self.cfg.point_cloud_range, self.cfg.voxel_size, "none")
+        if self._last_labels is None or self._last_labels[0] != path:
+            self._last_labels = (path, load_occ3d_labels(path))
+        return self._last_labels[1]
+
+    def _cloud(self, stamp_ns: int, path: Path) -> Any:
+        from sparseoccvla_core.data.occ3d import occ3d_points
+
+        pts, lab = occ3d_points(self._labels(path), self.cfg.point_cloud_range, self.cfg.voxel_size, "none")
         return gt_cloud_msg(stamp_ns, pts, lab)
 
     def _mask(self, stamp_ns: int, path: Path) -> Any:
-        from sparseoccvla_core.data.occ3d import load_occ3d_labels
-
-        return camera_mask_msg(stamp_ns, load_occ3d_labels(path).mask_camera)
+        return camera_mask_msg(stamp_ns, self._labels(path).mask_camera)
 
 
 # ============================================================================ writer
@@ -519,16 +677,29 @@ def _qos(transient_local: bool, depth: int):
     from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
     zero = QosTime(sec=0, nsec=0)
-    return Qos(history=QosHistory.KEEP_LAST, depth=depth, reliability=QosReliability.RELIABLE,
-               durability=QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE,
-               deadline=zero, lifespan=zero, liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=zero,
-               avoid_ros_namespace_conventions=False)
+    return Qos(
+        history=QosHistory.KEEP_LAST,
+        depth=depth,
+        reliability=QosReliability.RELIABLE,
+        durability=QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE,
+        deadline=zero,
+        lifespan=zero,
+        liveliness=QosLiveliness.AUTOMATIC,
+        liveliness_lease_duration=zero,
+        avoid_ros_namespace_conventions=False,
+    )
 
 
 def available_scenes(nusc) -> list[str]:
     """Scene names of the loaded tables, in time order of their first key frame."""
     first = {s["name"]: nusc.get("sample", s["first_sample_token"])["timestamp"] for s in nusc.scene}
     return sorted(first, key=lambda n: (first[n], n))
+
+
+def names_hint(names: Sequence[str], limit: int = 40) -> str:
+    """Scene names for an error message (the first ``limit`` and how many more)."""
+    head = ", ".join(names[:limit])
+    return head + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def _check_output(out: Path, overwrite: bool) -> None:
@@ -595,7 +766,7 @@ def write_bag(
     else:
         unknown = [n for n in scenes if n not in names_all]
         if unknown:
-            raise ValueError(f"unknown scene(s) {unknown} in {layout.table_root}; available: {', '.join(names_all)}")
+            raise ValueError(f"unknown scene(s) {unknown} in {layout.table_root}; available: {names_hint(names_all)}")
         names = [n for n in names_all if n in set(scenes)]  # time order
     if not names:
         raise ValueError(f"{layout.table_root} has no scenes")
@@ -628,24 +799,25 @@ def write_bag(
         conns = {}
         for topic, msgtype in bag_topics().items():
             static = topic == topics.TF_STATIC_TOPIC
-            conns[topic] = writer.add_connection(topic, msgtype, typestore=ts,
-                                                 offered_qos_profiles=[_qos(static, 1 if static else 10)])
+            conns[topic] = writer.add_connection(
+                topic, msgtype, typestore=ts, offered_qos_profiles=[_qos(static, 1 if static else 10)]
+            )
         counts = {t: 0 for t in conns}
         bar = _progress_bar(sum(len(s) for s in frames), progress)
         prev_end: Optional[tuple[str, int]] = None
         for scene in frames:
             events, scene_summary, calib = conv.events(scene)
             if prev_end is not None and scene_summary.start_ns <= prev_end[1]:
-                raise ValueError(f"scenes {prev_end[0]} and {scene.name} overlap in time; their messages would "
-                                 "interleave: write them to separate bags (--scene)")
+                raise ValueError(
+                    f"scenes {prev_end[0]} and {scene.name} overlap in time; their messages would "
+                    "interleave: write them to separate bags (--scene)"
+                )
             prev_end = (scene.name, scene_summary.end_ns)
-            gt_done = 0
             for e in events:
                 msg = e.build()
                 writer.write(conns[e.topic], e.time_ns, serialize(msg, bag_topics()[e.topic], ts))
                 counts[e.topic] += 1
                 if e.topic == topics.GT_FRAME_TOPIC:
-                    gt_done += 1
                     bar.update(1)
             summary.scenes.append(scene_summary)
             calibs.append((scene.name, calib))
@@ -666,14 +838,25 @@ def calibration_entries(calib: dict[str, dict]) -> dict:
     from sparseoccvla_core.calibration_file import CameraCalibration
     from sparseoccvla_core.data.camera import pose_matrix
 
-    return {cam: CameraCalibration(name=cam, cam2ego=pose_matrix(c["rotation"], c["translation"]), frame_id=cam,
-                                   intrinsics=c["K"], image_size=(c["width"], c["height"]))
-            for cam, c in calib.items()}
+    return {
+        cam: CameraCalibration(
+            name=cam,
+            cam2ego=pose_matrix(c["rotation"], c["translation"]),
+            frame_id=cam,
+            intrinsics=c["K"],
+            image_size=(c["width"], c["height"]),
+        )
+        for cam, c in calib.items()
+    }
 
 
 def _same_calibration(a: dict[str, dict], b: dict[str, dict]) -> bool:
-    return all(np.allclose(a[c]["translation"], b[c]["translation"]) and np.allclose(a[c]["rotation"], b[c]["rotation"])
-               and np.allclose(a[c]["K"], b[c]["K"]) for c in CAMERA_NAMES)
+    return all(
+        np.allclose(a[c]["translation"], b[c]["translation"])
+        and np.allclose(a[c]["rotation"], b[c]["rotation"])
+        and np.allclose(a[c]["K"], b[c]["K"])
+        for c in CAMERA_NAMES
+    )
 
 
 def _write_calibrations(out: Path, calibs: list[tuple[str, dict]]) -> list[Path]:
@@ -684,9 +867,11 @@ def _write_calibrations(out: Path, calibs: list[tuple[str, dict]]) -> list[Path]
     for name, calib in calibs[1:]:
         if not _same_calibration(calibs[0][1], calib):
             path = out / f"calibration_{name}.yaml"
-            print(f"[bag] warning: {name} has a different camera rig than {calibs[0][0]}; {topics.CALIBRATION_FILENAME}"
-                  f" holds {calibs[0][0]}'s, {path.name} holds {name}'s (/tf_static carries each scene's own)",
-                  file=sys.stderr)
+            print(
+                f"[bag] warning: {name} has a different camera rig than {calibs[0][0]}; {topics.CALIBRATION_FILENAME}"
+                f" holds {calibs[0][0]}'s, {path.name} holds {name}'s (/tf_static carries each scene's own)",
+                file=sys.stderr,
+            )
             written.append(save_calibration(path, calibration_entries(calib), topics.EGO_FRAME))
     return written
 
@@ -713,29 +898,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--scene", nargs="+", metavar="NAME", help="scene name(s), e.g. scene-0103")
     which.add_argument("--all", action="store_true", help="every scene of the tables (time order, one bag)")
-    parser.add_argument("--out", required=True, help="bag folder to create (rosbag2: <out>/<name>.mcap + metadata.yaml)")
+    parser.add_argument(
+        "--out", required=True, help="bag folder to create (rosbag2: <out>/<name>.mcap + metadata.yaml)"
+    )
     parser.add_argument("--sweeps", action="store_true", help="also write the non-key camera frames (~12 Hz)")
     parser.add_argument("--version", default=None, help="nuScenes version folder (default: the only one)")
-    parser.add_argument("--metadata-version", type=int, choices=(8, 9), default=9,
-                        help="rosbag2 metadata version (default %(default)s: Jazzy and newer; 8 for older readers)")
-    parser.add_argument("--compression", choices=("zstd", "none"), default="zstd",
-                        help="MCAP chunk compression (default %(default)s)")
+    parser.add_argument(
+        "--metadata-version",
+        type=int,
+        choices=(8, 9),
+        default=9,
+        help="rosbag2 metadata version (default %(default)s: Jazzy and newer; 8 for older readers)",
+    )
+    parser.add_argument(
+        "--compression", choices=("zstd", "none"), default="zstd", help="MCAP chunk compression (default %(default)s)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bag folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        summary = write_bag(args.data, args.out, scenes=None if args.all else args.scene, sweeps=args.sweeps,
-                            version=args.version, metadata_version=args.metadata_version,
-                            compression=args.compression, overwrite=args.overwrite, progress=not args.no_progress)
+        summary = write_bag(
+            args.data,
+            args.out,
+            scenes=None if args.all else args.scene,
+            sweeps=args.sweeps,
+            version=args.version,
+            metadata_version=args.metadata_version,
+            compression=args.compression,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"sparseoccvla bag: error: {err}", file=sys.stderr)
         return 2
     mb = summary.bytes / 1e6
-    print(f"[bag] wrote {summary.messages} messages ({summary.key_frames} key frames of {len(summary.scenes)} "
-          f"scene(s)) to {summary.path} in {summary.seconds:.1f} s: {mb:.1f} MB, "
-          f"{mb / max(summary.seconds, 1e-9):.1f} MB/s, {summary.key_frames / max(summary.seconds, 1e-9):.1f} key frames/s")
+    print(
+        f"[bag] wrote {summary.messages} messages ({summary.key_frames} key frames of {len(summary.scenes)} "
+        f"scene(s)) to {summary.path} in {summary.seconds:.1f} s: {mb:.1f} MB, "
+        f"{mb / max(summary.seconds, 1e-9):.1f} MB/s, {summary.key_frames / max(summary.seconds, 1e-9):.1f} key frames/s"
+    )
     missing = sum(s.missing_label_files for s in summary.scenes)
     if missing:
         print(f"[bag] {missing} key frame(s) have no Occ3D labels: no /gt/occupancy for them", file=sys.stderr)

@@ -45,7 +45,7 @@ def calibration_from_tables(data: str | Path, scene: Optional[str] = None, versi
     from sparseoccvla_core.data.frames import load_nuscenes
     from sparseoccvla_core.data.layout import resolve_layout
 
-    from .bag_writer import available_scenes, calibration_entries
+    from .bag_writer import available_scenes, calibration_entries, names_hint
 
     layout = resolve_layout(data, version)
     nusc = load_nuscenes(layout)
@@ -54,7 +54,7 @@ def calibration_from_tables(data: str | Path, scene: Optional[str] = None, versi
         raise ValueError(f"{layout.table_root} has no scenes")
     name = scene or names[0]
     if name not in names:
-        raise ValueError(f"unknown scene {name!r} in {layout.table_root}; available: {', '.join(names)}")
+        raise ValueError(f"unknown scene {name!r} in {layout.table_root}; available: {names_hint(names)}")
     rec = next(s for s in nusc.scene if s["name"] == name)
     sample = nusc.get("sample", rec["first_sample_token"])
     calib = {}
@@ -63,10 +63,13 @@ def calibration_from_tables(data: str | Path, scene: Optional[str] = None, versi
             raise CalibrationSourceError(f"scene {name}: the first key frame has no {cam} sample_data")
         sd = nusc.get("sample_data", sample["data"][cam])
         cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        calib[cam] = {"translation": [float(v) for v in cs["translation"]],
-                      "rotation": [float(v) for v in cs["rotation"]],
-                      "K": np.asarray(cs["camera_intrinsic"], dtype=np.float64),
-                      "width": int(sd["width"]), "height": int(sd["height"])}
+        calib[cam] = {
+            "translation": [float(v) for v in cs["translation"]],
+            "rotation": [float(v) for v in cs["rotation"]],
+            "K": np.asarray(cs["camera_intrinsic"], dtype=np.float64),
+            "width": int(sd["width"]),
+            "height": int(sd["height"]),
+        }
     return calibration_entries(calib)
 
 
@@ -131,7 +134,7 @@ def calibration_from_bag(bag: str | Path, ego_frame: str = topics.EGO_FRAME) -> 
                 f"{bag}: no CameraInfo topic for {missing} (CameraInfo topics: {sorted(c.topic for c in info_conns)})"
             )
         transforms: dict[str, tuple[str, np.ndarray]] = {}
-        for conn, _, raw in reader.messages(connections=tf_conns):
+        for _, _, raw in reader.messages(connections=tf_conns):
             for t in deserialize(raw, TF_TYPE, ts).transforms:
                 child = t.child_frame_id.lstrip("/")
                 transforms.setdefault(child, (t.header.frame_id.lstrip("/"), _transform_matrix(t.transform)))
@@ -167,10 +170,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="nuScenes dataroot or synthetic world (calibrated_sensor table)")
     src.add_argument("--bag", help="rosbag2 bag folder with /tf_static and the cameras' CameraInfo")
-    parser.add_argument("--scene", default=None, help="with --data: scene whose first key frame is used "
-                                                      "(default: the first scene in time order)")
+    parser.add_argument(
+        "--scene",
+        default=None,
+        help="with --data: scene whose first key frame is used (default: the first scene in time order)",
+    )
     parser.add_argument("--version", default=None, help="with --data: nuScenes version folder")
-    parser.add_argument("--ego-frame", default=topics.EGO_FRAME, help="ego frame of the extrinsics (default %(default)s)")
+    parser.add_argument(
+        "--ego-frame", default=topics.EGO_FRAME, help="ego frame of the extrinsics (default %(default)s)"
+    )
     parser.add_argument("--out", required=True, help="YAML file to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 

@@ -34,6 +34,9 @@ camera image of its set was published, measured in one clock:
   bag.  At ``--rate R`` a sim-time latency is R times the wall-clock one, and it is quantised by the ``/clock`` period;
 * otherwise latency is not measurable and is reported as such (record the camera_info topics too).
 
+The GT is held in memory in compact form (voxel centres + uint8 classes, a 80 KB packed camera mask: about 1 MB
+per real Occ3D key frame), so a bag of a few scenes is fine; score a whole split scene bag by scene bag.
+
 Outputs: ``metrics.json`` (the ``sparseoccvla eval`` layout + a ``replay`` entry), ``metrics.md`` (the eval tables +
 a replay table), ``horizons.png``.  :func:`evaluate_bags` is the library entry point.
 """
@@ -81,7 +84,9 @@ def cloud_to_array(msg: Any) -> np.ndarray:
     names, formats, offsets = [], [], []
     for f in msg.fields:
         if f.count != 1 or f.datatype not in _POINTFIELD_NUMPY:
-            raise BagEvaluationError(f"PointCloud2 field {f.name!r} (datatype {f.datatype}, count {f.count}) unsupported")
+            raise BagEvaluationError(
+                f"PointCloud2 field {f.name!r} (datatype {f.datatype}, count {f.count}) unsupported"
+            )
         names.append(f.name)
         formats.append(_POINTFIELD_NUMPY[f.datatype])
         offsets.append(f.offset)
@@ -121,7 +126,9 @@ def markers_to_boxes(msg: Any, horizon: int) -> tuple[np.ndarray, np.ndarray]:
             continue
         s = int(m.ns)
         if 1 <= s <= horizon:
-            per_step[s - 1].append([m.pose.position.x, m.pose.position.y, m.scale.x, m.scale.y, _yaw(m.pose.orientation)])
+            per_step[s - 1].append(
+                [m.pose.position.x, m.pose.position.y, m.scale.x, m.scale.y, _yaw(m.pose.orientation)]
+            )
     a = max((len(b) for b in per_step), default=0)
     boxes, mask = np.zeros((horizon, a, 5)), np.zeros((horizon, a), dtype=bool)
     for t, rows in enumerate(per_step):
@@ -169,9 +176,13 @@ class GTBag:
         return {(f.scene, f.frame_index): f for f in self.frames.values()}
 
 
-def _custom_data(reader) -> dict:
-    meta = getattr(reader, "metadata", None) or {}
-    return dict(meta.get("custom_data") or {})
+def bag_custom_data(path: Path) -> dict:
+    """``custom_data`` of a bag's metadata.yaml (rosbag2 metadata version >= 6), {} when absent."""
+    import yaml
+
+    doc = yaml.safe_load((Path(path) / "metadata.yaml").read_text()) or {}
+    info = doc.get("rosbag2_bagfile_information") or {}
+    return dict(info.get("custom_data") or {})
 
 
 def read_gt_bag(path: str | Path) -> GTBag:
@@ -187,8 +198,8 @@ def read_gt_bag(path: str | Path) -> GTBag:
     if not (path / "metadata.yaml").is_file():
         raise FileNotFoundError(f"no rosbag2 bag at {path} (expected a folder with metadata.yaml)")
     ts = replay_typestore()
+    custom = bag_custom_data(path)
     with Reader(path) as reader:
-        custom = _custom_data(reader)
         fmt = custom.get("sparseoccvla.bag_format")
         if fmt is None or int(fmt) != BAG_FORMAT_VERSION:
             raise BagEvaluationError(
@@ -204,11 +215,18 @@ def read_gt_bag(path: str | Path) -> GTBag:
         if topics.GT_FRAME_TOPIC not in conns:
             raise BagEvaluationError(f"{path} has no {topics.GT_FRAME_TOPIC} topic")
         frames: dict[int, GTFrame] = {}
-        pending: dict[str, list[tuple[int, Any]]] = {}
+        pending: dict[tuple[str, int], Any] = {}  # (topic, stamp) -> compact GT, attached to frames below
         odom: list[tuple[int, np.ndarray]] = []
         image_topics = {topics.image_topic(c): c for c in CAMERA_NAMES}
-        wanted = [topics.GT_FRAME_TOPIC, topics.GT_OCCUPANCY_TOPIC, topics.GT_CAMERA_MASK_TOPIC,
-                  topics.GT_TRAJECTORY_TOPIC, topics.GT_BOXES_TOPIC, topics.ODOM_TOPIC, *image_topics]
+        wanted = [
+            topics.GT_FRAME_TOPIC,
+            topics.GT_OCCUPANCY_TOPIC,
+            topics.GT_CAMERA_MASK_TOPIC,
+            topics.GT_TRAJECTORY_TOPIC,
+            topics.GT_BOXES_TOPIC,
+            topics.ODOM_TOPIC,
+            *image_topics,
+        ]
         camera_log: dict[tuple[str, int], int] = {}
         for conn, log_ns, raw in reader.messages(connections=[conns[t] for t in wanted if t in conns]):
             msg = deserialize(raw, conn.msgtype, ts)
@@ -216,33 +234,41 @@ def read_gt_bag(path: str | Path) -> GTBag:
                 info = json.loads(msg.data)
                 stamps = {k: int(v) for k, v in info["camera_stamps_ns"].items()}
                 s = stamps[CAMERA_NAMES[0]]
-                frames[s] = GTFrame(s, info["scene"], info["sample_token"], int(info["frame_index"]),
-                                    int(info["scene_length"]), stamps)
+                frames[s] = GTFrame(
+                    s, info["scene"], info["sample_token"], int(info["frame_index"]), int(info["scene_length"]), stamps
+                )
             elif conn.topic in image_topics:
                 camera_log.setdefault((image_topics[conn.topic], stamp_to_ns(msg.header.stamp)), log_ns)
             elif conn.topic == topics.ODOM_TOPIC:
                 v = msg.twist.twist.linear
                 odom.append((stamp_to_ns(msg.header.stamp), np.array([v.x, v.y])))
-            else:
-                pending.setdefault(conn.topic, []).append((stamp_to_ns(msg.header.stamp) if conn.topic !=
-                                                           topics.GT_BOXES_TOPIC else log_ns, msg))
+            elif conn.topic == topics.GT_BOXES_TOPIC:  # MarkerArray has no header: logged at the stamp
+                pending[(conn.topic, log_ns)] = markers_to_boxes(msg, horizon)
+            elif conn.topic == topics.GT_OCCUPANCY_TOPIC:  # compact right away: labels as uint8
+                pts, lab, _ = cloud_points(msg)
+                pending[(conn.topic, stamp_to_ns(msg.header.stamp))] = (pts, lab.astype(np.uint8))
+            elif conn.topic == topics.GT_CAMERA_MASK_TOPIC:
+                raw_mask = np.asarray(msg.data, np.uint8).tobytes()
+                pending[(conn.topic, stamp_to_ns(msg.header.stamp))] = np.frombuffer(raw_mask, "<u2").reshape(
+                    int(msg.height), int(msg.width)
+                )
+            elif conn.topic == topics.GT_TRAJECTORY_TOPIC:
+                pending[(conn.topic, stamp_to_ns(msg.header.stamp))] = path_waypoints(msg)
         start, end = reader.start_time, reader.end_time
     if not frames:
         raise BagEvaluationError(f"{path}: {topics.GT_FRAME_TOPIC} has no messages")
-    for topic, items in pending.items():
-        for s, msg in items:
-            f = frames.get(s)
-            if f is None:
-                continue
-            if topic == topics.GT_OCCUPANCY_TOPIC:
-                f.occ_points, f.occ_labels, _ = cloud_points(msg)
-            elif topic == topics.GT_CAMERA_MASK_TOPIC:
-                f.camera_mask_packed = np.frombuffer(np.asarray(msg.data, np.uint8).tobytes(), dtype="<u2").reshape(
-                    int(msg.height), int(msg.width))
-            elif topic == topics.GT_TRAJECTORY_TOPIC:
-                f.trajectory = path_waypoints(msg)
-            elif topic == topics.GT_BOXES_TOPIC:
-                f.boxes, f.box_mask = markers_to_boxes(msg, horizon)
+    for (topic, s), value in pending.items():
+        f = frames.get(s)
+        if f is None:
+            continue
+        if topic == topics.GT_OCCUPANCY_TOPIC:
+            f.occ_points, f.occ_labels = value
+        elif topic == topics.GT_CAMERA_MASK_TOPIC:
+            f.camera_mask_packed = value
+        elif topic == topics.GT_TRAJECTORY_TOPIC:
+            f.trajectory = value
+        else:
+            f.boxes, f.box_mask = value
     odom_t = np.asarray([t for t, _ in odom], dtype=np.int64)
     for f in frames.values():
         f.camera_log_ns = {c: camera_log[(c, s)] for c, s in f.camera_stamps_ns.items() if (c, s) in camera_log}
@@ -379,11 +405,18 @@ def _latency(gt: GTBag, pred: PredBag) -> dict:
     all_logs = [o.log_ns for outs in pred.outputs.values() for o in outs.values()]
     if pred.camera_receive_ns:
         mode = "recorded-inputs"
-    elif all_logs and gt.start_ns - SIM_TIME_MARGIN_NS <= min(all_logs) and max(all_logs) <= gt.end_ns + SIM_TIME_MARGIN_NS:
+    elif (
+        all_logs
+        and gt.start_ns - SIM_TIME_MARGIN_NS <= min(all_logs)
+        and max(all_logs) <= gt.end_ns + SIM_TIME_MARGIN_NS
+    ):
         mode = "sim-time"
     else:
-        return {"clock": "unavailable", "note": "the recording has no camera topics and its clock is not the bag's "
-                "time: record the camera_info topics too, or replay with use_sim_time"}
+        return {
+            "clock": "unavailable",
+            "note": "the recording has no camera topics and its clock is not the bag's "
+            "time: record the camera_info topics too, or replay with use_sim_time",
+        }
     out: dict[str, Any] = {"clock": mode, "unit": "s"}
     for kind in OUTPUT_KINDS:
         values = []
@@ -406,8 +439,9 @@ def _grid_cfg(gt: GTBag):
     """A model config carrying the GT bag's grid and plan settings (what MetricAccumulator reads)."""
     from sparseoccvla_core.config import SparseOccVLAConfig
 
-    return SparseOccVLAConfig(point_cloud_range=tuple(gt.pc_range), voxel_size=gt.voxel_size,
-                              plan_horizon=gt.plan_horizon, plan_dt=gt.plan_dt)
+    return SparseOccVLAConfig(
+        point_cloud_range=tuple(gt.pc_range), voxel_size=gt.voxel_size, plan_horizon=gt.plan_horizon, plan_dt=gt.plan_dt
+    )
 
 
 def evaluate_bags(gt_bag: str | Path, pred_bag: str | Path, node: str = DEFAULT_NODE, cfg=None):
@@ -455,7 +489,9 @@ def evaluate_bags(gt_bag: str | Path, pred_bag: str | Path, node: str = DEFAULT_
             missing_labels += 1
         if occ is not None and sem is not None:
             pts, cls, scores = occ.data
-            mask = unpack_camera_mask(f.camera_mask_packed, gt.grid_shape[2]) if f.camera_mask_packed is not None else None
+            mask = (
+                unpack_camera_mask(f.camera_mask_packed, gt.grid_shape[2]) if f.camera_mask_packed is not None else None
+            )
             acc.add_occupancy(pts, cls, sem, camera_mask=mask, pred_scores=scores)
             scored["occupancy"] += 1
         if fc is not None and bool(M.forecast_eval_frames(f.frame_index, f.scene_length)):
@@ -482,18 +518,33 @@ def evaluate_bags(gt_bag: str | Path, pred_bag: str | Path, node: str = DEFAULT_
                 acc.add_reasoning(f.sample_token, reasoning)
     n_matched = sum(1 for f in order if any(pred.outputs[k].get(f.stamp_ns) is not None for k in OUTPUT_KINDS))
     unmatched = {k: sum(1 for s in pred.outputs[k] if s not in gt.frames) for k in OUTPUT_KINDS}
-    notes = [f"scored from bags: GT {gt.path}, prediction {pred.path}; a key frame without an output is left out of "
-             "that metric (see replay.missed)"]
-    results = acc.finalize(split="bag", num_samples=n_matched, num_samples_in_split=len(order), meteor=False,
-                           missing_label_files=missing_labels, notes=notes)
-    dropped = {k: pred.diagnostics[k] for k in ("sets_dropped_behind", "sync_messages_dropped", "sets_completed")
-               if k in pred.diagnostics}
+    notes = [
+        f"scored from bags: GT {gt.path}, prediction {pred.path}; a key frame without an output is left out of "
+        "that metric (see replay.missed)"
+    ]
+    results = acc.finalize(
+        split="bag",
+        num_samples=n_matched,
+        num_samples_in_split=len(order),
+        meteor=False,
+        missing_label_files=missing_labels,
+        notes=notes,
+    )
+    dropped = {
+        k: pred.diagnostics[k]
+        for k in ("sets_dropped_behind", "sync_messages_dropped", "sets_completed")
+        if k in pred.diagnostics
+    }
     results.extra["replay"] = {
-        "gt_bag": str(gt.path), "pred_bag": str(pred.path), "node": node, "key_frames": len(order),
+        "gt_bag": str(gt.path),
+        "pred_bag": str(pred.path),
+        "node": node,
+        "key_frames": len(order),
         "output_topics": pred.topics_found,
         "matched": {k: v["matched"] for k, v in counts.items()},
         "missed": {k: v["missed"] for k, v in counts.items()},
-        "unmatched_outputs": unmatched, "duplicate_outputs": dict(pred.duplicates),
+        "unmatched_outputs": unmatched,
+        "duplicate_outputs": dict(pred.duplicates),
         "scored": scored,
         "node_drop_counters": dropped or None,
         "latency": _latency(gt, pred),
@@ -504,17 +555,32 @@ def evaluate_bags(gt_bag: str | Path, pred_bag: str | Path, node: str = DEFAULT_
 # ============================================================================ report
 def replay_markdown(replay: dict) -> str:
     """The replay section of metrics.md: matching counts and latency percentiles."""
-    lines = ["", "## Replay (eval-bag)", "",
-             f"GT bag `{replay['gt_bag']}`, recording `{replay['pred_bag']}`, {replay['key_frames']} key frames.", "",
-             "| output | matched | missed | unmatched | duplicates |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "## Replay (eval-bag)",
+        "",
+        f"GT bag `{replay['gt_bag']}`, recording `{replay['pred_bag']}`, {replay['key_frames']} key frames.",
+        "",
+        "| output | matched | missed | unmatched | duplicates |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for k in OUTPUT_KINDS:
-        lines.append(f"| {k} | {replay['matched'][k]} | {replay['missed'][k]} | {replay['unmatched_outputs'][k]} | "
-                     f"{replay['duplicate_outputs'][k]} |")
+        lines.append(
+            f"| {k} | {replay['matched'][k]} | {replay['missed'][k]} | {replay['unmatched_outputs'][k]} | "
+            f"{replay['duplicate_outputs'][k]} |"
+        )
     drops = replay.get("node_drop_counters")
-    lines += ["", "Node counters (last /diagnostics): " + (", ".join(f"{k} = {v}" for k, v in drops.items())
-                                                           if drops else "not recorded")]
+    lines += [
+        "",
+        "Node counters (last /diagnostics): "
+        + (", ".join(f"{k} = {v}" for k, v in drops.items()) if drops else "not recorded"),
+    ]
     lat = replay["latency"]
-    lines += ["", f"Latency, input -> output (clock: {lat['clock']})" + (f": {lat['note']}" if "note" in lat else ""), ""]
+    lines += [
+        "",
+        f"Latency, input -> output (clock: {lat['clock']})" + (f": {lat['note']}" if "note" in lat else ""),
+        "",
+    ]
     if lat["clock"] != "unavailable":
         cols = [f"p{p}" for p in LATENCY_PERCENTILES] + ["mean", "max", "count"]
         lines += ["| output | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
@@ -542,8 +608,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt", required=True, help="GT bag written by 'sparseoccvla bag'")
     parser.add_argument("--pred", required=True, help="recording of the node's outputs ('sparseoccvla record')")
     parser.add_argument("--out", required=True, help="folder for metrics.json / metrics.md / horizons.png")
-    parser.add_argument("--node", default=DEFAULT_NODE, help="the node's name; outputs under <node>/output "
-                                                             "(default %(default)s)")
+    parser.add_argument(
+        "--node", default=DEFAULT_NODE, help="the node's name; outputs under <node>/output (default %(default)s)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -557,6 +624,8 @@ def run(args: argparse.Namespace) -> int:
     rep = d.get("replay", results.extra["replay"])
     occ = (d.get("occupancy") or {}).get("no_mask") or {}
     l2 = (((d.get("planning") or {}).get("l2") or {}).get("stp3") or {}).get("avg")
-    print(f"[eval-bag] {rep['key_frames']} key frames, missed {rep['missed']}, occupancy mIoU (no mask) "
-          f"{occ.get('miou')}, L2 avg (ST-P3) {l2}; wrote {', '.join(str(p) for p in paths)}")
+    print(
+        f"[eval-bag] {rep['key_frames']} key frames, missed {rep['missed']}, occupancy mIoU (no mask) "
+        f"{occ.get('miou')}, L2 avg (ST-P3) {l2}; wrote {', '.join(str(p) for p in paths)}"
+    )
     return 0

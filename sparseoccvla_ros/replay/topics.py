@@ -52,3 +52,22 @@ def node_remaps(image_suffix: str = IMAGE_SUFFIX, odometry_topic: str = ODOM_TOP
         remaps.append((f"~/input/{cam}/image", image_topic(cam, image_suffix)))
         remaps.append((f"~/input/{cam}/camera_info", camera_info_topic(cam)))
     return remaps
+
+
+#: image_transport transport name that RViz2's Image display reads from a topic's last token (ros2/rviz
+#: ``get_transport_from_topic``): a display on ``/<CAM>/image_rect/compressed`` subscribes CompressedImage there.
+RVIZ_IMAGE_BASE = "image_rect"
+
+
+def rviz_image_topic(cam: str) -> str:
+    """Topic the RViz file names for one camera: ``/<CAM>/image_rect/compressed`` (compressed transport)."""
+    return f"/{cam}/{RVIZ_IMAGE_BASE}/compressed"
+
+
+def rviz_remaps(image_suffix: str = IMAGE_SUFFIX) -> list[tuple[str, str]]:
+    """Remaps for the rviz2 process: its image_transport topics -> the bag's camera topics.
+
+    nuscenes2mcap's ``image_rect_compressed`` is not image_transport's ``<base>/compressed`` naming, so RViz would
+    subscribe to it as a raw Image; the RViz file uses the transport naming and the launch file remaps it here.
+    """
+    return [(rviz_image_topic(cam), image_topic(cam, image_suffix)) for cam in CAMERA_NAMES]

@@ -17,6 +17,7 @@ Pure Python (no rclpy import).  Example::
     Header = ts.types["std_msgs/msg/Header"]
     raw = serialize(msg, "nav_msgs/msg/Path")          # bytes, CDR little endian (as rosbag2 stores it)
     msg = deserialize(raw, "nav_msgs/msg/Path")
+    marker = make_msg("visualization_msgs/msg/Marker", ns="1", type=1)  # every other field at its ROS default
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def build_typestore(msg_dir: Optional[Path] = None, store=None):
     Returns:
         ``rosbags.typesys.store.Typestore``.
     """
-    from rosbags.typesys import get_typestore, get_types_from_msg
+    from rosbags.typesys import get_types_from_msg, get_typestore
 
     ts = get_typestore(store if store is not None else newest_ros2_store())
     types: dict[str, Any] = {}
@@ -148,9 +149,20 @@ def stamp_to_ns(stamp: Any) -> int:
 
 
 _NUMPY_OF_BASE = {
-    "bool": "bool", "byte": "uint8", "char": "uint8", "octet": "uint8", "int8": "int8", "uint8": "uint8",
-    "int16": "int16", "uint16": "uint16", "int32": "int32", "uint32": "uint32", "int64": "int64",
-    "uint64": "uint64", "float32": "float32", "float64": "float64",
+    "bool": "bool",
+    "byte": "uint8",
+    "char": "uint8",
+    "octet": "uint8",
+    "int8": "int8",
+    "uint8": "uint8",
+    "int16": "int16",
+    "uint16": "uint16",
+    "int32": "int32",
+    "uint32": "uint32",
+    "int64": "int64",
+    "uint64": "uint64",
+    "float32": "float32",
+    "float64": "float64",
 }
 
 

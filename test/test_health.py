@@ -1,0 +1,44 @@
+"""sparseoccvla_ros.health: alarm hold times, level precedence and per-kind log throttling, with explicit times."""
+
+import pytest
+
+from sparseoccvla_ros.health import ERROR, OK, WARN, AlarmBoard, LogThrottle
+
+
+def test_alarm_is_held_for_the_hold_time_after_it_last_happened():
+    board = AlarmBoard(hold_s=5.0)
+    assert board.summary(0.0, "inputs OK") == (OK, "inputs OK")
+    board.raise_alarm("corrupt_image", ERROR, "CAM_BACK corrupt", now_s=10.0)
+    assert board.summary(10.1, "ok")[0] == ERROR  # seen by the next report even though it happened once
+    assert board.summary(14.9, "ok")[0] == ERROR  # still inside the hold time
+    board.raise_alarm("corrupt_image", ERROR, "CAM_BACK corrupt again", now_s=14.0)  # refreshes the hold
+    level, text = board.summary(18.5, "ok")
+    assert level == ERROR and "again" in text and "(x2)" in text
+    assert board.summary(19.01, "ok") == (OK, "ok")  # 5 s after the last occurrence
+
+
+def test_worst_level_wins_and_every_alarm_is_listed():
+    board = AlarmBoard(hold_s=2.0)
+    board.raise_alarm("drops", WARN, "3 dropped", 0.0)
+    board.raise_alarm("calibration", ERROR, "no extrinsics for CAM_BACK", 0.5)
+    level, text = board.summary(1.0, "ok")
+    assert level == ERROR and text.index("no extrinsics") < text.index("3 dropped")
+    assert board.summary(1.0, "ok", keys={"drops"}) == (WARN, "3 dropped")
+    assert board.summary(2.1, "ok") == (ERROR, "no extrinsics for CAM_BACK")  # the WARN expired first
+    # a lower level inside the hold time does not lower the alarm
+    board.raise_alarm("calibration", WARN, "minor", 2.2)
+    assert board.summary(2.3, "ok")[0] == ERROR
+    board.clear("calibration")
+    assert board.summary(2.3, "ok") == (OK, "ok")
+    with pytest.raises(ValueError):
+        AlarmBoard(0.0)
+
+
+def test_log_throttle_is_per_kind_and_counts_suppressed_lines():
+    throttle = LogThrottle(period_s=5.0)
+    assert throttle.admit("out_of_order", 0.0) == 0
+    assert throttle.admit("out_of_order", 1.0) is None
+    assert throttle.admit("odometry", 1.5) == 0  # another kind is never hidden by the first one
+    assert throttle.admit("out_of_order", 2.0) is None
+    assert throttle.admit("out_of_order", 5.5) == 2  # the next line reports the two suppressed ones
+    assert throttle.admit("out_of_order", 6.0) is None
