@@ -54,7 +54,7 @@ from .config import SparseOccVLAConfig
 from .connector import EgoStateEncoder, GlobalSceneQueries, OccupancyConnector
 from .distill import DistillationLoss
 from .forecaster import ForecastOutput, OccupancyForecaster, forecast_losses
-from .llm import GenerationOutput, ScenePrefix, SceneLanguageModel, resolve_tokenizer
+from .llm import GenerationOutput, SceneLanguageModel, ScenePrefix, resolve_tokenizer
 from .losses import occupancy_losses
 from .occupancy_encoder import EncoderOutput, SparseOccupancyEncoder, decode_occupancy
 from .planner import AnchorDiffusionPlanner, PlannerContext, PlanOutput
@@ -698,18 +698,18 @@ class SparseOccVLA(nn.Module):
             cfg = config
         tokenizer_dir = directory / TOKENIZER_DIR
         tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
-        model = cls(cfg, tokenizer=tokenizer)
+        loaded = cls(cfg, tokenizer=tokenizer)
         state = load_file(str(directory / WEIGHTS_FILE), device=map_location)
         with safe_open(str(directory / WEIGHTS_FILE), framework="pt") as f:
             aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
         for key, source in aliases.items():
             state[key] = state[source]
-        result = model.load_state_dict(state, strict=False)
-        reloaded = model._reloaded_keys(result.missing_keys)
+        result = loaded.load_state_dict(state, strict=False)
+        reloaded = loaded._reloaded_keys(result.missing_keys)
         missing = [k for k in result.missing_keys if k not in reloaded]
         if missing or result.unexpected_keys:
             raise ValueError(
                 f"checkpoint {directory} does not fit the model: missing {missing[:10]}, "
                 f"unexpected {list(result.unexpected_keys)[:10]}"
             )
-        return model.to(map_location)
+        return loaded.to(map_location)

@@ -465,10 +465,10 @@ def resolve_mixed_precision(tcfg: TrainConfig) -> str:
 
 
 def make_accelerator(tcfg: TrainConfig) -> "Accelerator":
+    import os
+
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
-
-    import os
 
     accelerator = Accelerator(
         gradient_accumulation_steps=tcfg.grad_accum_steps,

@@ -29,13 +29,19 @@ import simplejpeg
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
-from nav_msgs.msg import Odometry, Path as PathMsg
+from nav_msgs.msg import Odometry
+from nav_msgs.msg import Path as PathMsg
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField
 from std_msgs.msg import Header
 
 from sparseoccvla_core.batch import OCC3D_CLASSES, OCC3D_COLORS
 from sparseoccvla_core.calibration_file import (  # noqa: F401 - re-exported: the YAML moved to the core
-    CALIBRATION_FORMAT, CALIBRATION_VERSION, CameraCalibration, load_calibration, matrix_to_wxyz, save_calibration,
+    CALIBRATION_FORMAT,
+    CALIBRATION_VERSION,
+    CameraCalibration,
+    load_calibration,
+    matrix_to_wxyz,
+    save_calibration,
 )
 from sparseoccvla_core.data.camera import pose_matrix
 from sparseoccvla_core.data.images import CorruptImageError

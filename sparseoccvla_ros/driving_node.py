@@ -41,6 +41,8 @@ of its own kind with a fixed level, held for ``diagnostics_hold_s`` after it las
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -57,7 +59,11 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import (
-    QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data,
+    QoSDurabilityPolicy,
+    QoSHistoryPolicy,
+    QoSProfile,
+    QoSReliabilityPolicy,
+    qos_profile_sensor_data,
 )
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String, UInt8
@@ -65,7 +71,11 @@ from visualization_msgs.msg import MarkerArray
 
 from sparseoccvla_core.batch import CAMERA_NAMES
 from sparseoccvla_core.calibration_file import (
-    CalibrationIncompleteError, CameraCalibration, camera_frame_ids, load_calibration, resolve_camera_models,
+    CalibrationIncompleteError,
+    CameraCalibration,
+    camera_frame_ids,
+    load_calibration,
+    resolve_camera_models,
 )
 from sparseoccvla_core.config import SparseOccVLAConfig
 from sparseoccvla_core.data.images import CorruptImageError
@@ -78,7 +88,11 @@ from . import conversions as conv
 from .health import ERROR, OK, WARN, AlarmBoard, LogThrottle
 from .markers import result_to_markers
 from .synchronizer import (
-    NS_PER_S, CameraSet, CameraSetSynchronizer, OdometryHistory, OdometryLookupError,
+    NS_PER_S,
+    CameraSet,
+    CameraSetSynchronizer,
+    OdometryHistory,
+    OdometryLookupError,
 )
 
 try:  # a full ROS 2 install, or the TFMessage-only package scripts/install.sh builds on pip-only installs
@@ -746,8 +760,17 @@ class DrivingNode(Node):
         super().destroy_node()
 
 
-def main(args: Optional[list[str]] = None) -> int:
-    """Console script ``driving_node``: spin the node under a SingleThreadedExecutor until Ctrl-C / SIGTERM."""
+def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
+    """Console script ``driving_node``: spin the node under a SingleThreadedExecutor until Ctrl-C / SIGTERM.
+
+    Args:
+        args: command line (default ``sys.argv``), ``--ros-args`` included.
+        exit_process: after the node and rclpy are shut down, end the process at once with ``os._exit`` (the
+            interpreter's own teardown of torch alone takes 1-3 s on a loaded machine, which made Ctrl-C look
+            ignored); False returns the exit code instead (for callers that embed the node).
+    Returns:
+        0 on a clean stop, 1 on invalid parameters / a missing file (only when ``exit_process`` is False).
+    """
     rclpy.init(args=args)
     node = None
     code = 0
@@ -766,6 +789,10 @@ def main(args: Optional[list[str]] = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+    if exit_process:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

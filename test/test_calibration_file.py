@@ -11,8 +11,16 @@ import pytest
 
 from sparseoccvla_core.batch import CAMERA_NAMES
 from sparseoccvla_core.calibration_file import (
-    SOURCE_CALIBRATION_FILE, SOURCE_CAMERA_INFO, SOURCE_TF_STATIC, CalibrationIncompleteError, CameraCalibration,
-    camera_frame_ids, load_calibration, matrix_to_wxyz, resolve_camera_models, save_calibration,
+    SOURCE_CALIBRATION_FILE,
+    SOURCE_CAMERA_INFO,
+    SOURCE_TF_STATIC,
+    CalibrationIncompleteError,
+    CameraCalibration,
+    camera_frame_ids,
+    load_calibration,
+    matrix_to_wxyz,
+    resolve_camera_models,
+    save_calibration,
 )
 from sparseoccvla_core.synthetic.calibration import camera_calibrations
 

@@ -29,14 +29,12 @@ from rcl_interfaces.msg import Log  # noqa: E402
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
 from rosgraph_msgs.msg import Clock  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage  # noqa: E402
-from sparseoccvla_msgs.msg import DrivingPlan  # noqa: E402
-from test_driving_node import (  # noqa: E402, F401 - checkpoint and calibration are fixtures
-    STAMP_NS, Harness, H, W, _jpeg_bytes, calibration, checkpoint,
-)
+from test_driving_node import STAMP_NS, H, Harness, W, _jpeg_bytes  # noqa: E402
 
 from sparseoccvla_core.batch import CAMERA_NAMES  # noqa: E402
 from sparseoccvla_core.calibration_file import matrix_to_wxyz  # noqa: E402
 from sparseoccvla_core.synthetic.calibration import camera_calibrations  # noqa: E402
+from sparseoccvla_msgs.msg import DrivingPlan  # noqa: E402
 from sparseoccvla_ros import conversions as conv  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -106,6 +104,30 @@ def _bit_flip_opencv_accepts(data):
         except ValueError:
             return bytes(b)
     raise AssertionError("no warning-only bit flip found")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """The tiny seeded checkpoint of test_driving_node.py (short answers: fast tests)."""
+    import torch
+
+    from sparseoccvla_core.config import SparseOccVLAConfig
+    from sparseoccvla_core.model import SparseOccVLA
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt")
+    SparseOccVLA(SparseOccVLAConfig.tiny(max_new_tokens=8)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory):
+    """The embedded real nuScenes calibration scaled to the published W x H images."""
+    cams = {
+        c.channel: conv.CameraCalibration(c.channel, c.sensor2ego, c.channel, c.scaled_intrinsics(W, H), (W, H))
+        for c in camera_calibrations()
+    }
+    return conv.save_calibration(tmp_path_factory.mktemp("calib") / "calibration.yaml", cams)
 
 
 @pytest.fixture()
@@ -197,7 +219,8 @@ def test_bag_loops_with_time_jumping_back_process_every_frame(make_harness):
             rng.shuffle(order)  # cameras arrive in a different order in every frame
             publish_frame(h, s, rng, order=order)
             expect.append(s)
-            assert h.wait(lambda n=len(expect): len(plan_stamps(h)) == n, 60), (loop, plan_stamps(h))
+            n = len(expect)
+            assert h.wait(lambda n=n: len(plan_stamps(h)) == n, 60), (loop, plan_stamps(h))
     assert plan_stamps(h) == expect  # every frame of both loops, in order
     assert h.node._sync.stats.resets == 1 and h.node.stats.sets_dropped == 0
     # the outputs that went back in time were announced (WARN), and input ages stay sane in wall-time replay

@@ -23,7 +23,7 @@ from sparseoccvla_core.batch import CAMERA_NAMES
 from sparseoccvla_core.cli import main as cli_main
 from sparseoccvla_ros.replay import topics
 from sparseoccvla_ros.replay.bag_writer import bag_topics, unpack_camera_mask, write_bag
-from sparseoccvla_ros.replay.typestore import deserialize, replay_typestore, stamp_to_ns
+from sparseoccvla_ros.replay.typestore import deserialize, replay_typestore, serialize, stamp_to_ns
 
 pytest.importorskip("rosbags")
 
@@ -538,3 +538,59 @@ def test_overlapping_scenes_are_refused(mini_nuscenes, tmp_path):  # noqa: F811
         (version / f"{name}.json").write_text(json.dumps(rows))
     with pytest.raises(ValueError, match="overlap"):
         write_bag(root, tmp_path / "bag", progress=False)
+
+
+# ---------------------------------------------------------------------- type store
+def test_typestore_has_the_custom_messages_from_their_msg_text(tmp_path):
+    from sparseoccvla_ros.replay.typestore import (
+        CUSTOM_MESSAGES,
+        build_typestore,
+        find_msg_dir,
+        make_msg,
+        newest_ros2_store,
+    )
+
+    ts = replay_typestore()
+    assert replay_typestore() is ts  # cached
+    assert newest_ros2_store().name.startswith("ROS2_")
+    for name in CUSTOM_MESSAGES:
+        assert f"sparseoccvla_msgs/msg/{name}" in ts.types
+    # field names, order and constants come from the repository's .msg files
+    _, fields = ts.fielddefs["sparseoccvla_msgs/msg/DrivingPlan"]
+    assert [f[0] for f in fields] == [
+        "header",
+        "path",
+        "waypoint_dt",
+        "anchors",
+        "anchor_scores",
+        "chosen_anchor",
+        "reasoning",
+    ]
+    consts = ts.fielddefs["sparseoccvla_msgs/msg/AnchorTrajectory"][0]
+    assert ("COMMAND_RIGHT", "uint8", 2) in consts
+    # a CDR round trip of a nested custom message
+    anchor = make_msg(
+        "sparseoccvla_msgs/msg/AnchorTrajectory",
+        command=2,
+        waypoints=[make_msg("geometry_msgs/msg/Point", x=1.5, y=-2.0, z=0.0)],
+    )
+    plan = make_msg(
+        "sparseoccvla_msgs/msg/DrivingPlan",
+        waypoint_dt=0.5,
+        anchors=[anchor],
+        anchor_scores=np.asarray([0.25], np.float32),
+        chosen_anchor=0,
+        reasoning="turn right",
+    )
+    back = deserialize(serialize(plan, "sparseoccvla_msgs/msg/DrivingPlan"), "sparseoccvla_msgs/msg/DrivingPlan")
+    assert back.reasoning == "turn right" and back.anchors[0].waypoints[0].y == -2.0 and back.anchor_scores[0] == 0.25
+    with pytest.raises(TypeError, match="no field"):
+        make_msg("std_msgs/msg/UInt8", value=1)
+    with pytest.raises(KeyError, match="not in the replay type store"):
+        make_msg("nope_msgs/msg/Nothing")
+    # the search order falls back to the repository's msg/ folder, and a miss names every folder tried
+    repo_msgs = Path(__file__).resolve().parents[1] / "msg" / "msg"
+    assert find_msg_dir([tmp_path / "absent", repo_msgs]) == repo_msgs
+    with pytest.raises(FileNotFoundError, match="absent"):
+        find_msg_dir([tmp_path / "absent"])
+    assert "sparseoccvla_msgs/msg/OccupancyForecast" in build_typestore(repo_msgs).types

@@ -540,7 +540,7 @@ def test_end_to_end_synthetic_scene(tmp_path, checkpoint):
     rec = _read_outputs(pred_bag)
     for key in ("occupancy", "forecast", "plan"):
         got = sorted(s for _, s, _ in rec.get(key, []))
-        assert got == stamps, (key, sorted(set(stamps) - set(got)), _diag_values(rec))
+        assert got == stamps, (key, sorted(set(stamps) - set(got)), {k: v for k, v in _diag_values(rec).items() if "bad" in k or "drop" in k}, [s.message for _, _, a in rec["diagnostics"] for s in a.status if s.level != b"\x00"][:6])
     assert len(rec["explanation"]) == len(stamps)
     for _, _, plan in rec["plan"]:
         assert plan.reasoning  # the explanation travels in the plan too
