@@ -345,3 +345,19 @@ def test_cli_and_clear_errors(gt, tmp_path, capsys):
     assert "--node" in capsys.readouterr().err
     assert cli_main(["eval-bag", "--gt", str(tmp_path / "nope"), "--pred", str(bag), "--out", str(tmp_path / "x")]) == 2
     assert "no rosbag2 bag" in capsys.readouterr().err
+
+
+def test_model_config_is_used_and_must_match_the_bag_grid(gt, tmp_path):
+    import dataclasses
+
+    from sparseoccvla_core.config import SparseOccVLAConfig
+    from sparseoccvla_ros.replay.eval_bag import BagEvaluationError
+
+    bag, frames = gt
+    write_recording(tmp_path / "pred", frames)
+    tiny = SparseOccVLAConfig.tiny()
+    d = evaluate_bags(bag, tmp_path / "pred", cfg=tiny).to_dict()
+    assert d["config"]["num_queries"] == tiny.num_queries and d["occupancy"]["no_mask"]["miou"] == pytest.approx(100)
+    nominal = dataclasses.replace(tiny, point_cloud_range=(-40.0, -40.0, -1.0, 40.0, 40.0, 5.4))  # unshifted grid
+    with pytest.raises(BagEvaluationError, match="differs from the GT bag"):
+        evaluate_bags(bag, tmp_path / "pred", cfg=nominal)

@@ -581,7 +581,7 @@ def test_end_to_end_synthetic_scene(tmp_path, checkpoint):
             acc.add_plan(wp[: cfg.plan_horizon], gt_traj, np.ones(cfg.plan_horizon, bool), np.zeros(2))
     mine = acc.finalize(split="independent", num_samples=n, meteor=False)
     _assert_close(mine.occupancy.to_dict(), results.occupancy.to_dict(), "occupancy")
-    _assert_close(mine.forecast.to_dict(), results.forecast.to_dict(), "forecast")
+    _assert_close(mine.forecasting.to_dict(), results.forecasting.to_dict(), "forecasting")
     po, pt = mine.planning.to_dict(), results.planning.to_dict()
     assert po["num_samples"] == pt["num_samples"] > 0
     _assert_close(po["l2"], pt["l2"], "planning.l2")

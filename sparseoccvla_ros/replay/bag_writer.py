@@ -469,22 +469,6 @@ class _SceneConverter:
         nusc, ev = self.nusc, []
         calib = self.calibration(scene)
         cams = self._camera_records(scene)
-        start_ns = _us_to_ns(cams[0]["timestamp"])
-        # /tf_static first: base_link -> each camera
-        ev.append(
-            _Event(
-                start_ns,
-                _PRIO_TF_STATIC,
-                topics.TF_STATIC_TOPIC,
-                lambda: make_msg(
-                    TYPE_TF,
-                    transforms=[
-                        transform_stamped(start_ns, topics.EGO_FRAME, cam, c["translation"], c["rotation"])
-                        for cam, c in calib.items()
-                    ],
-                ),
-            )
-        )
         # cameras
         for sd in cams:
             cam, s = self._channel(sd), _us_to_ns(sd["timestamp"])
@@ -596,6 +580,22 @@ class _SceneConverter:
                 ev.append(_Event(s, _PRIO_GT, topics.GT_CAMERA_MASK_TOPIC, lambda s=s, p=label_path: self._mask(s, p)))
             else:
                 n_missing += 1
+        # /tf_static before anything else of the scene: base_link -> each camera
+        start_ns = min(e.time_ns for e in ev)
+        ev.append(
+            _Event(
+                start_ns,
+                _PRIO_TF_STATIC,
+                topics.TF_STATIC_TOPIC,
+                lambda: make_msg(
+                    TYPE_TF,
+                    transforms=[
+                        transform_stamped(start_ns, topics.EGO_FRAME, cam, c["translation"], c["rotation"])
+                        for cam, c in calib.items()
+                    ],
+                ),
+            )
+        )
         end_ns = max(e.time_ns for e in ev)
         summary = SceneSummary(scene.name, len(scene), start_ns, end_ns, n_occ, n_missing)
         ev.sort(key=lambda e: (e.time_ns, e.prio))  # stable: write order inside a priority class is kept

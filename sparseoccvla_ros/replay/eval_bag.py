@@ -451,7 +451,8 @@ def evaluate_bags(gt_bag: str | Path, pred_bag: str | Path, node: str = DEFAULT_
         gt_bag: bag folder written by ``sparseoccvla bag``.
         pred_bag: recording of the node's outputs.
         node: the node's fully qualified name (its outputs are under ``<node>/output``).
-        cfg: config whose grid / plan settings the accumulator uses (default: the GT bag's).
+        cfg: config whose grid / plan settings the accumulator uses (default: the paper config with the GT bag's
+            grid and plan settings; pass the model's config so metrics.json's "config" token counts are the model's).
     Returns:
         ``sparseoccvla_core.evaluation.EvalResults``; ``results.extra["replay"]`` holds matching, missed /
         unmatched / duplicate counts, the node's drop counters and latency percentiles.
@@ -465,6 +466,11 @@ def evaluate_bags(gt_bag: str | Path, pred_bag: str | Path, node: str = DEFAULT_
     gt = read_gt_bag(gt_bag)
     pred = read_pred_bag(pred_bag, node, M.FORECAST_HORIZONS_S)
     cfg = cfg if cfg is not None else _grid_cfg(gt)
+    if not np.allclose(cfg.point_cloud_range, gt.pc_range) or abs(cfg.voxel_size - gt.voxel_size) > 1e-9:
+        raise BagEvaluationError(
+            f"the config's grid {tuple(cfg.point_cloud_range)} / {cfg.voxel_size} m differs from the GT bag's "
+            f"{gt.pc_range} / {gt.voxel_size} m (custom_data of {gt.path}): rewrite the bag with that config"
+        )
     acc = MetricAccumulator(cfg)
     index = gt.by_scene_index()
     steps = M.forecast_steps()

@@ -19,9 +19,9 @@ advancing with the playback, so nodes with ``use_sim_time`` see time move the wa
 
 Before the first message the player waits: ``--delay S`` waits S seconds; by default it waits until every input
 topic of the driving node that the bag holds (cameras, CameraInfo, odometry: the targets of
-:func:`topics.node_remaps`) has a matched subscription (up to ``--wait-timeout`` s, then plays anyway with a
-warning), then ``--settle`` s more so the subscribers' side of discovery completes too.  Without this the first
-camera set is lost to DDS discovery.
+:func:`topics.node_remaps`; and ``/tf_static``, which must arrive before the first camera set) has a matched
+subscription (up to ``--wait-timeout`` s, then plays anyway with a warning), then ``--settle`` s more so the
+subscribers' side of discovery completes too.  Without this the first camera set is lost to DDS discovery.
 
 Looping (``--loop``): two ways of continuing after the last message, chosen with ``--loop-time``:
 
@@ -231,8 +231,9 @@ class BagPlayer:
 
     @property
     def input_topics(self) -> list[str]:
-        """Topics of the bag that the driving node subscribes to (targets of :func:`topics.node_remaps`)."""
-        wanted = {target for _, target in topics.node_remaps()}
+        """Topics of the bag that the driving node subscribes to (targets of :func:`topics.node_remaps`, and
+        ``/tf_static``: the camera extrinsics must be there before the first camera set)."""
+        wanted = {target for _, target in topics.node_remaps()} | {topics.TF_STATIC_TOPIC}
         return sorted(t for t in self._topics if t in wanted)
 
     # ------------------------------------------------------------------ waiting
