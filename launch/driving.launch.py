@@ -16,9 +16,14 @@ import os
 import sys
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import (
-    DeclareLaunchArgument, EmitEvent, ExecuteProcess, LogInfo, OpaqueFunction, RegisterEventHandler, TimerAction,
+    DeclareLaunchArgument,
+    EmitEvent,
+    ExecuteProcess,
+    LogInfo,
+    OpaqueFunction,
+    RegisterEventHandler,
+    TimerAction,
 )
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
@@ -26,6 +31,7 @@ from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from launch import LaunchDescription
 from sparseoccvla_ros.replay import topics
 
 
@@ -57,10 +63,16 @@ def _launch_setup(context):
     cli = [sys.executable, "-m", "sparseoccvla_core.cli"]  # the interpreter running this launch has the package
     if arg("record"):
         node_path = f"/{namespace.strip('/')}/{topics.NODE_NAME}" if namespace.strip("/") else f"/{topics.NODE_NAME}"
-        actions.append(ExecuteProcess(
-            cmd=cli + ["record", "--out", arg("record"), "--node", node_path] + (["--use-sim-time"] if sim_time else []),
-            name="recorder", output="screen", sigterm_timeout="10",
-        ))
+        actions.append(
+            ExecuteProcess(
+                cmd=cli
+                + ["record", "--out", arg("record"), "--node", node_path]
+                + (["--use-sim-time"] if sim_time else []),
+                name="recorder",
+                output="screen",
+                sigterm_timeout="10",
+            )
+        )
     if arg("bag"):
         play = cli + ["play", arg("bag"), "--rate", arg("rate"), "--quiet"]
         play += ["--clock", "100"] if sim_time else []
@@ -69,44 +81,71 @@ def _launch_setup(context):
         player = ExecuteProcess(cmd=play, name="player", output="screen")
         actions.append(player)
         if not _flag(context, "loop"):
-            actions.append(RegisterEventHandler(OnProcessExit(target_action=player, on_exit=[
-                LogInfo(msg=f"bag finished; shutting down in {arg('linger')} s (last outputs are being recorded)"),
-                TimerAction(period=float(arg("linger")), actions=[EmitEvent(event=Shutdown(reason="bag finished"))]),
-            ])))
-    actions.append(Node(
-        package="rviz2",
-        executable="rviz2",
-        name="rviz2",
-        arguments=["-d", os.path.join(share, "rviz", "sparseoccvla.rviz")],
-        parameters=[{"use_sim_time": sim_time}],
-        remappings=topics.rviz_remaps(suffix),
-        condition=IfCondition(LaunchConfiguration("rviz")),
-        output="log",
-    ))
+            linger = float(arg("linger"))
+
+            def bag_finished(event, launch_context):
+                if launch_context.is_shutdown or event.returncode != 0:
+                    return None  # Ctrl-C or a player error: launch is already stopping
+                return [
+                    LogInfo(msg=f"bag finished; shutting down in {linger} s (last outputs are being recorded)"),
+                    TimerAction(period=linger, actions=[EmitEvent(event=Shutdown(reason="bag finished"))]),
+                ]
+
+            actions.append(RegisterEventHandler(OnProcessExit(target_action=player, on_exit=bag_finished)))
+    actions.append(
+        Node(
+            package="rviz2",
+            executable="rviz2",
+            name="rviz2",
+            arguments=["-d", os.path.join(share, "rviz", "sparseoccvla.rviz")],
+            parameters=[{"use_sim_time": sim_time}],
+            remappings=topics.rviz_remaps(suffix),
+            condition=IfCondition(LaunchConfiguration("rviz")),
+            output="log",
+        )
+    )
     return actions
 
 
 def generate_launch_description():
     share = get_package_share_directory("sparseoccvla_ros")
-    return LaunchDescription([
-        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "driving.yaml"),
-                              description="node parameters (YAML, '/**: ros__parameters:')"),
-        DeclareLaunchArgument("checkpoint", default_value="",
-                              description="checkpoint folder (save_pretrained); empty = the value in params_file"),
-        DeclareLaunchArgument("namespace", default_value="sparseoccvla"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="true when replaying a bag with /clock"),
-        DeclareLaunchArgument("rviz", default_value="true", description="start RViz2 with rviz/sparseoccvla.rviz"),
-        DeclareLaunchArgument("image_topic_suffix", default_value=topics.IMAGE_SUFFIX,
-                              description="camera topics are /<CAM>/<suffix>"),
-        DeclareLaunchArgument("odometry_topic", default_value=topics.ODOM_TOPIC),
-        DeclareLaunchArgument("bag", default_value="", description="rosbag2 folder to play; empty = live sensors"),
-        DeclareLaunchArgument("rate", default_value="1.0", description="playback speed factor"),
-        DeclareLaunchArgument("loop", default_value="false", description="replay the bag until Ctrl-C"),
-        DeclareLaunchArgument("play_delay", default_value="",
-                              description="seconds the player waits; empty = until the node subscribes its inputs"),
-        DeclareLaunchArgument("record", default_value="",
-                              description="bag folder for the node's outputs + /diagnostics; empty = no recording"),
-        DeclareLaunchArgument("linger", default_value="5.0",
-                              description="seconds between the end of the bag and the shutdown"),
-        OpaqueFunction(function=_launch_setup),
-    ])
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "params_file",
+                default_value=os.path.join(share, "config", "driving.yaml"),
+                description="node parameters (YAML, '/**: ros__parameters:')",
+            ),
+            DeclareLaunchArgument(
+                "checkpoint",
+                default_value="",
+                description="checkpoint folder (save_pretrained); empty = the value in params_file",
+            ),
+            DeclareLaunchArgument("namespace", default_value="sparseoccvla"),
+            DeclareLaunchArgument(
+                "use_sim_time", default_value="false", description="true when replaying a bag with /clock"
+            ),
+            DeclareLaunchArgument("rviz", default_value="true", description="start RViz2 with rviz/sparseoccvla.rviz"),
+            DeclareLaunchArgument(
+                "image_topic_suffix", default_value=topics.IMAGE_SUFFIX, description="camera topics are /<CAM>/<suffix>"
+            ),
+            DeclareLaunchArgument("odometry_topic", default_value=topics.ODOM_TOPIC),
+            DeclareLaunchArgument("bag", default_value="", description="rosbag2 folder to play; empty = live sensors"),
+            DeclareLaunchArgument("rate", default_value="1.0", description="playback speed factor"),
+            DeclareLaunchArgument("loop", default_value="false", description="replay the bag until Ctrl-C"),
+            DeclareLaunchArgument(
+                "play_delay",
+                default_value="",
+                description="seconds the player waits; empty = until the node subscribes its inputs",
+            ),
+            DeclareLaunchArgument(
+                "record",
+                default_value="",
+                description="bag folder for the node's outputs + /diagnostics; empty = no recording",
+            ),
+            DeclareLaunchArgument(
+                "linger", default_value="5.0", description="seconds between the end of the bag and the shutdown"
+            ),
+            OpaqueFunction(function=_launch_setup),
+        ]
+    )

@@ -251,8 +251,10 @@ def resolve_camera_models(
             out[cam] = CameraModel(cam, cam2ego, np.asarray(k, dtype=np.float64), size, ext_src, intr_src)
     problems = []
     if no_extrinsics:
-        where = "publish them on /tf_static or add them to calibration_file" if tf_available else (
-            "add them to calibration_file (/tf_static is not subscribed: tf2_msgs does not import)"
+        where = (
+            "publish them on /tf_static or add them to calibration_file"
+            if tf_available
+            else ("add them to calibration_file (/tf_static is not subscribed: tf2_msgs does not import)")
         )
         problems.append(f"no extrinsics (cam2ego) for cameras {no_extrinsics}: {where}")
     if no_intrinsics:
@@ -265,7 +267,17 @@ def resolve_camera_models(
 
 
 __all__ = [
-    "CALIBRATION_FORMAT", "CALIBRATION_VERSION", "SOURCE_CALIBRATION_FILE", "SOURCE_CAMERA_INFO", "SOURCE_TF_STATIC",
-    "CalibrationIncompleteError", "CameraCalibration", "CameraModel", "camera_frame_ids", "load_calibration",
-    "matrix_to_wxyz", "resolve_camera_models", "save_calibration",
+    "CALIBRATION_FORMAT",
+    "CALIBRATION_VERSION",
+    "SOURCE_CALIBRATION_FILE",
+    "SOURCE_CAMERA_INFO",
+    "SOURCE_TF_STATIC",
+    "CalibrationIncompleteError",
+    "CameraCalibration",
+    "CameraModel",
+    "camera_frame_ids",
+    "load_calibration",
+    "matrix_to_wxyz",
+    "resolve_camera_models",
+    "save_calibration",
 ]

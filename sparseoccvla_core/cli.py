@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bag": ("sparseoccvla_ros.replay.bag_writer", "nuScenes / synthetic scenes -> rosbag2 MCAP (+ GT topics)"),
     "eval-bag": ("sparseoccvla_ros.replay.eval_bag", "score a recording of the node's outputs against a GT bag"),
     "calibration": ("sparseoccvla_ros.replay.calibration_cmd", "camera calibration YAML from nuScenes tables or a bag"),
-    "play": ("sparseoccvla_ros.replay.player", "publish a rosbag2 bag in real time (raw CDR, /clock, latched /tf_static)"),
+    "play": ("sparseoccvla_ros.replay.player", "play a rosbag2 bag in real time (raw CDR, /clock, latched /tf_static)"),
     "record": ("sparseoccvla_ros.replay.recorder", "record the driving node's outputs (or any topics) to MCAP"),
     "drive": ("sparseoccvla_ros.bringup", "pip-only bringup: player + driving node + recorder in one process"),
 }

@@ -40,8 +40,12 @@ def default_params_file() -> Path:
     raise FileNotFoundError(f"config/driving.yaml not found in {[str(c) for c in candidates]}; pass --params-file")
 
 
-def node_cli_args(params_file: str | Path, image_suffix: str = topics.IMAGE_SUFFIX,
-                  odometry_topic: str = topics.ODOM_TOPIC, extra: Optional[list[str]] = None) -> list[str]:
+def node_cli_args(
+    params_file: str | Path,
+    image_suffix: str = topics.IMAGE_SUFFIX,
+    odometry_topic: str = topics.ODOM_TOPIC,
+    extra: Optional[list[str]] = None,
+) -> list[str]:
     """``--ros-args`` of the driving node: the params file, then one ``-r`` per remap of :func:`topics.node_remaps`.
 
     Args:
@@ -66,7 +70,7 @@ class Bringup:
         checkpoint: model checkpoint folder (overrides the params file).
         params_file: node parameters (default :func:`default_params_file`).
         rate / loop / loop_time / start_s: player options (:class:`~.replay.player.BagPlayer`).
-        record: bag folder for the outputs (None = no recording).
+        record: bag folder for the outputs, /diagnostics and the cameras' CameraInfo (None = no recording).
         use_sim_time: node and recorder follow the player's ``/clock`` (published at ``clock_hz``).
         namespace: the driving node's namespace.
         parameters: extra ``NAME:=VALUE`` node parameters (e.g. ``calibration_file:=/path.yaml``).
@@ -74,12 +78,26 @@ class Bringup:
         max_linger_s: ... or after this long at most, s.
     """
 
-    def __init__(self, bag: str | Path, checkpoint: str | Path, params_file: Optional[str | Path] = None,
-                 rate: float = 1.0, loop: bool = False, loop_time: str = "jump", start_s: float = 0.0,
-                 record: Optional[str | Path] = None, use_sim_time: bool = False, clock_hz: float = 100.0,
-                 namespace: str = topics.NODE_NAMESPACE, parameters: Optional[list[str]] = None,
-                 linger_s: float = 2.0, max_linger_s: float = 60.0, wait_timeout_s: float = 300.0,
-                 progress: bool = True, context: Any = None) -> None:
+    def __init__(
+        self,
+        bag: str | Path,
+        checkpoint: str | Path,
+        params_file: Optional[str | Path] = None,
+        rate: float = 1.0,
+        loop: bool = False,
+        loop_time: str = "jump",
+        start_s: float = 0.0,
+        record: Optional[str | Path] = None,
+        use_sim_time: bool = False,
+        clock_hz: float = 100.0,
+        namespace: str = topics.NODE_NAMESPACE,
+        parameters: Optional[list[str]] = None,
+        linger_s: float = 2.0,
+        max_linger_s: float = 60.0,
+        wait_timeout_s: float = 300.0,
+        progress: bool = True,
+        context: Any = None,
+    ) -> None:
         import rclpy
         from rclpy.executors import MultiThreadedExecutor
         from rclpy.parameter import Parameter
@@ -91,6 +109,7 @@ class Bringup:
         self.context = context if context is not None else rclpy.context.Context()
         rclpy.init(context=self.context)
         self.linger_s, self.max_linger_s, self.wait_timeout_s = linger_s, max_linger_s, wait_timeout_s
+        self.stop_requested = threading.Event()
         self.node = self.recorder = self.player = None
         self._player_node = self._recorder_node = None
         self.executor = None
@@ -98,17 +117,28 @@ class Bringup:
             sim = [Parameter("use_sim_time", value=bool(use_sim_time))]
             params = params_file if params_file is not None else default_params_file()
             self.node = DrivingNode(
-                context=self.context, namespace=namespace,
+                context=self.context,
+                namespace=namespace,
                 cli_args=node_cli_args(params, extra=[f"checkpoint:={checkpoint}", *(parameters or [])]),
                 parameter_overrides=sim,
             )
             node_path = f"{self.node.get_namespace().rstrip('/')}/{self.node.get_name()}"
             if record is not None:
                 self._recorder_node = rclpy.create_node("bag_recorder", context=self.context, parameter_overrides=sim)
-                self.recorder = BagRecorder(self._recorder_node, record, default_topics(node_path))
+                # + CameraInfo (small): its receive times give eval-bag a wall-clock input->output latency
+                selection = default_topics(node_path) + [topics.camera_info_topic(c) for c in topics.CAMERA_NAMES]
+                self.recorder = BagRecorder(self._recorder_node, record, selection)
             self._player_node = rclpy.create_node("bag_player", context=self.context)
-            self.player = BagPlayer(self._player_node, bag, rate=rate, loop=loop, loop_time=loop_time,
-                                    start_s=start_s, clock_hz=clock_hz if use_sim_time else 0.0, progress=progress)
+            self.player = BagPlayer(
+                self._player_node,
+                bag,
+                rate=rate,
+                loop=loop,
+                loop_time=loop_time,
+                start_s=start_s,
+                clock_hz=clock_hz if use_sim_time else 0.0,
+                progress=progress,
+            )
             self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
             for n in (self.node, self._player_node, self._recorder_node):
                 if n is not None:
@@ -164,7 +194,7 @@ class Bringup:
             return node_count, (self.recorder.total if self.recorder is not None else 0), self.node._mailbox is None
 
         last, stable_since = snapshot(), time.monotonic()
-        while time.monotonic() - start < self.max_linger_s:
+        while time.monotonic() - start < self.max_linger_s and not self.stop_requested.is_set():
             time.sleep(0.05)
             now = snapshot()
             if now != last or not now[2]:
@@ -173,7 +203,8 @@ class Bringup:
                 return
 
     def stop(self) -> None:
-        """Ask the player to stop (thread-safe, e.g. from a signal handler)."""
+        """Ask the player to stop and skip the linger (thread-safe, e.g. from a signal handler)."""
+        self.stop_requested.set()
         if self.player is not None:
             self.player.stop_event.set()
 
@@ -210,10 +241,12 @@ class Bringup:
             stats = self.play()
             self.wait_outputs_done()
             s = self.node.stats
-            print(f"[drive] played {stats.published} messages in {stats.wall_s:.1f} s; node: {s.sets_completed} "
-                  f"camera sets, {s.frames_published} published, {s.sets_dropped} dropped (fell behind)"
-                  + (f"; recorded {self.recorder.total} messages -> {self.recorder.out}" if self.recorder else ""),
-                  file=sys.stderr)
+            print(
+                f"[drive] played {stats.published} messages in {stats.wall_s:.1f} s; node: {s.sets_completed} "
+                f"camera sets, {s.frames_published} published, {s.sets_dropped} dropped (fell behind)"
+                + (f"; recorded {self.recorder.total} messages -> {self.recorder.out}" if self.recorder else ""),
+                file=sys.stderr,
+            )
             return 0
         finally:
             self.close()
@@ -225,26 +258,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--bag", required=True, help="rosbag2 folder to play (e.g. from 'sparseoccvla bag')")
     parser.add_argument("--checkpoint", required=True, help="model checkpoint folder (save_pretrained)")
-    parser.add_argument("--params-file", default=None,
-                        help="node parameters YAML (default: the package's config/driving.yaml)")
-    parser.add_argument("--calibration-file", default=None,
-                        help="camera calibration YAML (the converter writes one beside the bag); needed where "
-                             "tf2_msgs is missing and the bag's /tf_static cannot be read")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
-                        help="extra node parameter, ROS syntax (repeatable), e.g. -p device:=cuda")
+    parser.add_argument(
+        "--params-file", default=None, help="node parameters YAML (default: the package's config/driving.yaml)"
+    )
+    parser.add_argument(
+        "--calibration-file",
+        default=None,
+        help="camera calibration YAML (the converter writes one beside the bag); needed where "
+        "tf2_msgs is missing and the bag's /tf_static cannot be read",
+    )
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME:=VALUE",
+        help="extra node parameter, ROS syntax (repeatable), e.g. -p device:=cuda",
+    )
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default %(default)s)")
     parser.add_argument("--loop", action="store_true", help="replay the bag until Ctrl-C")
-    parser.add_argument("--loop-time", choices=LOOP_TIME_MODES, default="jump",
-                        help="how time continues across loops (see 'sparseoccvla play --help')")
+    parser.add_argument(
+        "--loop-time",
+        choices=LOOP_TIME_MODES,
+        default="jump",
+        help="how time continues across loops (see 'sparseoccvla play --help')",
+    )
     parser.add_argument("--start", type=float, default=0.0, metavar="S", help="skip the first S seconds")
-    parser.add_argument("--record", default=None, metavar="OUT", help="record the outputs + /diagnostics to OUT")
-    parser.add_argument("--use-sim-time", action="store_true",
-                        help="node and recorder follow the player's /clock (published at --clock Hz)")
-    parser.add_argument("--clock", type=float, default=100.0, metavar="HZ",
-                        help="/clock rate with --use-sim-time (default %(default)s)")
+    parser.add_argument(
+        "--record",
+        default=None,
+        metavar="OUT",
+        help="record the outputs, /diagnostics and the CameraInfo topics (for latency) to OUT",
+    )
+    parser.add_argument(
+        "--use-sim-time",
+        action="store_true",
+        help="node and recorder follow the player's /clock (published at --clock Hz)",
+    )
+    parser.add_argument(
+        "--clock", type=float, default=100.0, metavar="HZ", help="/clock rate with --use-sim-time (default %(default)s)"
+    )
     parser.add_argument("--namespace", default=topics.NODE_NAMESPACE, help="node namespace (default %(default)s)")
-    parser.add_argument("--linger", type=float, default=2.0, metavar="S",
-                        help="after the bag ends, exit once no output came for S seconds (default %(default)s)")
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="after the bag ends, exit once no output came for S seconds (default %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -254,9 +315,19 @@ def run(args: argparse.Namespace) -> int:
         params.append(f"calibration_file:={Path(args.calibration_file).resolve()}")
     try:
         bringup = Bringup(
-            args.bag, Path(args.checkpoint).resolve(), params_file=args.params_file, rate=args.rate, loop=args.loop,
-            loop_time=args.loop_time, start_s=args.start, record=args.record, use_sim_time=args.use_sim_time,
-            clock_hz=args.clock, namespace=args.namespace, parameters=params, linger_s=args.linger,
+            args.bag,
+            Path(args.checkpoint).resolve(),
+            params_file=args.params_file,
+            rate=args.rate,
+            loop=args.loop,
+            loop_time=args.loop_time,
+            start_s=args.start,
+            record=args.record,
+            use_sim_time=args.use_sim_time,
+            clock_hz=args.clock,
+            namespace=args.namespace,
+            parameters=params,
+            linger_s=args.linger,
             progress=not args.quiet,
         )
     except KeyboardInterrupt:
@@ -264,9 +335,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
         print(f"sparseoccvla drive: error: {exc}", file=sys.stderr)
         return 1
-    try:
-        return bringup.run()
-    except KeyboardInterrupt:
-        bringup.stop()
-        bringup.close()
-        return 0
+    from .replay.player import install_stop_signals
+
+    install_stop_signals(bringup.stop)  # Ctrl-C: stop playing, finalize the recording, exit 0
+    return bringup.run()

@@ -65,17 +65,23 @@ OCCUPANCY_DTYPE = _aligned_dtype(["rgb", "score"])
 FORECAST_DTYPE = _aligned_dtype(["rgb", "score", "time"])
 
 _NUMPY_TO_POINTFIELD = {
-    np.dtype("int8"): PointField.INT8, np.dtype("uint8"): PointField.UINT8,
-    np.dtype("int16"): PointField.INT16, np.dtype("uint16"): PointField.UINT16,
-    np.dtype("int32"): PointField.INT32, np.dtype("uint32"): PointField.UINT32,
-    np.dtype("float32"): PointField.FLOAT32, np.dtype("float64"): PointField.FLOAT64,
+    np.dtype("int8"): PointField.INT8,
+    np.dtype("uint8"): PointField.UINT8,
+    np.dtype("int16"): PointField.INT16,
+    np.dtype("uint16"): PointField.UINT16,
+    np.dtype("int32"): PointField.INT32,
+    np.dtype("uint32"): PointField.UINT32,
+    np.dtype("float32"): PointField.FLOAT32,
+    np.dtype("float64"): PointField.FLOAT64,
 }
 _POINTFIELD_TO_NUMPY = {v: k for k, v in _NUMPY_TO_POINTFIELD.items()}
 
 #: Class colour packed as RViz / PCL read an ``rgb`` field: 0x00RRGGBB in the bits of a float32, index = class id.
 PACKED_CLASS_RGB: np.ndarray = (
-    (np.asarray(OCC3D_COLORS, dtype=np.uint32) * np.array([1 << 16, 1 << 8, 1], dtype=np.uint32)).sum(axis=1)
-).astype(np.uint32).view(np.float32)
+    ((np.asarray(OCC3D_COLORS, dtype=np.uint32) * np.array([1 << 16, 1 << 8, 1], dtype=np.uint32)).sum(axis=1))
+    .astype(np.uint32)
+    .view(np.float32)
+)
 
 
 def packed_rgb(classes: np.ndarray) -> np.ndarray:
@@ -252,9 +258,7 @@ def transform_to_matrix(translation: Any, rotation: Any) -> np.ndarray:
     return pose_matrix((rotation.w, rotation.x, rotation.y, rotation.z), (translation.x, translation.y, translation.z))
 
 
-def tf_to_cam2ego(
-    transforms: Iterable[Any], ego_frame: str, camera_frames: Mapping[str, str]
-) -> dict[str, np.ndarray]:
+def tf_to_cam2ego(transforms: Iterable[Any], ego_frame: str, camera_frames: Mapping[str, str]) -> dict[str, np.ndarray]:
     """cam2ego of every camera reachable from ``ego_frame`` in a set of static transforms (``/tf_static``).
 
     Args:
@@ -267,7 +271,8 @@ def tf_to_cam2ego(
     parent_of: dict[str, tuple[str, np.ndarray]] = {}
     for t in transforms:
         parent_of[t.child_frame_id.lstrip("/")] = (
-            t.header.frame_id.lstrip("/"), transform_to_matrix(t.transform.translation, t.transform.rotation)
+            t.header.frame_id.lstrip("/"),
+            transform_to_matrix(t.transform.translation, t.transform.rotation),
         )
     out = {}
     for name, frame in camera_frames.items():
@@ -287,7 +292,9 @@ def array_to_pointcloud2(arr: np.ndarray, header: Header) -> PointCloud2:
     fields = []
     for name in arr.dtype.names:
         dt, offset = arr.dtype.fields[name][:2]
-        fields.append(PointField(name=name, offset=offset, datatype=_NUMPY_TO_POINTFIELD[dt.newbyteorder("=")], count=1))
+        fields.append(
+            PointField(name=name, offset=offset, datatype=_NUMPY_TO_POINTFIELD[dt.newbyteorder("=")], count=1)
+        )
     msg = PointCloud2()
     msg.header = header
     msg.height, msg.width = 1, int(arr.shape[0])
@@ -311,7 +318,9 @@ def pointcloud2_to_array(msg: PointCloud2) -> np.ndarray:
     names, formats, offsets = [], [], []
     for f in msg.fields:
         if f.count != 1 or f.datatype not in _POINTFIELD_TO_NUMPY:
-            raise ConversionError(f"PointCloud2 field '{f.name}' (datatype {f.datatype}, count {f.count}) is not supported")
+            raise ConversionError(
+                f"PointCloud2 field '{f.name}' (datatype {f.datatype}, count {f.count}) is not supported"
+            )
         names.append(f.name)
         formats.append(_POINTFIELD_TO_NUMPY[f.datatype].newbyteorder("<"))
         offsets.append(f.offset)
@@ -433,11 +442,38 @@ def diagnostic_array(stamp: Time, statuses: Sequence[DiagnosticStatus]) -> Diagn
 
 
 __all__ = [
-    "CALIBRATION_FORMAT", "CALIBRATION_VERSION", "FORECAST_DTYPE", "OCCUPANCY_DTYPE", "OCC3D_CLASSES",
-    "PACKED_CLASS_RGB", "CameraCalibration", "ConversionError", "CorruptImageError", "array_to_pointcloud2",
-    "camera_info_to_intrinsics", "decode_compressed_image", "diagnostic_array", "diagnostic_status", "forecast_to_msg",
-    "forecast_to_time_cloud", "image_to_rgb", "jpeg_reduction", "load_calibration", "make_header", "matrix_to_wxyz",
-    "ns_to_stamp", "occupancy_to_pointcloud2", "odometry_to_sample", "packed_rgb", "plan_to_msgs",
-    "pointcloud2_to_array", "save_calibration", "scale_intrinsics", "stamp_to_ns", "tf_to_cam2ego",
-    "transform_to_matrix", "unpack_rgb", "waypoints_to_path",
+    "CALIBRATION_FORMAT",
+    "CALIBRATION_VERSION",
+    "FORECAST_DTYPE",
+    "OCCUPANCY_DTYPE",
+    "OCC3D_CLASSES",
+    "PACKED_CLASS_RGB",
+    "CameraCalibration",
+    "ConversionError",
+    "CorruptImageError",
+    "array_to_pointcloud2",
+    "camera_info_to_intrinsics",
+    "decode_compressed_image",
+    "diagnostic_array",
+    "diagnostic_status",
+    "forecast_to_msg",
+    "forecast_to_time_cloud",
+    "image_to_rgb",
+    "jpeg_reduction",
+    "load_calibration",
+    "make_header",
+    "matrix_to_wxyz",
+    "ns_to_stamp",
+    "occupancy_to_pointcloud2",
+    "odometry_to_sample",
+    "packed_rgb",
+    "plan_to_msgs",
+    "pointcloud2_to_array",
+    "save_calibration",
+    "scale_intrinsics",
+    "stamp_to_ns",
+    "tf_to_cam2ego",
+    "transform_to_matrix",
+    "unpack_rgb",
+    "waypoints_to_path",
 ]

@@ -18,7 +18,9 @@ return in microseconds; a camera set that completes replaces the pending one in 
 is counted as dropped: the node processes only the newest complete set when it falls behind).  One worker thread
 loads the model, decodes images, runs ``pipeline.step`` and publishes.  ``~/ask_scene`` is served by a small
 helper node (``<name>_ask_scene``, the service keeps the name ``<node>/ask_scene``) with its own single-threaded
-executor and thread, so a question being answered never delays sensor callbacks or ``/clock``.
+executor and thread, so a question being answered never delays sensor callbacks or ``/clock``.  Under sim time
+``/clock`` is served the same way by ``<name>_clock`` (:meth:`DrivingNode._move_clock_to_helper`), so 100 Hz of
+``/clock`` does not wake the node's executor 100 times a second.
 rclpy's MultiThreadedExecutor is deliberately not used: while a callback waits in its thread pool, the executor
 re-submits it in a loop that holds the GIL (rclpy issue #1452), which under ``/clock`` traffic stalled the worker
 for seconds and kept the main thread from seeing Ctrl-C.  :func:`main` also wakes at least every
@@ -40,12 +42,10 @@ of its own kind with a fixed level, held for ``diagnostics_hold_s`` after it las
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -53,7 +53,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Odometry
 from nav_msgs.msg import Path as PathMsg
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -77,16 +77,15 @@ from sparseoccvla_core.calibration_file import (
     load_calibration,
     resolve_camera_models,
 )
-from sparseoccvla_core.config import SparseOccVLAConfig
 from sparseoccvla_core.data.images import CorruptImageError
-from sparseoccvla_core.model import DEFAULT_SCORE_THRESHOLD
 from sparseoccvla_core.pipeline import CameraFrame, FrameInput, PipelineOptions, SparseOccVLAPipeline, StepResult
 from sparseoccvla_msgs.msg import DrivingPlan, OccupancyForecast
 from sparseoccvla_msgs.srv import AskScene
 
 from . import conversions as conv
-from .health import ERROR, OK, WARN, AlarmBoard, LogThrottle
+from .health import ERROR, OK, WARN, AlarmBoard, LogThrottle, input_age_s
 from .markers import result_to_markers
+from .node_parameters import DEFAULT_NUM_COMMANDS, PARAMETERS, descriptor
 from .synchronizer import (
     NS_PER_S,
     CameraSet,
@@ -108,81 +107,9 @@ CAMERA_SILENT_S = 1.0
 SPIN_WAKE_S = 0.1
 #: Shutdown waits this long for a step in progress before leaving the daemon worker behind, s.
 SHUTDOWN_JOIN_S = 1.0
-#: |now - stamp| above this means the node clock and the input stamps are in different time bases (a bag played
-#: in wall time): input ages are then measured against the stream's own offset, s.
-TIME_BASE_MISMATCH_S = 3600.0
-#: Driving commands a checkpoint knows by default (0 left, 1 straight, 2 right); the loaded model's count rules.
-DEFAULT_NUM_COMMANDS: int = next(f.default for f in dataclasses.fields(SparseOccVLAConfig) if f.name == "num_commands")
 
 #: Alarm kinds reported under the ``inference`` status (all others belong to ``inputs``).
 INFERENCE_KINDS = frozenset({"inference", "latency", "time_backwards"})
-
-
-@dataclass(frozen=True)
-class _Param:
-    default: Any
-    description: str
-    read_only: bool = True
-    lo: Optional[float] = None
-    hi: Optional[float] = None
-    choices: tuple[str, ...] = ()
-
-
-#: Every parameter (config/driving.yaml lists the same keys with the same defaults; a test checks it).
-PARAMETERS: dict[str, _Param] = {
-    "checkpoint": _Param("", "checkpoint folder written by save_pretrained / `sparseoccvla train` (required)"),
-    "device": _Param("cpu", "torch device: cpu | cuda | cuda:N"),
-    "dtype": _Param("float32", "model dtype", choices=("float32", "bfloat16", "float16")),
-    "frame_id": _Param("base_link", "ego frame id of every output"),
-    "image_transport": _Param("compressed", "camera message type on ~/input/<CAM>/image: "
-                              "compressed = sensor_msgs/CompressedImage, raw = sensor_msgs/Image",
-                              choices=("compressed", "raw")),
-    "calibration_file": _Param("", "camera calibration YAML (cam2ego per camera); /tf_static wins per camera "
-                               "where tf2_msgs is installed"),
-    "sync_slop_s": _Param(0.1, "max stamp spread (newest - oldest) of one camera set, s", lo=0.0, hi=10.0),
-    "sync_queue_size": _Param(4, "pending messages kept per camera by the synchronizer", lo=1, hi=100),
-    "sync_min_period_s": _Param(0.25, "lower bound of each camera's frame period, s; lets a set be emitted as soon "
-                                "as its last camera arrives (0 = wait for the next frames, one period of latency)",
-                                lo=0.0, hi=10.0),
-    "odometry_history_s": _Param(3.0, "odometry kept for lookup at the set stamp, s", lo=0.1, hi=60.0),
-    "max_odometry_gap_s": _Param(0.2, "odometry farther than this from the set stamp -> frame rejected, s",
-                                 lo=0.0, hi=10.0),
-    "acceleration_window_s": _Param(0.5, "ego acceleration = velocity difference over this window, s "
-                                    "(0.5 = the key-frame interval the training data uses)", lo=0.01, hi=5.0),
-    "reset_time_gap_s": _Param(1.5, "a larger gap between frames starts a new sequence, s", False, 0.01, 3600.0),
-    "reset_pose_jump_m": _Param(20.0, "a larger jump in ego position starts a new sequence, m", False, 0.01, 1e6),
-    "score_threshold": _Param(DEFAULT_SCORE_THRESHOLD, "occupancy points below this score are not published (0..1; "
-                              "the default is the model's)", False, 0.0, 1.0),
-    "explain": _Param(True, "publish the language explanation (~/output/explanation and a text marker) every "
-                      "frame; the reasoning is always generated because the planner attends to it", False),
-    "history_interval_s": _Param(0.0, "minimum spacing of the model's past frames, s; 0 = every processed frame "
-                                 "(key-frame streams); 0.5 when cameras run faster than the key frames the checkpoint "
-                                 "was trained on", False, 0.0, 10.0),
-    "max_question_chars": _Param(1000, "AskScene rejects longer questions, characters", False, 1, 100000),
-    "driving_command": _Param(1, "driving command (0 left, 1 straight, 2 right) used until one arrives on "
-                              "~/input/command", False, 0, DEFAULT_NUM_COMMANDS - 1),
-    "diagnostics_period_s": _Param(1.0, "/diagnostics publishing period, s", lo=0.05, hi=60.0),
-    "diagnostics_hold_s": _Param(5.0, "a problem stays reported on /diagnostics this long after it last happened, s "
-                                 "(wall time)", lo=0.1, hi=3600.0),
-    "stale_input_s": _Param(2.0, "no camera image for this long (wall time) after images flowed -> WARN stale input, s",
-                            lo=0.1, hi=3600.0),
-    "latency_budget_s": _Param(1.0, "a frame whose camera-set-complete -> outputs-published latency exceeds this -> "
-                               "WARN, s", False, 0.0, 3600.0),
-}
-
-
-def _descriptor(name: str, p: _Param) -> ParameterDescriptor:
-    d = ParameterDescriptor(name=name, description=p.description, read_only=p.read_only)
-    if p.choices:
-        d.additional_constraints = "one of: " + ", ".join(p.choices)
-    if p.lo is not None:
-        if isinstance(p.default, bool):
-            pass
-        elif isinstance(p.default, int):
-            d.integer_range = [IntegerRange(from_value=int(p.lo), to_value=int(p.hi), step=1)]
-        else:
-            d.floating_point_range = [FloatingPointRange(from_value=float(p.lo), to_value=float(p.hi), step=0.0)]
-    return d
 
 
 class _Stats:
@@ -229,7 +156,7 @@ class DrivingNode(Node):
 
     def _setup(self) -> None:
         for name, p in PARAMETERS.items():
-            self.declare_parameter(name, p.default, _descriptor(name, p))
+            self.declare_parameter(name, p.default, descriptor(name, p))
         self._p = {name: self.get_parameter(name).value for name in PARAMETERS}
         self._validate_parameters()
 
@@ -271,7 +198,9 @@ class DrivingNode(Node):
 
         # --- input handling
         self._sync = CameraSetSynchronizer(
-            CAMERA_NAMES, queue_size=int(self._p["sync_queue_size"]), max_span_s=float(self._p["sync_slop_s"]),
+            CAMERA_NAMES,
+            queue_size=int(self._p["sync_queue_size"]),
+            max_span_s=float(self._p["sync_slop_s"]),
             min_period_s=float(self._p["sync_min_period_s"]),
         )
         self._odometry = OdometryHistory(
@@ -281,18 +210,26 @@ class DrivingNode(Node):
         # Cameras: best effort (sensor data), depth 2 - the synchronizer keeps its own bounded queues and callbacks
         # only store, so a deeper DDS queue would only deliver stale frames (docs/ros_conventions.md §4).
         image_qos = QoSProfile(
-            reliability=QoSReliabilityPolicy.BEST_EFFORT, history=QoSHistoryPolicy.KEEP_LAST, depth=2,
+            reliability=QoSReliabilityPolicy.BEST_EFFORT,
+            history=QoSHistoryPolicy.KEEP_LAST,
+            depth=2,
             durability=QoSDurabilityPolicy.VOLATILE,
         )
         image_type = CompressedImage if self._p["image_transport"] == "compressed" else Image
         for cam in CAMERA_NAMES:
             self.create_subscription(
-                image_type, f"~/input/{cam}/image", lambda msg, cam=cam: self._on_image(cam, msg), image_qos,
+                image_type,
+                f"~/input/{cam}/image",
+                lambda msg, cam=cam: self._on_image(cam, msg),
+                image_qos,
                 callback_group=group,
             )
             self.create_subscription(
-                CameraInfo, f"~/input/{cam}/camera_info", lambda msg, cam=cam: self._on_camera_info(cam, msg),
-                qos_profile_sensor_data, callback_group=group,
+                CameraInfo,
+                f"~/input/{cam}/camera_info",
+                lambda msg, cam=cam: self._on_camera_info(cam, msg),
+                qos_profile_sensor_data,
+                callback_group=group,
             )
         odom_qos = QoSProfile(reliability=QoSReliabilityPolicy.BEST_EFFORT, depth=20)  # accepts reliable publishers
         self.create_subscription(Odometry, "~/input/odometry", self._on_odometry, odom_qos, callback_group=group)
@@ -300,14 +237,18 @@ class DrivingNode(Node):
         if TFMessage is not None:
             # latched like tf2's static listener: late joiners get every static transform published before
             tf_qos = QoSProfile(
-                reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
-                history=QoSHistoryPolicy.KEEP_LAST, depth=100,
+                reliability=QoSReliabilityPolicy.RELIABLE,
+                durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+                history=QoSHistoryPolicy.KEEP_LAST,
+                depth=100,
             )
             self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, tf_qos, callback_group=group)
 
         # --- outputs: reliable, depth 1 (large clouds are lost best-effort, docs/ros_conventions.md §4)
         out_qos = QoSProfile(
-            reliability=QoSReliabilityPolicy.RELIABLE, history=QoSHistoryPolicy.KEEP_LAST, depth=1,
+            reliability=QoSReliabilityPolicy.RELIABLE,
+            history=QoSHistoryPolicy.KEEP_LAST,
+            depth=1,
             durability=QoSDurabilityPolicy.VOLATILE,
         )
         self._pub_occupancy = self.create_publisher(PointCloud2, "~/output/occupancy", out_qos)
@@ -325,25 +266,55 @@ class DrivingNode(Node):
         )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        # --- AskScene on a helper node with its own executor thread (see the module docstring)
-        self._ask_node = rclpy.create_node(
-            f"{self.get_name()}_ask_scene", namespace=self.get_namespace(), context=self.context,
-            use_global_arguments=False, start_parameter_services=False,
-        )
-        self._ask_node.create_service(AskScene, self.resolve_service_name("~/ask_scene"), self._on_ask)
-        self._ask_executor = SingleThreadedExecutor(context=self.context)
-        self._ask_executor.add_node(self._ask_node)
-        self._ask_thread = threading.Thread(target=self._spin_ask, name="sparseoccvla-ask-scene", daemon=True)
-        self._ask_thread.start()
+        # --- helper nodes, each with its own executor thread (see the module docstring): AskScene, and /clock
+        self._helpers: list[tuple[Node, SingleThreadedExecutor, threading.Thread]] = []
+        ask_node = self._start_helper("ask_scene")
+        ask_node.create_service(AskScene, self.resolve_service_name("~/ask_scene"), self._on_ask)
+        if self.get_parameter("use_sim_time").value:
+            self._move_clock_to_helper()
 
         self._worker = threading.Thread(target=self._run_worker, name="sparseoccvla-inference", daemon=True)
         self._worker.start()
 
-    def _spin_ask(self) -> None:
+    def _start_helper(self, suffix: str) -> Node:
+        """A node ``<name>_<suffix>`` spun by its own SingleThreadedExecutor in a daemon thread."""
+        node = rclpy.create_node(
+            f"{self.get_name()}_{suffix}",
+            namespace=self.get_namespace(),
+            context=self.context,
+            use_global_arguments=False,
+            start_parameter_services=False,
+        )
+        executor = SingleThreadedExecutor(context=self.context)
+        executor.add_node(node)
+        thread = threading.Thread(
+            target=self._spin_helper, args=(executor,), name=f"sparseoccvla-{suffix}", daemon=True
+        )
+        self._helpers.append((node, executor, thread))
+        thread.start()
+        return node
+
+    def _spin_helper(self, executor: SingleThreadedExecutor) -> None:
         try:
-            self._ask_executor.spin()
+            executor.spin()
         except (ExternalShutdownException, KeyboardInterrupt):
             pass
+        except Exception:  # noqa: BLE001 - rclpy may touch a destroyed guard condition while shutting down
+            if not self._stop.is_set():
+                raise
+
+    def _move_clock_to_helper(self) -> None:
+        """Serve ``/clock`` from a helper node's executor instead of this node's (sim time only).
+
+        rclpy subscribes ``/clock`` on the node itself, so at 100 Hz the main executor woke 100 times a second and
+        rebuilt its whole wait set each time (~2 ms of Python holding the GIL per message, which slowed the worker).
+        The node's TimeSource (rclpy keeps it in ``Node._time_source``; there is no public accessor) is moved to a
+        helper node with a single subscription: the node's clock is still set by every ``/clock`` message.
+        """
+        source = self._time_source
+        source.detach_node()  # drops the /clock subscription of this node
+        source.attach_node(self._start_helper("clock"))  # the helper's use_sim_time is False: nothing subscribed yet
+        source.ros_time_is_active = True  # subscribes /clock on the helper and keeps this node's clock on ROS time
 
     # ------------------------------------------------------------------ parameters
     def _validate_parameters(self) -> None:
@@ -351,8 +322,10 @@ class DrivingNode(Node):
             if p.choices and self._p[name] not in p.choices:
                 raise ValueError(f"parameter {name} = {self._p[name]!r}; expected one of {list(p.choices)}")
         if not self._p["checkpoint"]:
-            raise ValueError("parameter checkpoint is empty: give the folder written by save_pretrained "
-                             "(-p checkpoint:=DIR or the params file)")
+            raise ValueError(
+                "parameter checkpoint is empty: give the folder written by save_pretrained "
+                "(-p checkpoint:=DIR or the params file)"
+            )
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         """Dynamic parameters (read_only=False) update the pipeline options; ranges are enforced by rclpy."""
@@ -368,8 +341,10 @@ class DrivingNode(Node):
 
     def _options(self) -> PipelineOptions:
         return PipelineOptions(
-            reset_time_gap_s=float(self._p["reset_time_gap_s"]), reset_pose_jump_m=float(self._p["reset_pose_jump_m"]),
-            score_threshold=float(self._p["score_threshold"]), max_question_chars=int(self._p["max_question_chars"]),
+            reset_time_gap_s=float(self._p["reset_time_gap_s"]),
+            reset_pose_jump_m=float(self._p["reset_pose_jump_m"]),
+            score_threshold=float(self._p["score_threshold"]),
+            max_question_chars=int(self._p["max_question_chars"]),
             history_interval_s=float(self._p["history_interval_s"]),
         )
 
@@ -391,7 +366,9 @@ class DrivingNode(Node):
         suppressed = self._log_throttle.admit(kind, now)
         if suppressed is None:
             return
-        line = text + (f" [{suppressed} more '{kind}' messages in the last {WARN_THROTTLE_S:.0f} s]" if suppressed else "")
+        line = text + (
+            f" [{suppressed} more '{kind}' messages in the last {WARN_THROTTLE_S:.0f} s]" if suppressed else ""
+        )
         if level >= ERROR:  # one call site per severity: rclpy ties a severity to the calling line
             self.get_logger().error(line)
         else:
@@ -419,11 +396,15 @@ class DrivingNode(Node):
         sets = self._sync.add(cam, stamp, msg)
         if self._sync.stats.resets > before[1]:
             self._stamp_offset_ns = None  # a new time line (bag loop / new bag)
-            self._warn("time_jump", f"{cam}: image stamps jumped backwards (bag loop / new bag): synchronizer reset, "
-                       "pending images dropped")
+            self._warn(
+                "time_jump",
+                f"{cam}: image stamps jumped backwards (bag loop / new bag): synchronizer reset, "
+                "pending images dropped",
+            )
         if self._sync.stats.late > before[0]:
-            self._warn("out_of_order", f"{cam}: image stamp {stamp} ns is not newer than the last synchronized set; "
-                       "dropped")
+            self._warn(
+                "out_of_order", f"{cam}: image stamp {stamp} ns is not newer than the last synchronized set; dropped"
+            )
         if self._stamp_offset_ns is None or offset < self._stamp_offset_ns:
             self._stamp_offset_ns = offset
         for s in sets:
@@ -456,8 +437,11 @@ class DrivingNode(Node):
         pipe = self._pipeline
         n = pipe.cfg.num_commands if pipe is not None else DEFAULT_NUM_COMMANDS
         if msg.data >= n:
-            self._warn("command", f"driving command {msg.data} ignored: the model knows commands 0..{n - 1} "
-                       "(0 left, 1 straight, 2 right)")
+            self._warn(
+                "command",
+                f"driving command {msg.data} ignored: the model knows commands 0..{n - 1} "
+                "(0 left, 1 straight, 2 right)",
+            )
             return
         self._command = int(msg.data)
 
@@ -519,9 +503,7 @@ class DrivingNode(Node):
         """Decode and calibrate one camera set (raises ValueError subclasses on bad input)."""
         target_hw = tuple(pipe.cfg.image_size)
         models = self.camera_models()
-        self._calibration_sources = {
-            cam: f"{m.extrinsics_source}+{m.intrinsics_source}" for cam, m in models.items()
-        }
+        self._calibration_sources = {cam: f"{m.extrinsics_source}+{m.intrinsics_source}" for cam, m in models.items()}
         cameras = []
         for cam in CAMERA_NAMES:
             msg = cset.messages[cam]
@@ -545,8 +527,12 @@ class DrivingNode(Node):
         odom = self._lookup_odometry(cset.stamp_ns)
         acc = self._odometry.acceleration(cset.stamp_ns, float(self._p["acceleration_window_s"]))
         return FrameInput(
-            cameras=cameras, ego2global=odom.pose_matrix(), velocity=odom.linear_velocity[:2],
-            acceleration=acc[:2], yaw_rate=float(odom.angular_velocity[2]), stamp_ns=cset.stamp_ns,
+            cameras=cameras,
+            ego2global=odom.pose_matrix(),
+            velocity=odom.linear_velocity[:2],
+            acceleration=acc[:2],
+            yaw_rate=float(odom.angular_velocity[2]),
+            stamp_ns=cset.stamp_ns,
             command=self._command,
         )
 
@@ -575,9 +561,12 @@ class DrivingNode(Node):
         last = self._last_published_stamp_ns
         if last is not None and result.stamp_ns <= last:
             # outputs go back in time (bag loop, new bag, a publisher restarted): say so before publishing them
-            self._warn("time_backwards", f"outputs go back in time: stamp {result.stamp_ns} ns after {last} ns "
-                       f"({(result.stamp_ns - last) / NS_PER_S:+.3f} s); the model's history was reset "
-                       f"({result.reset_reason or 'new sequence'})")
+            self._warn(
+                "time_backwards",
+                f"outputs go back in time: stamp {result.stamp_ns} ns after {last} ns "
+                f"({(result.stamp_ns - last) / NS_PER_S:+.3f} s); the model's history was reset "
+                f"({result.reset_reason or 'new sequence'})",
+            )
         elif result.sequence_reset and pipe.frames_processed > 1:
             self.get_logger().info(f"new sequence: {result.reset_reason}")
         t1 = time.perf_counter()
@@ -586,12 +575,7 @@ class DrivingNode(Node):
         latency = time.perf_counter() - t_ready
         self._last_published_stamp_ns = result.stamp_ns
         now_ns = self.get_clock().now().nanoseconds
-        age_ns = now_ns - cset.stamp_ns
-        if abs(age_ns) <= TIME_BASE_MISMATCH_S * NS_PER_S:
-            age_s, base = age_ns / NS_PER_S, "node clock"
-        else:  # wall-time replay of a bag: measure against the stream's own offset from the node clock
-            offset = self._stamp_offset_ns if self._stamp_offset_ns is not None else age_ns
-            age_s, base = (age_ns - offset) / NS_PER_S, "stamps offset to node clock"
+        age_s, base = input_age_s(now_ns, cset.stamp_ns, self._stamp_offset_ns)
         budget = float(self._p["latency_budget_s"])
         if latency > budget:
             self._warn("latency", f"latency {latency:.3f} s over latency_budget_s = {budget:.3f} s")
@@ -628,9 +612,12 @@ class DrivingNode(Node):
         if pipe is None:
             response.success, response.error_message = False, f"the model is not ready: {self._model_status[1]}"
         elif pipe.frames_processed == 0:
-            response.success, response.error_message = False, (
-                "no camera set has been processed yet: the node answers about the latest processed camera set; "
-                "publish the six camera images and odometry (e.g. play a bag) and ask again"
+            response.success, response.error_message = (
+                False,
+                (
+                    "no camera set has been processed yet: the node answers about the latest processed camera set; "
+                    "publish the six camera images and odometry (e.g. play a bag) and ask again"
+                ),
             )
         else:
             try:
@@ -650,9 +637,12 @@ class DrivingNode(Node):
         s, sync = self.stats, self._sync.stats
         with s.lock:
             counters = {
-                "sets_completed": s.sets_completed, "sets_dropped_behind": s.sets_dropped,
-                "sync_messages_dropped": sync.dropped, "sync_late_messages": sync.late,
-                "sync_resets": sync.resets, "ignored_before_clock": s.ignored_no_clock,
+                "sets_completed": s.sets_completed,
+                "sets_dropped_behind": s.sets_dropped,
+                "sync_messages_dropped": sync.dropped,
+                "sync_late_messages": sync.late,
+                "sync_resets": sync.resets,
+                "ignored_before_clock": s.ignored_no_clock,
             }
             bad = dict(s.bad_input)
         values: dict[str, Any] = {**counters, **{f"bad_{k}": v for k, v in bad.items()}}
@@ -660,7 +650,11 @@ class DrivingNode(Node):
         new_drops = {k: counters[k] - prev.get(k, 0) for k in ("sets_dropped_behind", "sync_messages_dropped")}
         if any(new_drops.values()):
             self._input_alarms.raise_alarm(
-                "drops", WARN, "dropped: " + ", ".join(f"{v} {k}" for k, v in new_drops.items() if v), now
+                "drops",
+                WARN,
+                "dropped: " + ", ".join(f"{v} {k}" for k, v in new_drops.items() if v),
+                now,
+                counted=False,
             )
         ages = {}
         for topic in (*CAMERA_NAMES, "odometry"):
@@ -672,11 +666,14 @@ class DrivingNode(Node):
         freshest = min(cams.values())
         stale_s = float(self._p["stale_input_s"])
         if len(silent) == len(CAMERA_NAMES):
-            self._input_alarms.raise_alarm("waiting", WARN, f"waiting for cameras {silent}", now)
+            self._input_alarms.raise_alarm("waiting", WARN, f"waiting for cameras {silent}", now, counted=False)
         elif freshest > stale_s:
             self._input_alarms.raise_alarm(
-                "stale_input", WARN, f"inputs stale: no camera image for {freshest:.1f} s (bag ended or sensors "
-                f"stopped)", now
+                "stale_input",
+                WARN,
+                f"inputs stale: no camera image for {freshest:.1f} s (bag ended or sensors stopped)",
+                now,
+                counted=False,
             )
         else:
             self._input_alarms.clear("waiting")
@@ -684,10 +681,15 @@ class DrivingNode(Node):
             lagging = [t for t, a in cams.items() if a - freshest > CAMERA_SILENT_S]
             if lagging:
                 self._input_alarms.raise_alarm(
-                    "missing_camera", WARN, f"no images from cameras {lagging} while others publish: no camera set "
-                    "completes", now
+                    "missing_camera",
+                    WARN,
+                    f"no images from cameras {lagging} while others publish: no camera set completes",
+                    now,
+                    counted=False,
                 )
-        values["calibration_sources"] = ", ".join(f"{c}={v}" for c, v in self._calibration_sources.items()) or "none yet"
+        values["calibration_sources"] = (
+            ", ".join(f"{c}={v}" for c, v in self._calibration_sources.items()) or "none yet"
+        )
         values["tf_static"] = "subscribed" if TFMessage is not None else "unavailable (tf2_msgs does not import)"
         return values
 
@@ -710,10 +712,14 @@ class DrivingNode(Node):
             rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) >= 2 and times[-1] > times[0] else 0.0
             lat = sorted(s.latencies_s)
             latency: dict[str, Any] = {
-                "frames_published": s.frames_published, "rate_hz": rate, "latency_s": s.last_latency_s,
+                "frames_published": s.frames_published,
+                "rate_hz": rate,
+                "latency_s": s.last_latency_s,
                 "latency_p50_s": lat[len(lat) // 2] if lat else float("nan"),
                 "latency_max_s": lat[-1] if lat else float("nan"),
-                "input_age_s": s.last_age_s, "input_age_time_base": s.age_time_base, "last_stamp_ns": s.last_stamp_ns,
+                "input_age_s": s.last_age_s,
+                "input_age_time_base": s.age_time_base,
+                "last_stamp_ns": s.last_stamp_ns,
                 **{f"time_{k}_s": v for k, v in s.last_timings.items()},
             }
             published = s.frames_published
@@ -726,8 +732,13 @@ class DrivingNode(Node):
             inf_level = WARN
         device = self._p["device"]
         statuses = [
-            conv.diagnostic_status(f"{name}: model", self._model_status[0], self._model_status[1],
-                                   {"checkpoint": self._p["checkpoint"]}, hardware_id=device),
+            conv.diagnostic_status(
+                f"{name}: model",
+                self._model_status[0],
+                self._model_status[1],
+                {"checkpoint": self._p["checkpoint"]},
+                hardware_id=device,
+            ),
             conv.diagnostic_status(f"{name}: inputs", in_level, in_msg, input_values, hardware_id=device),
             conv.diagnostic_status(f"{name}: inference", inf_level, inf_msg, latency, hardware_id=device),
         ]
@@ -735,21 +746,21 @@ class DrivingNode(Node):
 
     # ------------------------------------------------------------------ shutdown
     def _teardown_helpers(self, join_s: float = SHUTDOWN_JOIN_S) -> None:
-        """Stop the worker and the AskScene helper (each waited for at most ``join_s``)."""
+        """Stop the worker and the helper nodes (each waited for at most ``join_s``)."""
         stop, cv, worker = (getattr(self, n, None) for n in ("_stop", "_mailbox_cv", "_worker"))
         if stop is not None:  # None when __init__ failed early (bad parameters)
             stop.set()
         if cv is not None:
             with cv:
                 cv.notify_all()
-        executor, ask_node, ask_thread = (getattr(self, n, None) for n in ("_ask_executor", "_ask_node", "_ask_thread"))
-        if executor is not None:
+        helpers = getattr(self, "_helpers", [])
+        for _, executor, _ in helpers:
             executor.shutdown(timeout_sec=0.0)
-        if ask_thread is not None and ask_thread.is_alive() and threading.current_thread() is not ask_thread:
-            ask_thread.join(timeout=join_s)
-        if ask_node is not None:
-            ask_node.destroy_node()
-            self._ask_node = None
+        for node, _, thread in helpers:
+            if thread.is_alive() and threading.current_thread() is not thread:
+                thread.join(timeout=join_s)
+            node.destroy_node()
+        helpers.clear()
         if worker is not None and worker.is_alive() and threading.current_thread() is not worker:
             worker.join(timeout=join_s)
 

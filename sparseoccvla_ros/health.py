@@ -1,4 +1,4 @@
-"""Health bookkeeping of the driving node: alarms held for a fixed time, and log throttling per kind of problem.
+"""Health bookkeeping of the driving node: alarms held for a fixed time, log throttling per kind, input age.
 
 Pure Python (no rclpy), so the rules are unit-tested with explicit times (``test/test_health.py``); the node
 (``sparseoccvla_ros/driving_node.py``) feeds them wall-clock seconds (``time.monotonic()``), so a paused or
@@ -30,6 +30,7 @@ class Alarm:
         first_s: when it was first raised in the current episode, s (monotonic).
         last_s: when it was last raised, s (monotonic).
         count: times raised in the current episode.
+        counted: whether the count is shown (False for conditions polled every report, e.g. stale input).
     """
 
     key: str
@@ -38,6 +39,7 @@ class Alarm:
     first_s: float
     last_s: float
     count: int = 1
+    counted: bool = True
 
 
 class AlarmBoard:
@@ -56,13 +58,13 @@ class AlarmBoard:
         self._alarms: dict[str, Alarm] = {}
         self._lock = threading.Lock()
 
-    def raise_alarm(self, key: str, level: int, message: str, now_s: float) -> None:
+    def raise_alarm(self, key: str, level: int, message: str, now_s: float, counted: bool = True) -> None:
         """Raise or refresh the alarm ``key`` (a higher level replaces a lower one; the level never drops inside
-        the hold time of the higher one)."""
+        the hold time of the higher one).  ``counted=False`` for conditions polled at every report."""
         with self._lock:
             old = self._alarms.get(key)
             if old is None or now_s - old.last_s > self.hold_s:
-                self._alarms[key] = Alarm(key, int(level), message, now_s, now_s)
+                self._alarms[key] = Alarm(key, int(level), message, now_s, now_s, counted=counted)
                 return
             old.count += 1
             old.last_s = now_s
@@ -91,7 +93,7 @@ class AlarmBoard:
         alarms = [a for a in self.active(now_s) if keys is None or a.key in keys]
         if not alarms:
             return OK, ok_message
-        parts = [a.message + (f" (x{a.count})" if a.count > 1 else "") for a in alarms]
+        parts = [a.message + (f" (x{a.count})" if a.counted and a.count > 1 else "") for a in alarms]
         return alarms[0].level, "; ".join(parts)
 
 
@@ -120,4 +122,50 @@ class LogThrottle:
             return self._suppressed.pop(kind, 0)
 
 
-__all__ = ["ERROR", "LEVEL_NAMES", "OK", "STALE", "WARN", "Alarm", "AlarmBoard", "LogThrottle"]
+#: |now - stamp| above this means the node clock and the input stamps are in different time bases (a bag played in
+#: wall time, its stamps years old), s.
+TIME_BASE_MISMATCH_S = 3600.0
+TIME_BASE_CLOCK = "node clock"
+TIME_BASE_OFFSET = "stamps offset to node clock"
+
+
+def input_age_s(
+    now_ns: int, stamp_ns: int, stream_offset_ns: Optional[int], mismatch_s: float = TIME_BASE_MISMATCH_S
+) -> tuple[float, str]:
+    """Age of an input stamp when its outputs go out, s, and the time base it was measured in.
+
+    Live sensors and sim time (``/clock``) share the node clock's time base: the age is ``now - stamp``.  A bag
+    replayed in wall time keeps its recording stamps, so ``now - stamp`` is the years between recording and
+    replay; the age is then measured against the stream's own offset ``stream_offset_ns`` (the smallest
+    ``now - stamp`` seen at arrival since the last time jump), i.e. how much later than its earliest message the
+    output went out.
+
+    Args:
+        now_ns: node clock now, ns.
+        stamp_ns: the input stamp, ns.
+        stream_offset_ns: min(node clock at arrival - stamp) of the current stream, ns (None: unknown).
+        mismatch_s: |now - stamp| above this selects the offset form, s.
+    Returns:
+        (age in s, :data:`TIME_BASE_CLOCK` or :data:`TIME_BASE_OFFSET`).
+    """
+    age_ns = int(now_ns) - int(stamp_ns)
+    if abs(age_ns) <= mismatch_s * 1e9:
+        return age_ns / 1e9, TIME_BASE_CLOCK
+    offset = age_ns if stream_offset_ns is None else int(stream_offset_ns)
+    return (age_ns - offset) / 1e9, TIME_BASE_OFFSET
+
+
+__all__ = [
+    "ERROR",
+    "LEVEL_NAMES",
+    "OK",
+    "STALE",
+    "TIME_BASE_CLOCK",
+    "TIME_BASE_MISMATCH_S",
+    "TIME_BASE_OFFSET",
+    "WARN",
+    "Alarm",
+    "AlarmBoard",
+    "LogThrottle",
+    "input_age_s",
+]

@@ -39,7 +39,11 @@ def score_color(score: float) -> ColorRGBA:
 
 
 def result_to_markers(
-    result: StepResult, frame_id: str, voxel_size: float, show_text: bool = True, text_height_m: float = TEXT_HEIGHT_M,
+    result: StepResult,
+    frame_id: str,
+    voxel_size: float,
+    show_text: bool = True,
+    text_height_m: float = TEXT_HEIGHT_M,
     max_voxels: int = 10000,
 ) -> MarkerArray:
     """Debug markers of one step, all stamped with the input stamp.

@@ -404,7 +404,9 @@ class OdometryHistory:
                     f"camera set stamp is {gap / NS_PER_S:.3f} s {where} odometry sample "
                     f"(max_odometry_gap_s = {self.max_gap_ns / NS_PER_S:.3f})"
                 )
-            return OdometrySample(stamp_ns, end.position, end.orientation_xyzw, end.linear_velocity, end.angular_velocity)
+            return OdometrySample(
+                stamp_ns, end.position, end.orientation_xyzw, end.linear_velocity, end.angular_velocity
+            )
         a, b = s[pos - 1], s[pos]
         gap = min(stamp_ns - a.stamp_ns, b.stamp_ns - stamp_ns)
         if gap > self.max_gap_ns:

@@ -29,8 +29,13 @@ W, H = 320, 180
 
 def _yaml_cal(with_k=True):
     return {
-        c.channel: CameraCalibration(c.channel, c.sensor2ego, f"{c.channel}_optical",
-                                     c.scaled_intrinsics(W, H) if with_k else None, (W, H) if with_k else None)
+        c.channel: CameraCalibration(
+            c.channel,
+            c.sensor2ego,
+            f"{c.channel}_optical",
+            c.scaled_intrinsics(W, H) if with_k else None,
+            (W, H) if with_k else None,
+        )
         for c in camera_calibrations()
     }
 
@@ -85,8 +90,11 @@ def test_incomplete_calibration_names_cameras_and_fix():
 
 def test_camera_frame_ids_precedence():
     yaml_cal = _yaml_cal()
-    got = camera_frame_ids(["CAM_FRONT", "CAM_BACK", "CAM_BACK_LEFT"], {"CAM_FRONT": "cam_front_info", "CAM_BACK": ""},
-                           {k: v for k, v in yaml_cal.items() if k != "CAM_BACK_LEFT"})
+    got = camera_frame_ids(
+        ["CAM_FRONT", "CAM_BACK", "CAM_BACK_LEFT"],
+        {"CAM_FRONT": "cam_front_info", "CAM_BACK": ""},
+        {k: v for k, v in yaml_cal.items() if k != "CAM_BACK_LEFT"},
+    )
     assert got == {"CAM_FRONT": "cam_front_info", "CAM_BACK": "CAM_BACK_optical", "CAM_BACK_LEFT": "CAM_BACK_LEFT"}
 
 

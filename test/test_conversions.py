@@ -51,8 +51,14 @@ def test_occupancy_cloud_bytes_round_trip():
     assert msg.row_step == 24 * 500 and msg.width == 500 and msg.height == 1
     # independent reader: the layout written by hand, applied to the serialized-and-back message
     back = deserialize_message(serialize_message(msg), PointCloud2)
-    dtype = np.dtype({"names": ["x", "y", "z", "rgb", "s", "c"], "formats": ["<f4", "<f4", "<f4", "<u4", "<f4", "u1"],
-                      "offsets": [0, 4, 8, 12, 16, 20], "itemsize": 24})
+    dtype = np.dtype(
+        {
+            "names": ["x", "y", "z", "rgb", "s", "c"],
+            "formats": ["<f4", "<f4", "<f4", "<u4", "<f4", "u1"],
+            "offsets": [0, 4, 8, 12, 16, 20],
+            "itemsize": 24,
+        }
+    )
     arr = np.frombuffer(bytes(back.data), dtype=dtype)
     np.testing.assert_array_equal(np.stack([arr["x"], arr["y"], arr["z"]], 1), frame.points)
     np.testing.assert_array_equal(arr["c"], frame.classes)
@@ -161,7 +167,7 @@ def test_corrupt_jpeg_that_opencv_decodes_is_rejected(nuscenes_demo_dir):
     """Bit-flipped and zeroed scan data of a real nuScenes JPEG: OpenCV returns an image, the strict decoder raises."""
     data = next(nuscenes_demo_dir.glob("*__CAM_FRONT__*.jpg")).read_bytes()
     zeroed = bytearray(data)
-    zeroed[len(data) // 2: len(data) // 2 + 4000] = bytes(4000)
+    zeroed[len(data) // 2 : len(data) // 2 + 4000] = bytes(4000)
     for bad in (_warning_only_corruption(data), bytes(zeroed)):
         assert cv2.imdecode(np.frombuffer(bad, np.uint8), cv2.IMREAD_REDUCED_COLOR_2) is not None  # OpenCV: "fine"
         msg = CompressedImage(format="jpeg", data=bad)
@@ -262,7 +268,10 @@ def test_tf_static_chain_to_cam2ego():
         t.transform.rotation.z, t.transform.rotation.w = math.sin(yaw / 2), math.cos(yaw / 2)
         return t
 
-    tfs = [tf("base_link", "cam_mount", (1.0, 0.0, 1.5), math.pi / 2), tf("cam_mount", "CAM_FRONT", (0.5, 0.0, 0.0), 0.0)]
+    tfs = [
+        tf("base_link", "cam_mount", (1.0, 0.0, 1.5), math.pi / 2),
+        tf("cam_mount", "CAM_FRONT", (0.5, 0.0, 0.0), 0.0),
+    ]
     got = conv.tf_to_cam2ego(tfs, "base_link", {"CAM_FRONT": "CAM_FRONT", "CAM_BACK": "CAM_BACK"})
     assert list(got) == ["CAM_FRONT"]  # CAM_BACK has no chain
     # the camera origin: 0.5 m along the mount's x, which points along base_link's +y
@@ -273,13 +282,23 @@ def _result(rng):
     k, t = 6, 6
     anchors = rng.normal(size=(k, t, 2)).astype(np.float32) + np.arange(1, t + 1)[None, :, None] * [2.0, 0.0]
     plan = PlanResult(
-        waypoints=anchors[2].copy(), anchors=anchors, anchor_scores=np.linspace(0, 1, k, dtype=np.float32),
-        anchor_commands=np.repeat(np.arange(3), 2), chosen_anchor=2, waypoint_dt=0.5,
+        waypoints=anchors[2].copy(),
+        anchors=anchors,
+        anchor_scores=np.linspace(0, 1, k, dtype=np.float32),
+        anchor_commands=np.repeat(np.arange(3), 2),
+        chosen_anchor=2,
+        waypoint_dt=0.5,
     )
     return StepResult(
-        stamp_ns=1_532_402_927_612_460_000, occupancy=_frame(rng, 40), forecast=[], plan=plan,
-        explanation="Keep straight; the road ahead is clear.", timings_s={"total": 0.1}, sequence_reset=False,
-        reset_reason="", history_frames=0,
+        stamp_ns=1_532_402_927_612_460_000,
+        occupancy=_frame(rng, 40),
+        forecast=[],
+        plan=plan,
+        explanation="Keep straight; the road ahead is clear.",
+        timings_s={"total": 0.1},
+        sequence_reset=False,
+        reset_reason="",
+        history_frames=0,
     )
 
 
@@ -289,7 +308,9 @@ def test_plan_and_path_contents():
     plan, path = conv.plan_to_msgs(res.plan, res.explanation, res.stamp_ns, "base_link")
     assert conv.stamp_to_ns(plan.header.stamp) == res.stamp_ns and path.header.frame_id == "base_link"
     assert len(path.poses) == 6 and plan.chosen_anchor == 2 and plan.reasoning == res.explanation
-    np.testing.assert_allclose([[p.pose.position.x, p.pose.position.y] for p in path.poses], res.plan.waypoints, atol=1e-6)
+    np.testing.assert_allclose(
+        [[p.pose.position.x, p.pose.position.y] for p in path.poses], res.plan.waypoints, atol=1e-6
+    )
     np.testing.assert_allclose(plan.anchor_scores, res.plan.anchor_scores, atol=1e-7)
     assert [a.command for a in plan.anchors] == [0, 0, 1, 1, 2, 2]
     np.testing.assert_allclose([[p.x, p.y] for p in plan.anchors[5].waypoints], res.plan.anchors[5], atol=1e-6)
@@ -320,7 +341,10 @@ def test_markers_and_diagnostics():
     assert anchors[-1].color.r > anchors[0].color.r  # higher score -> redder
     assert all(conv.stamp_to_ns(m.header.stamp) == res.stamp_ns for m in markers)
     status = conv.diagnostic_status("driving_node: input", 1, "corrupt JPEG", {"dropped": 3, "latency_s": 0.1234567})
-    assert status.level == b"\x01" and [(v.key, v.value) for v in status.values] == [("dropped", "3"), ("latency_s", "0.123457")]
+    assert status.level == b"\x01" and [(v.key, v.value) for v in status.values] == [
+        ("dropped", "3"),
+        ("latency_s", "0.123457"),
+    ]
 
 
 def test_marker_voxel_cap_keeps_best_scores():

@@ -154,7 +154,7 @@ def test_sweeps_history(mini_nuscenes):
     assert all("/sweeps/" in "/" + scene.row_files[r][0] for r in rows[1:])
     # sweeps are 1/6 s apart: the past frames' poses are those of the CAM_FRONT sweeps (camera lag 0)
     times = mini_nuscenes.scenes["scene-a"]["times"]
-    for f, r in enumerate(rows):
+    for f in range(len(rows)):
         np.testing.assert_allclose(item.ego2global[f], ego_pose_at(times[2] - f / 6.0), atol=1e-4)
     batch = collate([item])
     hits, total = _dots_visible(batch, 0, landmarks())

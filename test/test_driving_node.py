@@ -71,18 +71,24 @@ class Harness:
         self.context = rclpy.context.Context()
         rclpy.init(context=self.context)
         # a generous latency budget: loaded CI machines must not turn the first (warm-up) frame into a WARN
-        params = {"checkpoint": str(checkpoint), "calibration_file": str(calibration), "diagnostics_period_s": 0.2,
-                  "latency_budget_s": 60.0}
+        params = {
+            "checkpoint": str(checkpoint),
+            "calibration_file": str(calibration),
+            "diagnostics_period_s": 0.2,
+            "latency_budget_s": 60.0,
+        }
         params.update(overrides)
         self.node = DrivingNode(
-            context=self.context, namespace="/sparseoccvla",
+            context=self.context,
+            namespace="/sparseoccvla",
             parameter_overrides=[Parameter(k, value=v) for k, v in params.items()],
         )
         self.probe = rclpy.create_node("probe", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.probe)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.closing = False
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
         self.received = {}
         self.lock = threading.Lock()
@@ -106,6 +112,13 @@ class Harness:
         self.pubs["odometry"] = self.probe.create_publisher(Odometry, f"{base}/input/odometry", qos)
         self.client = self.probe.create_client(AskScene, f"{base}/ask_scene")
 
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:
+            if not self.closing:  # rclpy may touch a destroyed guard condition while the executor shuts down
+                raise
+
     def _store(self, key, msg):
         with self.lock:
             self.received.setdefault(key, []).append(msg)
@@ -123,6 +136,7 @@ class Harness:
         return predicate()
 
     def close(self):
+        self.closing = True
         self.executor.shutdown()
         self.node.destroy_node()
         self.probe.destroy_node()
@@ -201,8 +215,9 @@ def test_node_end_to_end(harness):
     assert len(path.poses) == cfg.plan_horizon == 6 and len(plan.anchors) == cfg.num_anchors
     assert len(plan.anchor_scores) == cfg.num_anchors and plan.chosen_anchor == int(np.argmax(plan.anchor_scores))
     chosen = plan.anchors[plan.chosen_anchor].waypoints
-    np.testing.assert_allclose([[p.pose.position.x, p.pose.position.y] for p in path.poses],
-                               [[p.x, p.y] for p in chosen], atol=1e-5)
+    np.testing.assert_allclose(
+        [[p.pose.position.x, p.pose.position.y] for p in path.poses], [[p.x, p.y] for p in chosen], atol=1e-5
+    )
     assert plan.reasoning == h.get("explanation")[0].data
     markers = h.get("markers")[0].markers
     assert all(conv.stamp_to_ns(m.header.stamp) == STAMP_NS for m in markers)
@@ -236,9 +251,7 @@ def test_node_end_to_end(harness):
     _publish_set(h, bad_stamp, rng, corrupt="CAM_BACK")
 
     def corrupt_reported():
-        return any(
-            s.level == b"\x02" and "corrupt JPEG" in s.message for d in h.get("diagnostics") for s in d.status
-        )
+        return any(s.level == b"\x02" and "corrupt JPEG" in s.message for d in h.get("diagnostics") for s in d.status)
 
     assert h.wait(corrupt_reported, 30), "no ERROR diagnostic for the corrupt JPEG"
     _publish_set(h, good_stamp, rng)
@@ -335,8 +348,9 @@ def test_real_nuscenes_keyframe(nuscenes_demo_dir, checkpoint, tmp_path):
     cal = {}
     for name in CAMERA_NAMES:
         c = cams[name]
-        cal[name] = conv.CameraCalibration(name, np.array(c["cam2ego"]), name, np.array(c["intrinsic"]),
-                                           (int(c["width"]), int(c["height"])))
+        cal[name] = conv.CameraCalibration(
+            name, np.array(c["cam2ego"]), name, np.array(c["intrinsic"]), (int(c["width"]), int(c["height"]))
+        )
     calib = conv.save_calibration(tmp_path / "calibration.yaml", cal)
     h = Harness(checkpoint, calib)
     try:

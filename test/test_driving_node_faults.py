@@ -85,8 +85,9 @@ def statuses(h, suffix):
 
 
 def ready(h):
-    assert h.wait(lambda: h.node._pipeline is not None and all(p.get_subscription_count() > 0 for p in h.pubs.values()),
-                  60), "node never became ready / subscribed"
+    assert h.wait(
+        lambda: h.node._pipeline is not None and all(p.get_subscription_count() > 0 for p in h.pubs.values()), 60
+    ), "node never became ready / subscribed"
 
 
 def _bit_flip_opencv_accepts(data):
@@ -176,8 +177,12 @@ def test_truncated_and_bit_flipped_jpegs_are_dropped_with_an_error(make_harness)
     for k, (cam, data) in enumerate((("CAM_FRONT", truncated), ("CAM_BACK", flipped)), start=1):
         publish_frame(h, stamps[k], rng, images={cam: data})
         assert h.wait(lambda k=k: h.node.stats.bad_input.get("corrupt_image", 0) == k, 30)
-        assert h.wait(lambda cam=cam: any(lv == "ERROR" and "corrupt JPEG" in m and cam in m
-                                          for lv, m, _ in statuses(h, ": inputs")), 10)
+        assert h.wait(
+            lambda cam=cam: any(
+                lv == "ERROR" and "corrupt JPEG" in m and cam in m for lv, m, _ in statuses(h, ": inputs")
+            ),
+            10,
+        )
     publish_frame(h, stamps[3], rng)
     assert h.wait(lambda: stamps[3] in plan_stamps(h))
     assert plan_stamps(h) == [stamps[0], stamps[3]]  # nothing was published for the corrupt sets
@@ -188,8 +193,9 @@ def test_out_of_order_stamp_and_nan_odometry_are_each_logged(make_harness):
     h = make_harness()
     logs = []
     rosout_qos = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE)
-    h.probe.create_subscription(Log, "/rosout", lambda m: logs.append(m.msg) if "driving_node" in m.name else None,
-                                rosout_qos)
+    h.probe.create_subscription(
+        Log, "/rosout", lambda m: logs.append(m.msg) if "driving_node" in m.name else None, rosout_qos
+    )
     rng = np.random.default_rng(2)
     ready(h)
     stamps = [STAMP_NS, STAMP_NS + 500 * MS]
@@ -199,10 +205,22 @@ def test_out_of_order_stamp_and_nan_odometry_are_each_logged(make_harness):
     old.header.stamp, old.header.frame_id = conv.ns_to_stamp(stamps[0] - 200 * MS), "CAM_FRONT"
     h.pubs["CAM_FRONT"].publish(old)  # older than the set already processed
     h.pubs["odometry"].publish(_odometry(stamps[0] + 100 * MS, nan=True))
+    from std_msgs.msg import UInt8
+
+    command = h.probe.create_publisher(UInt8, "/sparseoccvla/driving_node/input/command", 10)
+    assert h.wait(lambda: command.get_subscription_count() > 0, 10)
+    command.publish(UInt8(data=h.node._pipeline.cfg.num_commands))  # one past the model's commands
     # both within one throttle period: a per-kind throttle logs both (one shared throttle hid the second)
-    assert h.wait(lambda: any("not newer than the last synchronized set" in m for m in logs)
-                  and any("odometry rejected" in m and "NaN" in m for m in logs), 20), logs
+    assert h.wait(
+        lambda: (
+            any("not newer than the last synchronized set" in m for m in logs)
+            and any("odometry rejected" in m and "NaN" in m for m in logs)
+        ),
+        20,
+    ), logs
     assert h.node.stats.bad_input.get("out_of_order") == 1 and h.node.stats.bad_input.get("odometry") == 1
+    assert h.wait(lambda: any("driving command 3 ignored: the model knows commands 0..2" in m for m in logs), 10)
+    assert h.node._command == 1
     publish_frame(h, stamps[1], rng)
     assert h.wait(lambda: stamps[1] in plan_stamps(h))
 
@@ -244,17 +262,32 @@ def test_tf_static_gives_extrinsics_without_a_yaml(make_harness):
     from tf2_msgs.msg import TFMessage
 
     h = make_harness(calibration_file="", diagnostics_period_s=0.1)
-    latched = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
-                         durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+    latched = QoSProfile(
+        depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
+    )
     tf_pub = h.probe.create_publisher(TFMessage, "/tf_static", latched)
     cals = camera_calibrations()
     tf_pub.publish(TFMessage(transforms=[_tf(c) for c in cals[:5]]))  # one camera missing
     rng = np.random.default_rng(4)
     ready(h)
+    # AskScene before any camera set: the error speaks to the ROS user (what to publish), not to library calls
+    from sparseoccvla_msgs.srv import AskScene
+
+    assert h.wait(h.client.service_is_ready, 10)
+    future = h.client.call_async(AskScene.Request(question="Is the road clear?"))
+    assert h.wait(future.done, 30)
+    resp = future.result()
+    assert not resp.success and "no camera set has been processed yet" in resp.error_message
+    assert "step()" not in resp.error_message and "publish the six camera images" in resp.error_message
     missing = cals[5].channel
     publish_frame(h, STAMP_NS, rng)
-    assert h.wait(lambda: any(lv == "ERROR" and f"no extrinsics (cam2ego) for cameras ['{missing}']" in m
-                              for lv, m, _ in statuses(h, ": inputs")), 30)
+    assert h.wait(
+        lambda: any(
+            lv == "ERROR" and f"no extrinsics (cam2ego) for cameras ['{missing}']" in m
+            for lv, m, _ in statuses(h, ": inputs")
+        ),
+        30,
+    )
     assert not plan_stamps(h)
     tf_pub.publish(TFMessage(transforms=[_tf(cals[5])]))
     assert h.wait(lambda: len(h.node._tf_transforms) == 6, 10)
@@ -264,20 +297,6 @@ def test_tf_static_gives_extrinsics_without_a_yaml(make_harness):
     assert {m.extrinsics_source for m in models.values()} == {"tf_static"}
     for c in cals:
         np.testing.assert_allclose(models[c.channel].cam2ego, c.sensor2ego, atol=1e-9)
-
-
-def _frame_latencies(h, rng, n, first_stamp, clock=None):
-    """Publish ``n`` frames one after the other; wall seconds from publishing to receiving each plan."""
-    out = []
-    for k in range(n):
-        stamp = first_stamp + k * 500 * MS
-        if clock is not None:
-            clock.advance_to(stamp)
-        t0 = time.monotonic()
-        publish_frame(h, stamp, rng)
-        assert h.wait(lambda s=stamp: s in plan_stamps(h), 60)
-        out.append(time.monotonic() - t0)
-    return out
 
 
 class _ClockThread:
@@ -307,28 +326,121 @@ class _ClockThread:
         self.thread.join(timeout=5)
 
 
+class NodeProcess:
+    """``python -m sparseoccvla_ros.driving_node`` in its own process group, fed by a probe node in this process.
+
+    A separate process, as in deployment: the probe's publishing and /clock traffic do not share the node's GIL.
+    """
+
+    def __init__(self, checkpoint, calibration, namespace, sim_time, clock_hz=100.0):
+        self.context = rclpy.context.Context()
+        rclpy.init(context=self.context)
+        self.probe = rclpy.create_node("process_probe", context=self.context)
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.probe)
+        self.closing = threading.Event()
+        self.spin = threading.Thread(target=self._spin, daemon=True)
+        self.spin.start()
+        self.clock = _ClockThread(self.probe, clock_hz) if sim_time else None
+        if self.clock is not None:
+            self.clock.advance_to(STAMP_NS)
+        qos = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
+        base = f"/{namespace}/driving_node"
+        self.plans = {}  # stamp -> monotonic receive time
+        self.probe.create_subscription(
+            DrivingPlan,
+            f"{base}/output/plan",
+            lambda m: self.plans.setdefault(conv.stamp_to_ns(m.header.stamp), time.monotonic()),
+            qos,
+        )
+        pubs = {"odometry": self.probe.create_publisher(Odometry, f"{base}/input/odometry", qos)}
+        for cam in CAMERA_NAMES:
+            pubs[cam] = self.probe.create_publisher(CompressedImage, f"{base}/input/{cam}/image", qos)
+            pubs[cam + "/info"] = self.probe.create_publisher(CameraInfo, f"{base}/input/{cam}/camera_info", qos)
+        self.target = types.SimpleNamespace(pubs=pubs)  # the part of Harness that publish_frame uses
+        self.rng = np.random.default_rng(7)
+        self.stamp = STAMP_NS
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sparseoccvla_ros.driving_node", "--ros-args", "-r", f"__ns:=/{namespace}",
+             "-p", f"checkpoint:={checkpoint}", "-p", f"calibration_file:={calibration}",
+             "-p", f"use_sim_time:={'true' if sim_time else 'false'}"],
+            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ),
+        )  # fmt: skip
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:
+            if not self.closing.is_set():  # rclpy may touch a destroyed guard condition while shutting down
+                raise
+
+    def next_frame(self):
+        """Publish the next frame (advancing sim time to its stamp); returns its stamp."""
+        self.stamp += 500 * MS
+        if self.clock is not None:
+            self.clock.advance_to(self.stamp)
+        publish_frame(self.target, self.stamp, self.rng)
+        return self.stamp
+
+    def wait_running(self, timeout=120.0):
+        """Publish frames every 0.5 s until the process publishes a plan (model loaded, discovery done)."""
+        deadline = time.monotonic() + timeout
+        while not self.plans and time.monotonic() < deadline and self.proc.poll() is None:
+            self.next_frame()
+            time.sleep(0.5)
+        assert self.plans, f"the node process never published a plan: {self.proc.stdout.read1().decode()[-2000:]}"
+
+    def latencies(self, n):
+        """Wall seconds from publishing a frame to receiving its plan, ``n`` key frames at <= 2 Hz."""
+        out = []
+        for _ in range(n):
+            t0 = time.monotonic()
+            stamp = self.next_frame()
+            while stamp not in self.plans and time.monotonic() - t0 < 60:
+                time.sleep(0.002)
+            assert stamp in self.plans, f"no plan for {stamp}"
+            out.append(self.plans[stamp] - t0)
+            time.sleep(max(0.0, 0.5 - (time.monotonic() - t0)))
+        return out
+
+    def sigint(self):
+        """SIGINT to the process group; (seconds until the process exited, exit code)."""
+        t0 = time.monotonic()
+        os.killpg(self.proc.pid, signal.SIGINT)
+        code = self.proc.wait(timeout=30)
+        return time.monotonic() - t0, code
+
+    def close(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        if self.clock is not None:
+            self.clock.close()
+        self.closing.set()
+        self.executor.shutdown()
+        self.probe.destroy_node()
+        rclpy.shutdown(context=self.context)
+        self.spin.join(timeout=5)
+
+
 @pytest.mark.slow
-def test_sim_time_with_clock_at_100hz_has_wall_time_latency(make_harness):
-    rng = np.random.default_rng(5)
-    wall = make_harness()
-    ready(wall)
-    _frame_latencies(wall, rng, 1, STAMP_NS)  # warm-up
-    wall_lat = _frame_latencies(wall, rng, 5, STAMP_NS + 10**9)
-    sim = make_harness(use_sim_time=True)
-    clock = _ClockThread(sim.probe, hz=100)
-    try:
-        ready(sim)
-        clock.advance_to(STAMP_NS)
-        assert sim.wait(lambda: sim.node.get_clock().now().nanoseconds >= STAMP_NS, 10)
-        _frame_latencies(sim, rng, 1, STAMP_NS, clock)
-        sim_lat = _frame_latencies(sim, rng, 5, STAMP_NS + 10**9, clock)
-    finally:
-        clock.close()
-    assert clock.sent > 100
-    wall_p50, sim_p50 = float(np.median(wall_lat)), float(np.median(sim_lat))
-    print(f"latency p50 wall {wall_p50:.3f} s, sim time (/clock 100 Hz) {sim_p50:.3f} s; max {max(sim_lat):.3f} s")
-    # same latency within machine noise (the stall this guards against made most frames wait > 1 s)
-    assert sim_p50 <= 2.0 * wall_p50 + 0.3, (wall_lat, sim_lat)
+def test_sim_time_with_clock_at_100hz_has_wall_time_latency(checkpoint, calibration):
+    """The node process under sim time with /clock at 100 Hz answers key frames as fast as in wall time (the stall
+    this guards against made most frames take > 1 s and kept the executor thread at 85-100 % CPU)."""
+    latencies = {}
+    for sim in (False, True):
+        node = NodeProcess(checkpoint, calibration, f"latency_{int(sim)}", sim_time=sim)
+        try:
+            node.wait_running()
+            node.latencies(2)  # warm-up
+            latencies[sim] = node.latencies(10)
+            if sim:
+                assert node.clock.sent > 100  # /clock kept flowing through the frames
+        finally:
+            node.close()
+    wall, sim = (np.percentile(latencies[k], [50, 95]) for k in (False, True))
+    print(f"latency p50/p95 wall {wall[0]:.3f}/{wall[1]:.3f} s, sim time (/clock 100 Hz) {sim[0]:.3f}/{sim[1]:.3f} s")
+    assert sim[0] <= 1.5 * wall[0] + 0.1, latencies  # the same within machine noise
 
 
 def test_diagnostics_levels_and_hold(make_harness, checkpoint, tmp_path):
@@ -363,62 +475,17 @@ def test_diagnostics_levels_and_hold(make_harness, checkpoint, tmp_path):
 @pytest.mark.slow
 def test_sigint_stops_a_running_node_process_within_2_s(checkpoint, calibration):
     """The console entry point under sim time with /clock at 100 Hz and frames flowing: SIGINT to its process group
-    ends it within 2 s, every time (three runs)."""
-    context = rclpy.context.Context()
-    rclpy.init(context=context)
-    probe = rclpy.create_node("sigint_probe", context=context)
-    executor = rclpy.executors.SingleThreadedExecutor(context=context)
-    executor.add_node(probe)
-    spin = threading.Thread(target=executor.spin, daemon=True)
-    spin.start()
-    clock = _ClockThread(probe, hz=100)
-    clock.advance_to(STAMP_NS)
-    qos = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
-    base = "/sigint/driving_node"
-    plans = []
-    probe.create_subscription(DrivingPlan, f"{base}/output/plan", plans.append, qos)
-
-    pubs = {"odometry": probe.create_publisher(Odometry, f"{base}/input/odometry", qos)}
-    for cam in CAMERA_NAMES:
-        pubs[cam] = probe.create_publisher(CompressedImage, f"{base}/input/{cam}/image", qos)
-        pubs[cam + "/info"] = probe.create_publisher(CameraInfo, f"{base}/input/{cam}/camera_info", qos)
-    target = types.SimpleNamespace(pubs=pubs)  # the part of Harness that publish_frame uses
-
-    rng = np.random.default_rng(7)
+    ends it within 2 s with exit code 0, every time (three runs)."""
     exit_times = []
-    try:
-        for run in range(3):
-            plans.clear()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "sparseoccvla_ros.driving_node", "--ros-args", "-r", "__ns:=/sigint",
-                 "-p", f"checkpoint:={checkpoint}", "-p", f"calibration_file:={calibration}",
-                 "-p", "use_sim_time:=true"],
-                start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ),
-            )
-            try:
-                deadline = time.monotonic() + 120
-                stamp = STAMP_NS + run * 10 * 10**9
-                while not plans and time.monotonic() < deadline and proc.poll() is None:
-                    clock.advance_to(stamp)
-                    publish_frame(target, stamp, rng)
-                    stamp += 500 * MS
-                    time.sleep(0.5)
-                assert plans, f"the node process never published a plan: {proc.stdout.read1().decode()[-2000:]}"
-                publish_frame(target, stamp, rng)  # a frame in flight while the signal arrives
-                t0 = time.monotonic()
-                os.killpg(proc.pid, signal.SIGINT)
-                code = proc.wait(timeout=30)
-                exit_times.append(time.monotonic() - t0)
-                assert code == 0, proc.stdout.read().decode()[-2000:]
-            finally:
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-    finally:
-        clock.close()
-        executor.shutdown()
-        probe.destroy_node()
-        rclpy.shutdown(context=context)
-        spin.join(timeout=5)
+    for run in range(3):
+        node = NodeProcess(checkpoint, calibration, f"sigint_{run}", sim_time=True)
+        try:
+            node.wait_running()
+            node.next_frame()  # a frame in flight while the signal arrives
+            seconds, code = node.sigint()
+            assert code == 0, node.proc.stdout.read().decode()[-2000:]
+            exit_times.append(seconds)
+        finally:
+            node.close()
     print(f"SIGINT -> exit: {[round(t, 2) for t in exit_times]} s")
     assert max(exit_times) < 2.0, exit_times

@@ -2,7 +2,16 @@
 
 import pytest
 
-from sparseoccvla_ros.health import ERROR, OK, WARN, AlarmBoard, LogThrottle
+from sparseoccvla_ros.health import (
+    ERROR,
+    OK,
+    TIME_BASE_CLOCK,
+    TIME_BASE_OFFSET,
+    WARN,
+    AlarmBoard,
+    LogThrottle,
+    input_age_s,
+)
 
 
 def test_alarm_is_held_for_the_hold_time_after_it_last_happened():
@@ -42,3 +51,22 @@ def test_log_throttle_is_per_kind_and_counts_suppressed_lines():
     assert throttle.admit("out_of_order", 2.0) is None
     assert throttle.admit("out_of_order", 5.5) == 2  # the next line reports the two suppressed ones
     assert throttle.admit("out_of_order", 6.0) is None
+
+
+def test_input_age_in_both_time_bases():
+    stamp = 1_532_402_927_612_460_000  # 2018
+    # live / sim time: the node clock and the stamps share a time base
+    assert input_age_s(stamp + 250_000_000, stamp, None) == (0.25, TIME_BASE_CLOCK)
+    # a 2018 bag replayed in wall time (2026): 2.6e8 s apart; the age is measured against the stream's offset
+    offset = 1_796_000_000_000_000_000 - stamp
+    age, base = input_age_s(stamp + offset + 300_000_000, stamp, stream_offset_ns=offset + 20_000_000)
+    assert base == TIME_BASE_OFFSET and age == pytest.approx(0.28)
+    age, _ = input_age_s(stamp + offset, stamp, stream_offset_ns=None)  # no offset yet: the first message is 0
+    assert age == 0.0
+
+
+def test_polled_alarms_show_no_count():
+    board = AlarmBoard(hold_s=2.0)
+    for t in (0.0, 1.0, 2.0):  # re-raised at every report while the condition lasts
+        board.raise_alarm("stale_input", WARN, "inputs stale", t, counted=False)
+    assert board.summary(2.5, "ok") == (WARN, "inputs stale")

@@ -64,8 +64,11 @@ def test_rviz_file_structure():
     assert images == {f"/{cam}/image_rect/compressed" for cam in CAMERA_NAMES}
     kinds = {t.rsplit("/", 1)[-1] for _, t, _ in subs}
     assert {"occupancy", "forecast_cloud", "path", "markers"} <= kinds
-    occupancy = next(d for d in cfg["Visualization Manager"]["Displays"]
-                     if d.get("Topic", {}).get("Value", "").endswith("/output/occupancy"))
+    occupancy = next(
+        d
+        for d in cfg["Visualization Manager"]["Displays"]
+        if d.get("Topic", {}).get("Value", "").endswith("/output/occupancy")
+    )
     assert occupancy["Color Transformer"] == "RGB8"  # class colours from the cloud's rgb field
     marker_ns = set()
     for d in cfg["Visualization Manager"]["Displays"]:
@@ -85,7 +88,6 @@ def test_rviz_topics_are_published_by_the_running_nodes(tmp_path):
     carries the rgb field RViz's RGB8 transformer reads."""
     rclpy = pytest.importorskip("rclpy")
     pytest.importorskip("sparseoccvla_msgs.msg")
-    from rclpy.parameter import Parameter
 
     from sparseoccvla_core.config import SparseOccVLAConfig
     from sparseoccvla_core.model import SparseOccVLA
@@ -100,8 +102,10 @@ def test_rviz_topics_are_published_by_the_running_nodes(tmp_path):
 
     ckpt = tmp_path / "ckpt"
     SparseOccVLA(SparseOccVLAConfig.tiny(max_new_tokens=4)).save_pretrained(ckpt)
-    cams = {n: conv.CameraCalibration(n, np.array(c["cam2ego"]), n, np.array(c["K"]), (c["width"], c["height"]))
-            for n, c in _synthetic_cameras().items()}
+    cams = {
+        n: conv.CameraCalibration(n, np.array(c["cam2ego"]), n, np.array(c["K"]), (c["width"], c["height"]))
+        for n, c in _synthetic_cameras().items()
+    }
     calib = conv.save_calibration(tmp_path / "calibration.yaml", cams)
     bag = write_nuscenes_style_bag(tmp_path / "bag", synthetic_frames(1), _synthetic_cameras())
 
@@ -109,9 +113,11 @@ def test_rviz_topics_are_published_by_the_running_nodes(tmp_path):
     rclpy.init(context=ctx)
     nodes = []
     try:
-        node = DrivingNode(context=ctx, namespace=topics.NODE_NAMESPACE,
-                           cli_args=node_cli_args(REPO_PARAMS, extra=[f"checkpoint:={ckpt}",
-                                                                      f"calibration_file:={calib}"]))
+        node = DrivingNode(
+            context=ctx,
+            namespace=topics.NODE_NAMESPACE,
+            cli_args=node_cli_args(REPO_PARAMS, extra=[f"checkpoint:={ckpt}", f"calibration_file:={calib}"]),
+        )
         nodes.append(node)
         player_node = rclpy.create_node("bag_player", context=ctx)
         nodes.append(player_node)
@@ -140,7 +146,10 @@ def test_rviz_topics_are_published_by_the_running_nodes(tmp_path):
 def _declared_arguments(tree: ast.AST) -> set[str]:
     names = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "DeclareLaunchArgument":
+        if (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", "")) == "DeclareLaunchArgument"
+        ):
             if node.args and isinstance(node.args[0], ast.Constant):
                 names.add(node.args[0].value)
     return names
@@ -149,8 +158,11 @@ def _declared_arguments(tree: ast.AST) -> set[str]:
 def test_launch_file_arguments_and_remaps_in_one_place():
     tree = ast.parse(LAUNCH_FILE.read_text())
     assert REQUIRED_LAUNCH_ARGS <= _declared_arguments(tree)
-    calls = {f"{getattr(n.func.value, 'id', '')}.{n.func.attr}" for n in ast.walk(tree)
-             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    calls = {
+        f"{getattr(n.func.value, 'id', '')}.{n.func.attr}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+    }
     assert {"topics.node_remaps", "topics.rviz_remaps"} <= calls  # the remaps come from replay/topics.py
     text = LAUNCH_FILE.read_text()
     assert "image_rect_compressed" not in text and "CAM_FRONT" not in text  # no hand-written topic lists
@@ -171,15 +183,34 @@ def colcon_install(tmp_path_factory):
     if not ROS2_FULL.is_dir():
         pytest.skip(f"{ROS2_FULL} is absent (the real ros2 launch sources beside the checkout); AST check only")
     env = _ros2_launch_env()
-    r = subprocess.run(["bash", str(ROS2_FULL / "install.sh")], env={**env, "VENV": str(VENV)},
-                       capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        ["bash", str(ROS2_FULL / "install.sh")],
+        env={**env, "VENV": str(VENV)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, f"ros2_full/install.sh failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     if shutil.which("colcon", path=env["PATH"]) is None:
         pytest.skip("colcon is not installed (pip install colcon-common-extensions)")
     ws = tmp_path_factory.mktemp("ws")
-    r = subprocess.run(["colcon", "--log-base", str(ws / "log"), "build", "--build-base", str(ws / "build"),
-                        "--install-base", str(ws / "install")], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=1200)
+    r = subprocess.run(
+        [
+            "colcon",
+            "--log-base",
+            str(ws / "log"),
+            "build",
+            "--build-base",
+            str(ws / "build"),
+            "--install-base",
+            str(ws / "install"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert r.returncode == 0, f"colcon build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return ws / "install"
 
@@ -209,24 +240,30 @@ def test_ros2_launch_player_node_recorder_and_ctrl_c(colcon_install, tmp_path):
     out = tmp_path / "outputs"
     params = colcon_install / "sparseoccvla_ros" / "share" / "sparseoccvla_ros" / "config" / "driving.yaml"
     assert params.is_file()
-    cmd = (f"source {colcon_install}/setup.bash && export AMENT_PREFIX_PATH=$AMENT_PREFIX_PATH:{VENV} && "
-           f"exec ros2 launch sparseoccvla_ros driving.launch.py checkpoint:={ckpt} bag:={bag} record:={out} "
-           f"rviz:=false play_delay:=8 linger:=120")
+    cmd = (
+        f"source {colcon_install}/setup.bash && export AMENT_PREFIX_PATH=$AMENT_PREFIX_PATH:{VENV} && "
+        f"exec ros2 launch sparseoccvla_ros driving.launch.py checkpoint:={ckpt} bag:={bag} record:={out} "
+        f"rviz:=false play_delay:=8 linger:=120"
+    )
     env = _ros2_launch_env()
     ctx = rclpy.context.Context()
     rclpy.init(context=ctx)
     probe = rclpy.create_node("launch_probe", context=ctx)
     plans = []
-    probe.create_subscription(DrivingPlan, "/sparseoccvla/driving_node/output/plan",
-                              lambda m: plans.append(conv.stamp_to_ns(m.header.stamp)),
-                              QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE))
+    probe.create_subscription(
+        DrivingPlan,
+        "/sparseoccvla/driving_node/output/plan",
+        lambda m: plans.append(conv.stamp_to_ns(m.header.stamp)),
+        QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE),
+    )
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(probe)
     th = threading.Thread(target=ex.spin, daemon=True)
     th.start()
     log = open(tmp_path / "launch.log", "w")
-    proc = subprocess.Popen(["bash", "-c", cmd], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # its own process group: Ctrl-C goes to launch + children
+    proc = subprocess.Popen(
+        ["bash", "-c", cmd], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )  # its own process group: Ctrl-C goes to launch + children
     try:
         expected = [f["stamps"]["CAM_FRONT"] for f in frames]
         deadline = time.monotonic() + 180
@@ -254,3 +291,44 @@ def test_ros2_launch_player_node_recorder_and_ctrl_c(colcon_install, tmp_path):
     rec = _read_outputs(out)
     assert sorted({s for _, s, _ in rec["plan"]}) == sorted(expected)
     assert {s for _, s, _ in rec["occupancy"]} == set(expected)
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_ros2_launch_sim_time_exits_when_the_bag_ends(colcon_install, tmp_path):
+    """use_sim_time:=true (player /clock at 100 Hz, node and recorder on sim time): the launch shuts itself down
+    `linger` s after the bag ends, with exit status 0, and the recording holds every key frame's outputs with log
+    times on the bag's clock."""
+    from sparseoccvla_core.config import SparseOccVLAConfig
+    from sparseoccvla_core.model import SparseOccVLA
+
+    sys.path.insert(0, str(REPO / "test"))
+    from test_replay_ros import _read_outputs, _synthetic_cameras, synthetic_frames, write_nuscenes_style_bag
+
+    ckpt = tmp_path / "ckpt"
+    SparseOccVLA(SparseOccVLAConfig.tiny(max_new_tokens=4)).save_pretrained(ckpt)
+    frames = synthetic_frames(4, seed=7)
+    bag = write_nuscenes_style_bag(tmp_path / "bag", frames, _synthetic_cameras())
+    out = tmp_path / "outputs"
+    cmd = (
+        f"source {colcon_install}/setup.bash && export AMENT_PREFIX_PATH=$AMENT_PREFIX_PATH:{VENV} && "
+        f"exec ros2 launch sparseoccvla_ros driving.launch.py checkpoint:={ckpt} bag:={bag} record:={out} "
+        f"rviz:=false use_sim_time:=true play_delay:=8 linger:=4"
+    )
+    with open(tmp_path / "launch.log", "w") as log:
+        proc = subprocess.Popen(
+            ["bash", "-c", cmd], env=_ros2_launch_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            code = proc.wait(timeout=240)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    text = (tmp_path / "launch.log").read_text()
+    assert code == 0 and "bag finished" in text, text[-4000:]
+    rec = _read_outputs(out)
+    expected = [f["stamps"]["CAM_FRONT"] for f in frames]
+    assert [s for _, s, _ in rec["plan"]] == expected
+    for log_time, stamp, _ in rec["plan"]:
+        assert stamp <= log_time < stamp + 10**10  # receive time on the bag's clock (sim time), not wall time

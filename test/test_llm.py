@@ -150,7 +150,7 @@ def test_greedy_generation_matches_uncached_argmax(lm, tokenizer, cfg):
         assert prefix.cache.get_seq_length() == 6  # cropped back for the next question
         for i in range(2):
             seq = list(prompts[i])
-            expect, hidden = [], []
+            expect = []
             for _ in range(steps):
                 emb = torch.cat([prefix_embeds[i : i + 1], lm.embed(torch.tensor([seq]))], 1)
                 h = _full_hidden(lm, emb)

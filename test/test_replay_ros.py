@@ -25,7 +25,6 @@ from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # n
 
 from sparseoccvla_core.batch import CAMERA_NAMES  # noqa: E402
 from sparseoccvla_ros import conversions as conv  # noqa: E402
-from sparseoccvla_ros.replay import topics  # noqa: E402
 from sparseoccvla_ros.replay.player import BagError, BagPlayer, resolve_message_class  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -89,52 +88,80 @@ def write_nuscenes_style_bag(path: Path, frames: list[dict], cameras: dict[str, 
     def transform(ns, parent, child, m):
         w, x, y, z = _rot_to_wxyz(m[:3, :3])
         return T["geometry_msgs/msg/TransformStamped"](
-            header=header(ns, parent), child_frame_id=child,
-            transform=T["geometry_msgs/msg/Transform"](translation=Vec(x=m[0, 3], y=m[1, 3], z=m[2, 3]),
-                                                       rotation=Quat(x=x, y=y, z=z, w=w)))
+            header=header(ns, parent),
+            child_frame_id=child,
+            transform=T["geometry_msgs/msg/Transform"](
+                translation=Vec(x=m[0, 3], y=m[1, 3], z=m[2, 3]), rotation=Quat(x=x, y=y, z=z, w=w)
+            ),
+        )
 
     be = None
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
         conns = {}
         for cam in CAMERA_NAMES:
-            conns[cam] = w.add_connection(f"/{cam}/image_rect_compressed", "sensor_msgs/msg/CompressedImage",
-                                          typestore=ts)
+            conns[cam] = w.add_connection(
+                f"/{cam}/image_rect_compressed", "sensor_msgs/msg/CompressedImage", typestore=ts
+            )
             conns[cam + "/info"] = w.add_connection(f"/{cam}/camera_info", "sensor_msgs/msg/CameraInfo", typestore=ts)
         conns["odom"] = w.add_connection("/odom", "nav_msgs/msg/Odometry", typestore=ts)
         conns["tf"] = w.add_connection("/tf", "tf2_msgs/msg/TFMessage", typestore=ts)
         if tf_static:
             conns["tf_static"] = w.add_connection("/tf_static", "tf2_msgs/msg/TFMessage", typestore=ts)
             first = frames[0]["odom_ns"]
-            msg = T["tf2_msgs/msg/TFMessage"](transforms=[transform(first, "base_link", cam, np.array(c["cam2ego"]))
-                                                         for cam, c in cameras.items()])
+            msg = T["tf2_msgs/msg/TFMessage"](
+                transforms=[transform(first, "base_link", cam, np.array(c["cam2ego"])) for cam, c in cameras.items()]
+            )
             w.write(conns["tf_static"], first, ts.serialize_cdr(msg, "tf2_msgs/msg/TFMessage"))
         del be
         for f in frames:
             pose = np.array(f["pose"], dtype=float)
             qw, qx, qy, qz = _rot_to_wxyz(pose[:3, :3])
             odom = T["nav_msgs/msg/Odometry"](
-                header=header(f["odom_ns"], "map"), child_frame_id="base_link",
+                header=header(f["odom_ns"], "map"),
+                child_frame_id="base_link",
                 pose=T["geometry_msgs/msg/PoseWithCovariance"](
-                    pose=Pose(position=Point(x=pose[0, 3], y=pose[1, 3], z=pose[2, 3]),
-                              orientation=Quat(x=qx, y=qy, z=qz, w=qw)), covariance=np.zeros(36)),
+                    pose=Pose(
+                        position=Point(x=pose[0, 3], y=pose[1, 3], z=pose[2, 3]),
+                        orientation=Quat(x=qx, y=qy, z=qz, w=qw),
+                    ),
+                    covariance=np.zeros(36),
+                ),
                 twist=T["geometry_msgs/msg/TwistWithCovariance"](
-                    twist=T["geometry_msgs/msg/Twist"](linear=Vec(x=f["speed"], y=0.0, z=0.0),
-                                                       angular=Vec(x=0.0, y=0.0, z=0.0)),
-                    covariance=np.zeros(36)))
+                    twist=T["geometry_msgs/msg/Twist"](
+                        linear=Vec(x=f["speed"], y=0.0, z=0.0), angular=Vec(x=0.0, y=0.0, z=0.0)
+                    ),
+                    covariance=np.zeros(36),
+                ),
+            )
             w.write(conns["odom"], f["odom_ns"], ts.serialize_cdr(odom, "nav_msgs/msg/Odometry"))
             tf = T["tf2_msgs/msg/TFMessage"](transforms=[transform(f["odom_ns"], "map", "base_link", pose)])
             w.write(conns["tf"], f["odom_ns"], ts.serialize_cdr(tf, "tf2_msgs/msg/TFMessage"))
+            # each CameraInfo (stamped like its image) is logged with the frame's first image: the node needs
+            # intrinsics when a set completes, and its executor may take an image before a same-instant info
+            first_ns = min(f["stamps"].values())
             for cam in sorted(CAMERA_NAMES, key=lambda c: f["stamps"][c]):
                 ns, c = f["stamps"][cam], cameras[cam]
                 info = T["sensor_msgs/msg/CameraInfo"](
-                    header=header(ns, cam), height=c["height"], width=c["width"], distortion_model="",
-                    d=np.zeros(0), k=np.array(c["K"], dtype=float).reshape(-1), r=np.eye(3).reshape(-1),
-                    p=np.hstack([np.array(c["K"], dtype=float), np.zeros((3, 1))]).reshape(-1), binning_x=0,
-                    binning_y=0, roi=T["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0,
-                                                                          width=0, do_rectify=False))
-                w.write(conns[cam + "/info"], ns, ts.serialize_cdr(info, "sensor_msgs/msg/CameraInfo"))
-                img = T["sensor_msgs/msg/CompressedImage"](header=header(ns, cam), format="jpeg",
-                                                           data=np.frombuffer(f["jpeg"][cam], dtype=np.uint8))
+                    header=header(ns, cam),
+                    height=c["height"],
+                    width=c["width"],
+                    distortion_model="",
+                    d=np.zeros(0),
+                    k=np.array(c["K"], dtype=float).reshape(-1),
+                    r=np.eye(3).reshape(-1),
+                    p=np.hstack([np.array(c["K"], dtype=float), np.zeros((3, 1))]).reshape(-1),
+                    binning_x=0,
+                    binning_y=0,
+                    roi=T["sensor_msgs/msg/RegionOfInterest"](
+                        x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
+                    ),
+                )
+                w.write(
+                    conns[cam + "/info"], first_ns - 1_000_000, ts.serialize_cdr(info, "sensor_msgs/msg/CameraInfo")
+                )
+                img = T["sensor_msgs/msg/CompressedImage"](
+                    header=header(ns, cam), format="jpeg", data=np.frombuffer(f["jpeg"][cam], dtype=np.uint8)
+                )
                 w.write(conns[cam], ns, ts.serialize_cdr(img, "sensor_msgs/msg/CompressedImage"))
     return path
 
@@ -142,8 +169,10 @@ def write_nuscenes_style_bag(path: Path, frames: list[dict], cameras: dict[str, 
 def _synthetic_cameras() -> dict[str, dict]:
     from sparseoccvla_core.synthetic.calibration import camera_calibrations
 
-    return {c.channel: {"K": c.scaled_intrinsics(W, H), "cam2ego": c.sensor2ego, "width": W, "height": H}
-            for c in camera_calibrations()}
+    return {
+        c.channel: {"K": c.scaled_intrinsics(W, H), "cam2ego": c.sensor2ego, "width": W, "height": H}
+        for c in camera_calibrations()
+    }
 
 
 def _jpeg(rng) -> bytes:
@@ -163,8 +192,15 @@ def synthetic_frames(n: int, period_ns: int = 500_000_000, seed: int = 0) -> lis
         offsets = rng.permutation(6) * 8_000_000
         pose = np.eye(4)
         pose[0, 3] = 400.0 + 2.0 * i * period_ns / 1e9
-        frames.append({"stamps": {cam: base + int(o) for cam, o in zip(CAMERA_NAMES, offsets)},
-                       "odom_ns": base, "pose": pose, "speed": 4.0, "jpeg": {cam: _jpeg(rng) for cam in CAMERA_NAMES}})
+        frames.append(
+            {
+                "stamps": {cam: base + int(o) for cam, o in zip(CAMERA_NAMES, offsets)},
+                "odom_ns": base,
+                "pose": pose,
+                "speed": 4.0,
+                "jpeg": {cam: _jpeg(rng) for cam in CAMERA_NAMES},
+            }
+        )
     return frames
 
 
@@ -184,15 +220,18 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory):
-    cams = {name: conv.CameraCalibration(name, np.array(c["cam2ego"]), name, np.array(c["K"]), (W, H))
-            for name, c in _synthetic_cameras().items()}
+    cams = {
+        name: conv.CameraCalibration(name, np.array(c["cam2ego"]), name, np.array(c["K"]), (W, H))
+        for name, c in _synthetic_cameras().items()
+    }
     return conv.save_calibration(tmp_path_factory.mktemp("calib") / "calibration.yaml", cams)
 
 
 @pytest.fixture(scope="module")
 def small_bag(tmp_path_factory):
-    return write_nuscenes_style_bag(tmp_path_factory.mktemp("bags") / "small", synthetic_frames(3),
-                                    _synthetic_cameras())
+    return write_nuscenes_style_bag(
+        tmp_path_factory.mktemp("bags") / "small", synthetic_frames(3), _synthetic_cameras()
+    )
 
 
 class Probe:
@@ -295,11 +334,14 @@ def test_player_exact_bytes_stamps_qos_clock_and_loop(small_bag):
         probe.received.clear()
         shifted.play()
         assert wait(lambda: len(probe.get("/CAM_BACK/image_rect_compressed")) >= 6, 10)
-        stamps = [conv.stamp_to_ns(rclpy.serialization.deserialize_message(g, CompressedImage).header.stamp)
-                  for g in probe.get("/CAM_BACK/image_rect_compressed")]
+        stamps = [
+            conv.stamp_to_ns(rclpy.serialization.deserialize_message(g, CompressedImage).header.stamp)
+            for g in probe.get("/CAM_BACK/image_rect_compressed")
+        ]
         span = shifted.end_ns - shifted.start_ns + shifted._period_ns
-        hdr = [conv.stamp_to_ns(rclpy.serialization.deserialize_message(r, CompressedImage).header.stamp)
-               for r in bag_raw]
+        hdr = [
+            conv.stamp_to_ns(rclpy.serialization.deserialize_message(r, CompressedImage).header.stamp) for r in bag_raw
+        ]
         assert stamps == hdr + [s + span for s in hdr] and stamps == sorted(stamps)
         assert bag_times == hdr  # the writer logs at the header stamp
         shifted.close()
@@ -321,8 +363,9 @@ def test_player_latches_tf_static(small_bag):
     try:
         player = BagPlayer(node, small_bag, rate=8.0, progress=False)
         player.play()
-        latched = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE,
-                             durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+        latched = QoSProfile(
+            depth=100, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
+        )
         probe.subscribe("/tf_static", TFMessage, latched)
         assert wait(lambda: probe.get("/tf_static"), 20), "late subscriber did not get the latched /tf_static"
         frames = {t.child_frame_id for t in probe.get("/tf_static")[0].transforms}
@@ -392,13 +435,17 @@ def test_recorder_writes_mcap_with_custom_types(tmp_path):
     by_topic: dict[str, list] = {}
     for schema, channel, message, msg in decoded:
         by_topic.setdefault(channel.topic, []).append((schema.name, message.log_time, msg))
-    assert set(by_topic) == {"/sparseoccvla/driving_node/output/plan", "/sparseoccvla/driving_node/output/explanation",
-                             "/diagnostics"}
+    assert set(by_topic) == {
+        "/sparseoccvla/driving_node/output/plan",
+        "/sparseoccvla/driving_node/output/explanation",
+        "/diagnostics",
+    }
     plans = by_topic["/sparseoccvla/driving_node/output/plan"]
     assert [p[0] for p in plans] == ["sparseoccvla_msgs/msg/DrivingPlan"] * 3
     assert [p[2].reasoning for p in plans] == ["reason 0", "reason 1", "reason 2"]
-    assert [p[2].header.stamp.sec * 10**9 + p[2].header.stamp.nanosec for p in plans] == \
-        [T0_NS + k * 500_000_000 for k in range(3)]
+    assert [p[2].header.stamp.sec * 10**9 + p[2].header.stamp.nanosec for p in plans] == [
+        T0_NS + k * 500_000_000 for k in range(3)
+    ]
     for (_, log_time, _), t_sent in zip(plans, sent):
         assert t_sent <= log_time <= t_sent + 5 * 10**9  # receive (wall) time, not the header stamp
 
@@ -417,7 +464,8 @@ def _read_outputs(bag: Path) -> dict[str, list[tuple[int, int, object]]]:
             msg = ts.deserialize_cdr(raw, conn.msgtype)
             stamp = getattr(getattr(msg, "header", None), "stamp", None)
             out.setdefault(conn.topic.rsplit("/", 1)[-1], []).append(
-                (t, None if stamp is None else stamp.sec * 10**9 + stamp.nanosec, msg))
+                (t, None if stamp is None else stamp.sec * 10**9 + stamp.nanosec, msg)
+            )
     return out
 
 
@@ -448,8 +496,15 @@ def test_drive_real_keyframes_tf_static_no_yaml(nuscenes_demo_dir, checkpoint, t
         pytest.skip("tf2_msgs is not importable: /tf_static cannot be read (scripts/install.sh builds it)")
     sample = json.loads((nuscenes_demo_dir / "calib.json").read_text())["samples"][0]
     cams = sample["cameras"]
-    cameras = {n: {"K": cams[n]["intrinsic"], "cam2ego": cams[n]["cam2ego"], "width": int(cams[n]["width"]),
-                   "height": int(cams[n]["height"])} for n in CAMERA_NAMES}
+    cameras = {
+        n: {
+            "K": cams[n]["intrinsic"],
+            "cam2ego": cams[n]["cam2ego"],
+            "width": int(cams[n]["width"]),
+            "height": int(cams[n]["height"]),
+        }
+        for n in CAMERA_NAMES
+    }
     jpegs = {n: (nuscenes_demo_dir / cams[n]["img_path"]).read_bytes() for n in CAMERA_NAMES}
     stamps0 = {n: int(round(cams[n]["timestamp"] * 1e6)) * 1000 for n in CAMERA_NAMES}
     odom0 = int(round(sample["timestamp"] * 1e6)) * 1000
@@ -458,8 +513,15 @@ def test_drive_real_keyframes_tf_static_no_yaml(nuscenes_demo_dir, checkpoint, t
         pose = np.array(sample["ego2global"], dtype=float)
         pose[:3, 3] += pose[:3, 0] * 2.0 * i
         dt = i * 500_000_000
-        frames.append({"stamps": {n: s + dt for n, s in stamps0.items()}, "odom_ns": odom0 + dt - 40_000_000,
-                       "pose": pose, "speed": 4.0, "jpeg": jpegs})
+        frames.append(
+            {
+                "stamps": {n: s + dt for n, s in stamps0.items()},
+                "odom_ns": odom0 + dt - 40_000_000,
+                "pose": pose,
+                "speed": 4.0,
+                "jpeg": jpegs,
+            }
+        )
     bag = write_nuscenes_style_bag(tmp_path / "real", frames, cameras)
     b = _bringup(bag, checkpoint, tmp_path / "out", parameters=["max_odometry_gap_s:=0.3"])
     assert b.run() == 0
@@ -472,9 +534,24 @@ def test_drive_real_keyframes_tf_static_no_yaml(nuscenes_demo_dir, checkpoint, t
 # ---------------------------------------------------------------------- end to end: synth -> bag -> play -> node -> record -> eval-bag
 def _decode_cloud(msg) -> dict[str, np.ndarray]:
     """rosbags PointCloud2 -> {field: [N] array} (independent numpy decoding of the fields table)."""
-    types = {1: np.int8, 2: np.uint8, 3: np.int16, 4: np.uint16, 5: np.int32, 6: np.uint32, 7: np.float32, 8: np.float64}
-    dt = np.dtype({"names": [f.name for f in msg.fields], "formats": [types[f.datatype] for f in msg.fields],
-                   "offsets": [f.offset for f in msg.fields], "itemsize": msg.point_step})
+    types = {
+        1: np.int8,
+        2: np.uint8,
+        3: np.int16,
+        4: np.uint16,
+        5: np.int32,
+        6: np.uint32,
+        7: np.float32,
+        8: np.float64,
+    }
+    dt = np.dtype(
+        {
+            "names": [f.name for f in msg.fields],
+            "formats": [types[f.datatype] for f in msg.fields],
+            "offsets": [f.offset for f in msg.fields],
+            "itemsize": msg.point_step,
+        }
+    )
     arr = np.frombuffer(bytes(msg.data), dtype=dt, count=msg.width * msg.height)
     return {n: np.asarray(arr[n]) for n in dt.names}
 
@@ -491,8 +568,11 @@ class _Tables:
         channel = {c["token"]: sensors[c["sensor_token"]] for c in t["calibrated_sensor"]}
         poses = {p["token"]: p for p in t["ego_pose"]}
         samples = {s["token"]: s for s in t["sample"]}
-        front = {sd["sample_token"]: sd for sd in t["sample_data"]
-                 if sd["is_key_frame"] and channel[sd["calibrated_sensor_token"]] == "CAM_FRONT"}
+        front = {
+            sd["sample_token"]: sd
+            for sd in t["sample_data"]
+            if sd["is_key_frame"] and channel[sd["calibrated_sensor_token"]] == "CAM_FRONT"
+        }
         self.frames = []  # (scene name, index, sample token, CAM_FRONT stamp ns, ego2global 4x4)
         for scene in t["scene"]:
             tok, i = scene["first_sample_token"], 0
@@ -501,9 +581,13 @@ class _Tables:
                 p = poses[sd["ego_pose_token"]]
                 m = np.eye(4)
                 w, x, y, z = p["rotation"]
-                m[:3, :3] = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+                m[:3, :3] = np.array(
+                    [
+                        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+                    ]
+                )
                 m[:3, 3] = p["translation"]
                 self.frames.append((scene["name"], i, tok, sd["timestamp"] * 1000, m))
                 tok, i = samples[tok]["next"], i + 1
@@ -528,8 +612,29 @@ def test_end_to_end_synthetic_scene(tmp_path, checkpoint):
     from sparseoccvla_ros.replay.eval_bag import evaluate_bags
 
     world, gt_bag, pred_bag = tmp_path / "world", tmp_path / "gt", tmp_path / "pred"
-    assert cli_main(["synth", "--out", str(world), "--scenes", "1", "--frames", "14", "--width", "160",
-                     "--height", "96", "--no-lidar", "--seed", "3", "--workers", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "synth",
+                "--out",
+                str(world),
+                "--scenes",
+                "1",
+                "--frames",
+                "14",
+                "--width",
+                "160",
+                "--height",
+                "96",
+                "--no-lidar",
+                "--seed",
+                "3",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert cli_main(["bag", "--data", str(world), "--all", "--out", str(gt_bag), "--no-progress"]) == 0
     params = [] if _have_tf2_msgs() else [f"calibration_file:={next(gt_bag.parent.glob('*.yaml'))}"]
     b = _bringup(gt_bag, checkpoint, pred_bag, rate=0.5, parameters=params)
@@ -540,7 +645,12 @@ def test_end_to_end_synthetic_scene(tmp_path, checkpoint):
     rec = _read_outputs(pred_bag)
     for key in ("occupancy", "forecast", "plan"):
         got = sorted(s for _, s, _ in rec.get(key, []))
-        assert got == stamps, (key, sorted(set(stamps) - set(got)), {k: v for k, v in _diag_values(rec).items() if "bad" in k or "drop" in k}, [s.message for _, _, a in rec["diagnostics"] for s in a.status if s.level != b"\x00"][:6])
+        assert got == stamps, (
+            key,
+            sorted(set(stamps) - set(got)),
+            {k: v for k, v in _diag_values(rec).items() if "bad" in k or "drop" in k},
+            [s.message for _, _, a in rec["diagnostics"] for s in a.status if s.level != b"\x00"][:6],
+        )
     assert len(rec["explanation"]) == len(stamps)
     for _, _, plan in rec["plan"]:
         assert plan.reasoning  # the explanation travels in the plan too
@@ -548,6 +658,9 @@ def test_end_to_end_synthetic_scene(tmp_path, checkpoint):
     results = evaluate_bags(gt_bag, pred_bag)
     replay = results.extra["replay"]
     assert replay["missed"] == {k: 0 for k in replay["missed"]} and replay["key_frames"] == len(stamps)
+    lat = replay["latency"]  # the bringup records CameraInfo too: wall-clock latency from its receive times
+    assert lat["clock"] == "recorded-inputs" and 0 < lat["plan"]["p50"] <= lat["plan"]["max"] < 30, lat
+    print(f"[e2e] latency (wall) plan p50 {lat['plan']['p50']:.3f} s, p95 {lat['plan']['p95']:.3f} s")
 
     # the same metric code, fed from the dataset files and the recording decoded here
     cfg = SparseOccVLAConfig()
@@ -572,8 +685,9 @@ def test_end_to_end_synthetic_scene(tmp_path, checkpoint):
                     continue
                 fsem, _ = tables.labels(scene, fut[2])
                 fcl = _decode_cloud(fc.clouds[j[0]])
-                acc.add_forecast(h, np.stack([fcl["x"], fcl["y"], fcl["z"]], -1), fcl["class"], fsem,
-                                 pred_scores=fcl["score"])
+                acc.add_forecast(
+                    h, np.stack([fcl["x"], fcl["y"], fcl["z"]], -1), fcl["class"], fsem, pred_scores=fcl["score"]
+                )
         futures = [index.get((scene, i + k)) for k in range(1, cfg.plan_horizon + 1)]
         if all(f is not None for f in futures):
             gt_traj = np.array([(np.linalg.inv(pose) @ f[4])[:2, 3] for f in futures])
@@ -620,17 +734,6 @@ def test_fast_replay_counts_drops_and_keeps_latency_bounded(checkpoint, calibrat
     frames = synthetic_frames(16, seed=4)
     bag = write_nuscenes_style_bag(tmp_path / "bag", frames, _synthetic_cameras())
     b = _bringup(bag, checkpoint, tmp_path / "out", rate=4.0, parameters=[f"calibration_file:={calibration}"])
-    node = b.node
-    latencies = []
-    orig = node._publish_diagnostics
-
-    def spy():
-        s = node.stats
-        with s.lock:
-            latencies.append(s.last_latency_s)
-        orig()
-
-    node._publish_diagnostics = spy
     assert b.run() == 0
     rec = _read_outputs(tmp_path / "out")
     published = sorted(s for _, s, _ in rec["plan"])
@@ -640,8 +743,16 @@ def test_fast_replay_counts_drops_and_keeps_latency_bounded(checkpoint, calibrat
     completed, dropped = int(values["sets_completed"]), int(values["sets_dropped_behind"])
     assert completed == len(stamps)
     assert len(published) + dropped == completed
+    latencies = [
+        float(kv.value)
+        for _, _, arr in rec["diagnostics"]
+        for st in arr.status
+        for kv in st.values
+        if kv.key == "latency_s"
+    ]
     finite = [x for x in latencies if np.isfinite(x)]
-    assert finite and max(finite) < 30.0  # one set in the mailbox at most: latency is one inference, never a queue
+    # one set in the mailbox at most: the latency is one inference (+ a wait for the worker), never a queue
+    assert finite and max(finite) < 20.0, finite
 
 
 @pytest.mark.slow
@@ -649,7 +760,9 @@ def test_loop_with_time_jumping_back_processes_every_frame(checkpoint, calibrati
     """--loop with the default jump-back time: each of two passes publishes outputs for every key frame."""
     frames = synthetic_frames(4, seed=5)
     bag = write_nuscenes_style_bag(tmp_path / "bag", frames, _synthetic_cameras())
-    b = _bringup(bag, checkpoint, tmp_path / "out", rate=0.5, loop=True, parameters=[f"calibration_file:={calibration}"])
+    b = _bringup(
+        bag, checkpoint, tmp_path / "out", rate=0.5, loop=True, parameters=[f"calibration_file:={calibration}"]
+    )
     b.player.max_passes = 2
     assert b.run() == 0
     rec = _read_outputs(tmp_path / "out")

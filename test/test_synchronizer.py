@@ -204,8 +204,11 @@ def _yaw_quat(yaw):
 
 def _sample(t_s, x, yaw, v=(0.0, 0.0, 0.0), w=(0.0, 0.0, 0.0)):
     return OdometrySample(
-        stamp_ns=int(round(t_s * NS_PER_S)), position=np.array([x, 0.0, 0.0]), orientation_xyzw=_yaw_quat(yaw),
-        linear_velocity=np.array(v, dtype=float), angular_velocity=np.array(w, dtype=float),
+        stamp_ns=int(round(t_s * NS_PER_S)),
+        position=np.array([x, 0.0, 0.0]),
+        orientation_xyzw=_yaw_quat(yaw),
+        linear_velocity=np.array(v, dtype=float),
+        angular_velocity=np.array(w, dtype=float),
     )
 
 
@@ -216,7 +219,9 @@ def test_odometry_interpolation_lerp_and_slerp():
     got = hist.lookup(int(10.025 * NS_PER_S))
     np.testing.assert_allclose(got.position, [0.25, 0, 0], atol=1e-9)
     np.testing.assert_allclose(got.linear_velocity, [5.5, 0, 0], atol=1e-9)
-    np.testing.assert_allclose(got.orientation_xyzw, _yaw_quat(0.1), atol=1e-9)  # slerp of a yaw rotation is linear in yaw
+    np.testing.assert_allclose(
+        got.orientation_xyzw, _yaw_quat(0.1), atol=1e-9
+    )  # slerp of a yaw rotation is linear in yaw
     m = got.pose_matrix()
     assert math.atan2(m[1, 0], m[0, 0]) == pytest.approx(0.1)
     exact = hist.lookup(int(10.1 * NS_PER_S))

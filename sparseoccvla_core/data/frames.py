@@ -123,7 +123,7 @@ class _DevkitIndexer:
         e_ref = self.pose(ref_pose_token)
         g2e = invert_pose(e_ref)
         files, ks, c2e, hw = [], [], [], []
-        for cam, tok in zip(CAMERA_NAMES, sd_tokens):
+        for tok in sd_tokens:
             sd = self.nusc.get("sample_data", tok)
             k, sensor2ego = self.calib(sd["calibrated_sensor_token"])
             if sd["ego_pose_token"] == ref_pose_token:

@@ -499,7 +499,6 @@ def simulate(world: StaticWorld, rng: np.random.Generator, num_frames: int, dt: 
         sim.step(dt)
     sim.t = 0.0
     states = []
-    prev_yaw = None
     for k in range(num_frames):
         if k > 0:
             for _ in range(steps_per_frame):

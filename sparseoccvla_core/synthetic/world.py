@@ -698,7 +698,7 @@ def _curve(rng: np.random.Generator, travel: float) -> StaticWorld:
     local = np.concatenate([head, arc, tail], axis=0)
     road = b.add_road(local, b.cross_section())
     b.paint_roads(None, 0.0)
-    for route, direction, lane in b.lane_routes(road, local):
+    for route, _direction, lane in b.lane_routes(road, local):
         b.vehicle_routes.append((route, road.lanes - 1 - lane))
     _sidewalk_walks(b, road, local)
     ego_lane = road.lanes - 1 if rng.random() < 0.5 else 0

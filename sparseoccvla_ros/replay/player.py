@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import statistics
 import sys
 import threading
@@ -196,7 +197,9 @@ class BagPlayer:
         self.end_ns = int(self._reader.end_time)
         self.first_ns = self.start_ns + int(start_s * NS_PER_S)
         if self.first_ns > self.end_ns:
-            raise BagError(f"--start {start_s} s is past the end of the bag ({(self.end_ns - self.start_ns) / 1e9:.2f} s)")
+            raise BagError(
+                f"--start {start_s} s is past the end of the bag ({(self.end_ns - self.start_ns) / 1e9:.2f} s)"
+            )
         self.message_count = sum(c.msgcount for c in self._connections)
         self._period_ns = self._median_period_ns()
         for t in self._topics.values():
@@ -210,14 +213,22 @@ class BagPlayer:
     # ------------------------------------------------------------------ setup helpers
     def _qos(self, t: _Topic) -> Any:
         from rclpy.qos import (
-            QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data,
+            QoSDurabilityPolicy,
+            QoSHistoryPolicy,
+            QoSProfile,
+            QoSReliabilityPolicy,
+            qos_profile_sensor_data,
         )
 
         if t.msgtype in SENSOR_TYPES:
             return qos_profile_sensor_data  # what camera drivers offer (best effort, keep last 5)
         if t.name == topics.TF_STATIC_TOPIC:
-            return QoSProfile(reliability=QoSReliabilityPolicy.RELIABLE, history=QoSHistoryPolicy.KEEP_LAST,
-                              depth=100, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+            return QoSProfile(
+                reliability=QoSReliabilityPolicy.RELIABLE,
+                history=QoSHistoryPolicy.KEEP_LAST,
+                depth=100,
+                durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+            )
         return QoSProfile(reliability=QoSReliabilityPolicy.RELIABLE, history=QoSHistoryPolicy.KEEP_LAST, depth=10)
 
     def _median_period_ns(self) -> int:
@@ -237,8 +248,9 @@ class BagPlayer:
         return sorted(t for t in self._topics if t in wanted)
 
     # ------------------------------------------------------------------ waiting
-    def wait_for_subscribers(self, timeout_s: float, settle_s: float = 0.5,
-                             required: Optional[list[str]] = None) -> bool:
+    def wait_for_subscribers(
+        self, timeout_s: float, settle_s: float = 0.5, required: Optional[list[str]] = None
+    ) -> bool:
         """Wait until each topic in ``required`` (default :attr:`input_topics`) has a matched subscription.
 
         Returns:
@@ -336,8 +348,9 @@ class BagPlayer:
         t_begin = time.monotonic()
         tf_static = self._topics.get(topics.TF_STATIC_TOPIC)
         if tf_static is not None:  # latched once, before anything else, whatever --start says
-            for conn, ts, raw in self._reader.messages(connections=[c for c in self._connections
-                                                                     if c.topic == topics.TF_STATIC_TOPIC]):
+            for _conn, _ts, raw in self._reader.messages(
+                connections=[c for c in self._connections if c.topic == topics.TF_STATIC_TOPIC]
+            ):
                 tf_static.publisher.publish(raw)
                 stats.published += 1
         others = [c for c in self._connections if c.topic != topics.TF_STATIC_TOPIC]
@@ -400,25 +413,65 @@ class BagPlayer:
         self._reader.close()
 
 
+def install_stop_signals(on_stop: Callable[[], None]) -> None:
+    """SIGINT / SIGTERM call ``on_stop()`` (idempotent) instead of raising KeyboardInterrupt anywhere.
+
+    A terminal's Ctrl-C reaches every process of the foreground group and ``ros2 launch`` then forwards a second
+    SIGINT to its children; a KeyboardInterrupt raised inside the shutdown path (closing a bag, joining a thread)
+    would abort it.  Replaces rclpy's handler, so the caller owns the shutdown (call from the main thread).
+    """
+
+    def handler(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal API
+        on_stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 # ---------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bag", help="rosbag2 folder (MCAP or sqlite3), e.g. written by 'sparseoccvla bag'")
     parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default %(default)s)")
     parser.add_argument("--loop", action="store_true", help="replay the bag until Ctrl-C")
-    parser.add_argument("--loop-time", choices=LOOP_TIME_MODES, default="jump",
-                        help="jump: time jumps back at every pass, stamps exactly the bag's (default, as ros2 bag "
-                             "play --loop); shift: stamps and /clock shifted so time keeps increasing")
+    parser.add_argument(
+        "--loop-time",
+        choices=LOOP_TIME_MODES,
+        default="jump",
+        help="jump: time jumps back at every pass, stamps exactly the bag's (default, as ros2 bag "
+        "play --loop); shift: stamps and /clock shifted so time keeps increasing",
+    )
     parser.add_argument("--start", type=float, default=0.0, metavar="S", help="skip the first S seconds of the bag")
-    parser.add_argument("--clock", type=float, nargs="?", const=40.0, default=0.0, metavar="HZ",
-                        help="publish /clock at HZ (40 when no value is given) for nodes with use_sim_time")
-    parser.add_argument("--delay", type=float, default=None, metavar="S",
-                        help="wait S seconds before playing (default: until the driving node's input topics have "
-                             "subscribers, see --wait-timeout)")
-    parser.add_argument("--wait-timeout", type=float, default=60.0, metavar="S",
-                        help="longest wait for subscribers when --delay is not given (default %(default)s)")
-    parser.add_argument("--settle", type=float, default=0.5, metavar="S",
-                        help="extra wait after the subscribers matched, for the far side of discovery "
-                             "(default %(default)s)")
+    parser.add_argument(
+        "--clock",
+        type=float,
+        nargs="?",
+        const=40.0,
+        default=0.0,
+        metavar="HZ",
+        help="publish /clock at HZ (40 when no value is given) for nodes with use_sim_time",
+    )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=None,
+        metavar="S",
+        help="wait S seconds before playing (default: until the driving node's input topics have "
+        "subscribers, see --wait-timeout)",
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="longest wait for subscribers when --delay is not given (default %(default)s)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="extra wait after the subscribers matched, for the far side of discovery (default %(default)s)",
+    )
     parser.add_argument("--topics", nargs="+", default=None, help="play only these topics")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -432,17 +485,29 @@ def run(args: argparse.Namespace) -> int:
     player = None
     code = 0
     try:
-        player = BagPlayer(node, args.bag, rate=args.rate, loop=args.loop, loop_time=args.loop_time,
-                           start_s=args.start, clock_hz=args.clock or 0.0, topics_filter=args.topics,
-                           progress=not args.quiet)
+        player = BagPlayer(
+            node,
+            args.bag,
+            rate=args.rate,
+            loop=args.loop,
+            loop_time=args.loop_time,
+            start_s=args.start,
+            clock_hz=args.clock or 0.0,
+            topics_filter=args.topics,
+            progress=not args.quiet,
+        )
+        install_stop_signals(player.stop_event.set)
         if args.delay is None:
             player.wait_for_subscribers(args.wait_timeout, args.settle)
         else:
             player.wait_delay(args.delay)
         stats = player.play()
         player.flush()
-        print(f"[play] {stats.published} messages in {stats.wall_s:.1f} s ({stats.passes} passes, "
-              f"max lateness {stats.max_lag_s * 1e3:.0f} ms)", file=sys.stderr)
+        print(
+            f"[play] {stats.published} messages in {stats.wall_s:.1f} s ({stats.passes} passes, "
+            f"max lateness {stats.max_lag_s * 1e3:.0f} ms)",
+            file=sys.stderr,
+        )
     except BagError as exc:
         print(f"sparseoccvla play: error: {exc}", file=sys.stderr)
         code = 2

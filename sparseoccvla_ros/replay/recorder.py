@@ -10,8 +10,9 @@ definitions of the custom ``sparseoccvla_msgs`` types taken from :mod:`.typestor
 ``mcap``, ``rosbags``, ``ros2 bag``) decodes them.  The log time of each message is its receive time on the
 recorder's clock (ROS time: sim time under ``--use-sim-time``, else wall time), as rosbag2 records it.
 
-Each subscription is reliable, keep last 100, unless a publisher of the topic offers only best effort (then best
-effort, so it still matches).  Ctrl-C (or :meth:`BagRecorder.close`) finalizes the MCAP file.
+A topic is subscribed once it has a publisher; the subscription is reliable, keep last 100, unless a publisher of
+the topic offers best effort (then best effort, so it still matches - as ``ros2 bag record`` adapts its QoS).
+Ctrl-C (or :meth:`BagRecorder.close`) finalizes the MCAP file.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import topics
-from .player import resolve_message_class
+from .player import install_stop_signals, resolve_message_class
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
 
@@ -65,7 +66,10 @@ class BagRecorder:
         self.last_receive_monotonic = 0.0
         self.closed = False
         self._discover()
-        self._timer = node.create_timer(poll_s, self._discover)
+        # graph polling on the steady clock: under use_sim_time a paused /clock would stop a ROS-time timer
+        from rclpy.clock import Clock, ClockType
+
+        self._timer = node.create_timer(poll_s, self._discover, clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def _wanted(self, name: str) -> bool:
         return any(name.startswith(sel) if sel.endswith("/") else name == sel for sel in self.selection)
@@ -77,6 +81,8 @@ class BagRecorder:
         for name, types in self.node.get_topic_names_and_types():
             if name in self._subscriptions or not self._wanted(name) or not types:
                 continue
+            if not self.node.get_publishers_info_by_topic(name):
+                continue  # only subscribers so far (e.g. the node's inputs): wait for a publisher to pick the QoS
             msgtype = types[0]
             try:
                 cls = resolve_message_class(msgtype)
@@ -100,15 +106,26 @@ class BagRecorder:
         from rclpy.qos import QoSReliabilityPolicy
 
         reliable = qos.reliability == QoSReliabilityPolicy.RELIABLE
-        offered = Qos(QosHistory.KEEP_LAST, 1, QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT, QosDurability.VOLATILE, QosTime(0, 0), QosTime(0, 0),
-                      QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
+        offered = Qos(
+            QosHistory.KEEP_LAST,
+            1,
+            QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
+            QosDurability.VOLATILE,
+            QosTime(0, 0),
+            QosTime(0, 0),
+            QosLiveliness.AUTOMATIC,
+            QosTime(0, 0),
+            False,
+        )
         with self._lock:
             if msgtype in self._typestore.types:
-                conn = self._writer.add_connection(name, msgtype, typestore=self._typestore,
-                                                   offered_qos_profiles=[offered])
+                conn = self._writer.add_connection(
+                    name, msgtype, typestore=self._typestore, offered_qos_profiles=[offered]
+                )
             else:  # a type rosbags does not know: store it with its definition from the installed interface
-                conn = self._writer.add_connection(name, msgtype, msgdef=_msgdef_of(msgtype), rihs01="",
-                                                   offered_qos_profiles=[offered])
+                conn = self._writer.add_connection(
+                    name, msgtype, msgdef=_msgdef_of(msgtype), rihs01="", offered_qos_profiles=[offered]
+                )
             self._connections[name] = conn
             self.counts[name] = 0
         self._subscriptions[name] = self.node.create_subscription(
@@ -164,14 +181,21 @@ def _msgdef_of(msgtype: str) -> str:
 # ---------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="bag folder to create (MCAP storage)")
-    parser.add_argument("topics", nargs="*",
-                        help="topics to record; a name ending in '/' records every topic under it "
-                             "(default: <node>/output/ and /diagnostics)")
-    parser.add_argument("--node", default=f"{topics.NODE_NAMESPACE}/{topics.NODE_NAME}",
-                        help="fully qualified name of the driving node (default %(default)s)")
+    parser.add_argument(
+        "topics",
+        nargs="*",
+        help="topics to record; a name ending in '/' records every topic under it "
+        "(default: <node>/output/ and /diagnostics)",
+    )
+    parser.add_argument(
+        "--node",
+        default=f"{topics.NODE_NAMESPACE}/{topics.NODE_NAME}",
+        help="fully qualified name of the driving node (default %(default)s)",
+    )
     parser.add_argument("--use-sim-time", action="store_true", help="log times on /clock instead of wall time")
-    parser.add_argument("--duration", type=float, default=0.0, metavar="S",
-                        help="stop after S seconds (default: until Ctrl-C)")
+    parser.add_argument(
+        "--duration", type=float, default=0.0, metavar="S", help="stop after S seconds (default: until Ctrl-C)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,16 +204,19 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.parameter import Parameter
 
     rclpy.init()
-    node = rclpy.create_node("bag_recorder",
-                             parameter_overrides=[Parameter("use_sim_time", value=bool(args.use_sim_time))])
+    node = rclpy.create_node(
+        "bag_recorder", parameter_overrides=[Parameter("use_sim_time", value=bool(args.use_sim_time))]
+    )
     recorder: Optional[BagRecorder] = None
     code = 0
+    stop = threading.Event()
+    install_stop_signals(stop.set)  # Ctrl-C (even twice, as ros2 launch forwards it) ends the loop, then close()
     try:
         recorder = BagRecorder(node, args.out, args.topics or default_topics(args.node))
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         end = time.monotonic() + args.duration if args.duration > 0 else None
-        while rclpy.ok() and (end is None or time.monotonic() < end):
+        while rclpy.ok() and not stop.is_set() and (end is None or time.monotonic() < end):
             executor.spin_once(timeout_sec=0.1)
     except FileExistsError as exc:
         print(f"sparseoccvla record: error: {exc}", file=sys.stderr)
@@ -199,8 +226,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if recorder is not None:
             recorder.close()
-            print(f"[record] {recorder.total} messages on {len(recorder.counts)} topics -> {recorder.out}",
-                  file=sys.stderr)
+            print(
+                f"[record] {recorder.total} messages on {len(recorder.counts)} topics -> {recorder.out}",
+                file=sys.stderr,
+            )
         node.destroy_node()
         rclpy.try_shutdown()
     return code
