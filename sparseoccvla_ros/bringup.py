@@ -191,7 +191,9 @@ class Bringup:
             s = self.node.stats
             with s.lock:
                 node_count = (s.frames_published, s.sets_completed)
-            return node_count, (self.recorder.total if self.recorder is not None else 0), self.node._mailbox is None
+            # outputs only: /diagnostics keeps arriving every period and would never look quiet
+            recorded = self.recorder.count_under("/output/") if self.recorder is not None else 0
+            return node_count, recorded, self.node._mailbox is None
 
         last, stable_since = snapshot(), time.monotonic()
         while time.monotonic() - start < self.max_linger_s and not self.stop_requested.is_set():

@@ -48,6 +48,7 @@ from sparseoccvla_core.data.images import CorruptImageError
 from sparseoccvla_core.pipeline import OccupancyFrame, PlanResult, path_headings
 from sparseoccvla_msgs.msg import AnchorTrajectory, DrivingPlan, OccupancyForecast
 
+from .pointcloud import PointCloudFormatError, cloud_to_array, point_fields
 from .synchronizer import NS_PER_S, OdometrySample
 
 
@@ -64,17 +65,6 @@ OCCUPANCY_DTYPE = _aligned_dtype(["rgb", "score"])
 #: Forecast cloud for RViz: the occupancy layout + ``time`` (s after the header stamp); 28 bytes per point.
 FORECAST_DTYPE = _aligned_dtype(["rgb", "score", "time"])
 
-_NUMPY_TO_POINTFIELD = {
-    np.dtype("int8"): PointField.INT8,
-    np.dtype("uint8"): PointField.UINT8,
-    np.dtype("int16"): PointField.INT16,
-    np.dtype("uint16"): PointField.UINT16,
-    np.dtype("int32"): PointField.INT32,
-    np.dtype("uint32"): PointField.UINT32,
-    np.dtype("float32"): PointField.FLOAT32,
-    np.dtype("float64"): PointField.FLOAT64,
-}
-_POINTFIELD_TO_NUMPY = {v: k for k, v in _NUMPY_TO_POINTFIELD.items()}
 
 #: Class colour packed as RViz / PCL read an ``rgb`` field: 0x00RRGGBB in the bits of a float32, index = class id.
 PACKED_CLASS_RGB: np.ndarray = (
@@ -289,12 +279,7 @@ def tf_to_cam2ego(transforms: Iterable[Any], ego_frame: str, camera_frames: Mapp
 # ----------------------------------------------------------------------------------------------- point clouds
 def array_to_pointcloud2(arr: np.ndarray, header: Header) -> PointCloud2:
     """Structured numpy array [M] -> unorganised PointCloud2 (one field per dtype field, packed)."""
-    fields = []
-    for name in arr.dtype.names:
-        dt, offset = arr.dtype.fields[name][:2]
-        fields.append(
-            PointField(name=name, offset=offset, datatype=_NUMPY_TO_POINTFIELD[dt.newbyteorder("=")], count=1)
-        )
+    fields = [PointField(name=n, offset=o, datatype=d, count=1) for n, o, d in point_fields(arr.dtype)]
     msg = PointCloud2()
     msg.header = header
     msg.height, msg.width = 1, int(arr.shape[0])
@@ -313,20 +298,10 @@ def pointcloud2_to_array(msg: PointCloud2) -> np.ndarray:
     Raises:
         ConversionError: big-endian data, a field count > 1 or an unknown datatype.
     """
-    if msg.is_bigendian:
-        raise ConversionError("big-endian PointCloud2 is not supported")
-    names, formats, offsets = [], [], []
-    for f in msg.fields:
-        if f.count != 1 or f.datatype not in _POINTFIELD_TO_NUMPY:
-            raise ConversionError(
-                f"PointCloud2 field '{f.name}' (datatype {f.datatype}, count {f.count}) is not supported"
-            )
-        names.append(f.name)
-        formats.append(_POINTFIELD_TO_NUMPY[f.datatype].newbyteorder("<"))
-        offsets.append(f.offset)
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": msg.point_step})
-    n = int(msg.width) * int(msg.height)
-    return np.frombuffer(bytes(msg.data), dtype=dtype, count=n)
+    try:
+        return cloud_to_array(msg)
+    except PointCloudFormatError as exc:
+        raise ConversionError(str(exc)) from exc
 
 
 def occupancy_to_pointcloud2(frame: OccupancyFrame, header: Header) -> PointCloud2:

@@ -43,6 +43,7 @@ of its own kind with a fixed level, held for ``diagnostics_hold_s`` after it las
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -502,7 +503,17 @@ class DrivingNode(Node):
     def _frame_input(self, pipe: SparseOccVLAPipeline, cset: CameraSet) -> FrameInput:
         """Decode and calibrate one camera set (raises ValueError subclasses on bad input)."""
         target_hw = tuple(pipe.cfg.image_size)
-        models = self.camera_models()
+        # a CameraInfo stamped like its image may be taken by the executor after the image that completed the set
+        # (first set of a bag): wait for it briefly, as for odometry, before calling the set uncalibrated
+        deadline = time.monotonic() + float(self._p["max_odometry_gap_s"])
+        while True:
+            try:
+                models = self.camera_models()
+                break
+            except CalibrationIncompleteError:
+                if time.monotonic() >= deadline or self._stop.is_set():
+                    raise
+                time.sleep(0.005)
         self._calibration_sources = {cam: f"{m.extrinsics_source}+{m.intrinsics_source}" for cam, m in models.items()}
         cameras = []
         for cam in CAMERA_NAMES:
@@ -797,6 +808,9 @@ def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
         print(f"driving_node: {exc}")
         code = 1
     finally:
+        # a terminal's Ctrl-C reaches the whole process group and ros2 launch forwards a second SIGINT: ignore
+        # further ones so no KeyboardInterrupt aborts the teardown (the node would exit -2 mid-destroy)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

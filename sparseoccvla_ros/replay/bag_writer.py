@@ -74,6 +74,7 @@ import numpy as np
 
 from sparseoccvla_core.batch import CAMERA_NAMES, FREE_CLASS
 
+from ..pointcloud import point_fields
 from . import topics
 from .typestore import make_msg, replay_typestore, serialize, stamp_from_ns
 
@@ -106,7 +107,6 @@ GT_CLOUD_DTYPE = np.dtype(
         "itemsize": 16,
     }
 )
-POINTFIELD_UINT8, POINTFIELD_FLOAT32 = 2, 7  # sensor_msgs/PointField datatypes
 
 
 def bag_topics() -> dict[str, str]:
@@ -218,13 +218,8 @@ def gt_cloud_msg(stamp_ns: int, points: np.ndarray, labels: np.ndarray, frame_id
     arr["x"], arr["y"], arr["z"] = points[:, 0], points[:, 1], points[:, 2]
     arr["class"] = np.asarray(labels).astype(np.uint8)
     fields = [
-        make_msg("sensor_msgs/msg/PointField", name=n, offset=int(o), datatype=d, count=1)
-        for n, o, d in (
-            ("x", 0, POINTFIELD_FLOAT32),
-            ("y", 4, POINTFIELD_FLOAT32),
-            ("z", 8, POINTFIELD_FLOAT32),
-            ("class", 12, POINTFIELD_UINT8),
-        )
+        make_msg("sensor_msgs/msg/PointField", name=n, offset=o, datatype=d, count=1)
+        for n, o, d in point_fields(GT_CLOUD_DTYPE)
     ]
     data = np.frombuffer(arr.tobytes(), dtype=np.uint8)
     return make_msg(

@@ -54,6 +54,7 @@ import numpy as np
 
 from sparseoccvla_core.batch import CAMERA_NAMES, FREE_CLASS
 
+from ..pointcloud import PointCloudFormatError, cloud_to_array
 from . import topics
 from .bag_writer import BAG_FORMAT_VERSION, unpack_camera_mask
 from .typestore import deserialize, replay_typestore, stamp_to_ns
@@ -65,7 +66,6 @@ LATENCY_PERCENTILES = (50, 90, 95, 99)
 HORIZON_TOLERANCE_S = 1e-3
 #: Log times this close to the GT bag's span count as the bag's own clock (sim time), ns.
 SIM_TIME_MARGIN_NS = 60 * NS_PER_S
-_POINTFIELD_NUMPY = {1: "i1", 2: "u1", 3: "<i2", 4: "<u2", 5: "<i4", 6: "<u4", 7: "<f4", 8: "<f8"}
 
 
 class BagEvaluationError(ValueError):
@@ -73,31 +73,12 @@ class BagEvaluationError(ValueError):
 
 
 # ============================================================================ message decoding
-def cloud_to_array(msg: Any) -> np.ndarray:
-    """sensor_msgs/PointCloud2 (rosbags or rclpy) -> structured array [height * width] (fields by name/offset).
-
-    Raises:
-        BagEvaluationError: big-endian data, field count > 1 or an unknown datatype.
-    """
-    if msg.is_bigendian:
-        raise BagEvaluationError("big-endian PointCloud2 is not supported")
-    names, formats, offsets = [], [], []
-    for f in msg.fields:
-        if f.count != 1 or f.datatype not in _POINTFIELD_NUMPY:
-            raise BagEvaluationError(
-                f"PointCloud2 field {f.name!r} (datatype {f.datatype}, count {f.count}) unsupported"
-            )
-        names.append(f.name)
-        formats.append(_POINTFIELD_NUMPY[f.datatype])
-        offsets.append(f.offset)
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": int(msg.point_step)})
-    n = int(msg.width) * int(msg.height)
-    return np.frombuffer(np.asarray(msg.data, dtype=np.uint8).tobytes(), dtype=dtype, count=n)
-
-
 def cloud_points(msg: Any, need_score: bool = False) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """PointCloud2 -> points [M, 3] float32, classes [M] int64, scores [M] float32 (None without a score field)."""
-    arr = cloud_to_array(msg)
+    try:
+        arr = cloud_to_array(msg)
+    except PointCloudFormatError as exc:
+        raise BagEvaluationError(str(exc)) from exc
     missing = [f for f in ("x", "y", "z", "class") if f not in (arr.dtype.names or ())]
     if missing or (need_score and "score" not in arr.dtype.names):
         raise BagEvaluationError(f"PointCloud2 lacks fields {missing or ['score']} (has {arr.dtype.names})")

@@ -150,6 +150,11 @@ class BagRecorder:
         with self._lock:
             return sum(self.counts.values())
 
+    def count_under(self, fragment: str) -> int:
+        """Messages written so far on topics whose name contains ``fragment`` (e.g. ``"/output/"``)."""
+        with self._lock:
+            return sum(n for name, n in self.counts.items() if fragment in name)
+
     def close(self) -> None:
         """Stop subscribing and finalize the bag (idempotent)."""
         with self._lock:
