@@ -23,7 +23,9 @@ CONSOLE_SCRIPTS = [
 setup(
     name=PACKAGE_NAME,
     version=VERSION,
-    packages=find_packages(include=["sparseoccvla_core", "sparseoccvla_core.*", "sparseoccvla_ros", "sparseoccvla_ros.*"]),
+    packages=find_packages(
+        include=["sparseoccvla_core", "sparseoccvla_core.*", "sparseoccvla_ros", "sparseoccvla_ros.*"]
+    ),
     package_data={"sparseoccvla_core": ["resources/*", "synthetic/*.json"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),

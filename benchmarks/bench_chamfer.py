@@ -59,9 +59,13 @@ def main(argv=None) -> None:
     for elems in (1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24):
         idx = nearest_neighbors(pred, gt, mask, max_chunk_elements=elems, method="gemm")
         agree = (idx == ref_idx).float().mean().item()
-        ms = _ms(lambda elems=elems: nearest_neighbors(pred, gt, mask, max_chunk_elements=elems, method="gemm"), args.repeats)
+        ms = _ms(
+            lambda elems=elems: nearest_neighbors(pred, gt, mask, max_chunk_elements=elems, method="gemm"), args.repeats
+        )
         tag = "  <- GEMM default" if elems == default else ""
-        print(f"  {'gemm, chunk 2^' + str(elems.bit_length() - 1):<34}{ms:8.1f} ms   {ref / ms:4.2f}x  (same index: {agree:.4%}){tag}")
+        print(
+            f"  {'gemm, chunk 2^' + str(elems.bit_length() - 1):<34}{ms:8.1f} ms   {ref / ms:4.2f}x  (same index: {agree:.4%}){tag}"
+        )
     idx = nearest_neighbors(pred, gt, mask, method="kdtree")
     agree = (idx == ref_idx).float().mean().item()
     ms = _ms(lambda: nearest_neighbors(pred, gt, mask, method="kdtree"), args.repeats)
@@ -69,6 +73,7 @@ def main(argv=None) -> None:
     pred.requires_grad_(True)
 
     for method in ("gemm", "kdtree"):
+
         def loss_step(method: str = method) -> None:
             chamfer_distance(pred, gt, mask, nn_method=method).loss.sum().backward()
 

@@ -46,14 +46,24 @@ QUESTIONS = (
 def synthetic_frame(index: int, height: int, width: int, rng: np.random.Generator) -> FrameInput:
     """Frame ``index`` of a straight drive: six random [height, width, 3] images with the synthetic camera rig."""
     cameras = [
-        CameraFrame(c.channel, rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8),
-                    c.scaled_intrinsics(width, height), c.sensor2ego)
+        CameraFrame(
+            c.channel,
+            rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8),
+            c.scaled_intrinsics(width, height),
+            c.sensor2ego,
+        )
         for c in camera_calibrations()
     ]
     pose = np.eye(4)
     pose[:3, 3] = [400.0 + SPEED_MPS * 0.5 * index, 1180.0, 0.0]
-    return FrameInput(cameras, pose, velocity=(SPEED_MPS, 0.0), acceleration=(0.0, 0.0), yaw_rate=0.0,
-                      stamp_ns=T0_NS + index * KEYFRAME_NS)
+    return FrameInput(
+        cameras,
+        pose,
+        velocity=(SPEED_MPS, 0.0),
+        acceleration=(0.0, 0.0),
+        yaw_rate=0.0,
+        stamp_ns=T0_NS + index * KEYFRAME_NS,
+    )
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -121,17 +131,23 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def print_report(r: dict) -> None:
-    print(f"device {r['device']} {r['dtype']}, {r['threads']} threads, num_frames {r['num_frames']}, "
-          f"max_new_tokens {r['max_new_tokens']}, cameras {r['camera_size'][1]}x{r['camera_size'][0]}, "
-          f"model built in {r['build_s']:.1f} s")
-    print(f"step over {r['frames']} frames: median {r['step_median_s'] * 1e3:.1f} ms, "
-          f"p95 {r['step_p95_s'] * 1e3:.1f} ms, min {r['step_min_s'] * 1e3:.1f} ms")
+    print(
+        f"device {r['device']} {r['dtype']}, {r['threads']} threads, num_frames {r['num_frames']}, "
+        f"max_new_tokens {r['max_new_tokens']}, cameras {r['camera_size'][1]}x{r['camera_size'][0]}, "
+        f"model built in {r['build_s']:.1f} s"
+    )
+    print(
+        f"step over {r['frames']} frames: median {r['step_median_s'] * 1e3:.1f} ms, "
+        f"p95 {r['step_p95_s'] * 1e3:.1f} ms, min {r['step_min_s'] * 1e3:.1f} ms"
+    )
     print("| stage | median ms |")
     print("|---|---:|")
     for name, seconds in r["stage_median_s"].items():
         print(f"| {name} | {seconds * 1e3:.1f} |")
-    print(f"ask: median {r['ask_median_s'] * 1e3:.1f} ms ({r['ask_generated_tokens_median']:.0f} generated tokens); "
-          f"reasoning median {r['reasoning_chars_median']:.0f} characters")
+    print(
+        f"ask: median {r['ask_median_s'] * 1e3:.1f} ms ({r['ask_generated_tokens_median']:.0f} generated tokens); "
+        f"reasoning median {r['reasoning_chars_median']:.0f} characters"
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -144,8 +160,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--checkpoint", default=None, help="time this checkpoint instead of the seeded tiny preset")
     parser.add_argument("--num-frames", type=int, default=2, help="frames the tiny encoder sees (default %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="reasoning / answer cap (tiny: 32)")
-    parser.add_argument("--camera-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="camera image size (default: the network's; 900 1600 adds nuScenes-size resizing)")
+    parser.add_argument(
+        "--camera-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="camera image size (default: the network's; 900 1600 adds nuScenes-size resizing)",
+    )
     parser.add_argument("--asks", type=int, default=5, help="questions asked after the stream (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")

@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -92,8 +93,8 @@ def load_backbone_weights(resnet: ResNetBackbone, path: str) -> None:
     for key, value in state.items():
         name = key
         for prefix in _WEIGHT_PREFIXES:
-            if name.startswith(prefix) and name[len(prefix):] in own:
-                name = name[len(prefix):]
+            if name.startswith(prefix) and name[len(prefix) :] in own:
+                name = name[len(prefix) :]
                 break
         if name in own:
             mapped[name] = value
@@ -152,7 +153,7 @@ class ImageBackbone(nn.Module):
             load_backbone_weights(self.resnet, cfg.backbone_weights)
         # The FPN reads the last num_levels stages (strides 4..32 for the 4-stage ResNet).
         self.level_offset = len(cfg.backbone_hidden_sizes) - cfg.num_levels
-        self.fpn = FPN(list(cfg.backbone_hidden_sizes[self.level_offset:]), cfg.fpn_dim)
+        self.fpn = FPN(list(cfg.backbone_hidden_sizes[self.level_offset :]), cfg.fpn_dim)
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -181,7 +182,7 @@ class ImageBackbone(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [B, 3, H, W], got {tuple(images.shape)}")
         stages = self.resnet(pixel_values=images).feature_maps
-        return self.fpn(list(stages[self.level_offset:]))
+        return self.fpn(list(stages[self.level_offset :]))
 
     def forward_multiview(self, images01: torch.Tensor) -> list[torch.Tensor]:
         """Normalise and encode a batch of multi-frame multi-view images.

@@ -12,7 +12,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
@@ -310,9 +310,7 @@ class SparseOccVLAConfig(PresetYamlMixin):
                 "(anchors are clustered per driving command)"
             )
         if not 0 < self.denoise_steps <= self.diffusion_infer_start_timestep + 1:
-            raise ValueError(
-                f"denoise_steps {self.denoise_steps} must be in [1, diffusion_infer_start_timestep + 1]"
-            )
+            raise ValueError(f"denoise_steps {self.denoise_steps} must be in [1, diffusion_infer_start_timestep + 1]")
         if self.plan_regression not in PLAN_REGRESSION_CHOICES:
             raise ValueError(f"plan_regression must be one of {PLAN_REGRESSION_CHOICES}, got {self.plan_regression!r}")
         if self.diffusion_trunc_timesteps > self.diffusion_train_timesteps:

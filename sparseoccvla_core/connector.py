@@ -109,7 +109,9 @@ class OccupancyConnector(nn.Module):
         super().__init__()
         self.position_encoding = PointPositionalEncoding(cfg, cfg.query_dim)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.query_dim, cfg.llm_hidden_size), nn.GELU(), nn.Linear(cfg.llm_hidden_size, cfg.llm_hidden_size)
+            nn.Linear(cfg.query_dim, cfg.llm_hidden_size),
+            nn.GELU(),
+            nn.Linear(cfg.llm_hidden_size, cfg.llm_hidden_size),
         )
 
     def forward(self, queries: torch.Tensor, query_points: torch.Tensor) -> torch.Tensor:

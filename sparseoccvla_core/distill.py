@@ -20,6 +20,7 @@ Implementation choices where the paper is silent:
 from __future__ import annotations
 
 from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -136,14 +137,21 @@ class DistillationLoss(nn.Module):
         b, v, d, h, w = feature_map.shape
         n = points.shape[1]
         uv, _, valid = project_points(
-            points.float(), intrinsics[:, None].float(), cam2ego[:, None].float(), None, image_size,
+            points.float(),
+            intrinsics[:, None].float(),
+            cam2ego[:, None].float(),
+            None,
+            image_size,
             self.cfg.projection_min_depth,
         )  # uv [B, 1, V, N, 2], valid [B, 1, V, N]
         uv, valid = uv[:, 0], valid[:, 0]  # [B, V, N, 2], [B, V, N]
         grid = pixels_to_grid(uv, image_size).reshape(b * v, n, 1, 2)  # [B*V, N, 1, 2]
         sampled = F.grid_sample(
-            feature_map.reshape(b * v, d, h, w).float(), grid,
-            mode="bilinear", padding_mode="border", align_corners=False,
+            feature_map.reshape(b * v, d, h, w).float(),
+            grid,
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=False,
         )  # [B*V, D, N, 1]
         sampled = sampled.reshape(b, v, d, n).permute(0, 3, 1, 2)  # [B, N, V, D]
         weights = valid.permute(0, 2, 1).float()  # [B, N, V]

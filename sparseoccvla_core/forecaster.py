@@ -54,7 +54,9 @@ class ForecastLayer(nn.Module):
         self.norm_attn = nn.LayerNorm(d)
         self.self_attn = nn.MultiheadAttention(d, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
         self.norm_ffn = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, d))
+        self.ffn = nn.Sequential(
+            nn.Linear(d, cfg.ffn_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, d)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, D] -> [B, N, D]."""

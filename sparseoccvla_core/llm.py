@@ -29,8 +29,14 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM, PreTrainedModel
-from transformers import PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .batch import IGNORE_INDEX
 from .config import SparseOccVLAConfig
@@ -50,7 +56,9 @@ def resolve_tokenizer(cfg: SparseOccVLAConfig) -> PreTrainedTokenizerBase:
     return train_tokenizer(default_corpus(), cfg.llm_vocab_size)
 
 
-def build_causal_lm(cfg: SparseOccVLAConfig, vocab_size: int, tokenizer: Optional[PreTrainedTokenizerBase]) -> PreTrainedModel:
+def build_causal_lm(
+    cfg: SparseOccVLAConfig, vocab_size: int, tokenizer: Optional[PreTrainedTokenizerBase]
+) -> PreTrainedModel:
     """The base causal LM: local ``cfg.llm_path`` weights, or a Llama built from ``cfg.llm_*``.
 
     Args:
@@ -74,7 +82,9 @@ def build_causal_lm(cfg: SparseOccVLAConfig, vocab_size: int, tokenizer: Optiona
     special = {}
     if tokenizer is not None:
         special = dict(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -207,9 +217,7 @@ class SceneLanguageModel(nn.Module):
         hidden = self._run_decoder(cache, inputs_embeds=prefix_embeds)
         return ScenePrefix(cache=cache, hidden=hidden, length=prefix_embeds.shape[1])
 
-    def run_text(
-        self, prefix: ScenePrefix, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def run_text(self, prefix: ScenePrefix, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Teacher-forced text stream after the cached prefix; the cache is cropped back afterwards.
 
         Args:
@@ -285,7 +293,9 @@ class SceneLanguageModel(nn.Module):
             text_mask[i, width - len(p) :] = 1
         mask = torch.cat([text_mask.new_ones(batch, prefix.length), text_mask], dim=1)  # [B, P+W]
         positions = prefix.length + (text_mask.cumsum(1) - 1).clamp(min=0)  # [B, W], pads reuse a real position
-        out = self._run_decoder(prefix.cache, inputs_embeds=self.embed(ids), attention_mask=mask, position_ids=positions)
+        out = self._run_decoder(
+            prefix.cache, inputs_embeds=self.embed(ids), attention_mask=mask, position_ids=positions
+        )
         next_pos = positions[:, -1:] + 1  # [B, 1]
         token = self.lm_head(out[:, -1]).argmax(-1)  # [B]
         done = torch.zeros(batch, dtype=torch.bool, device=device)

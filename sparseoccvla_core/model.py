@@ -74,7 +74,16 @@ STAGE_LOSSES: dict[int, tuple[str, ...]] = {1: LOSS_NAMES[:3], 2: LOSS_NAMES[3:]
 STAGE_MODULES: dict[int, tuple[str, ...]] = {
     1: ("backbone", "occupancy_encoder", "connector", "distillation"),
     2: ("connector", "global_queries", "ego_token", "forecaster", "planner"),
-    3: ("backbone", "occupancy_encoder", "connector", "distillation", "global_queries", "ego_token", "forecaster", "planner"),
+    3: (
+        "backbone",
+        "occupancy_encoder",
+        "connector",
+        "distillation",
+        "global_queries",
+        "ego_token",
+        "forecaster",
+        "planner",
+    ),
 }
 #: Config fields that are file locations, not architecture: they may differ between a checkpoint and a given config.
 PATH_FIELDS: tuple[str, ...] = ("llm_path", "tokenizer_path", "clip_teacher_path", "backbone_weights")
@@ -118,8 +127,13 @@ class PredictOutput:
 def loss_weights(cfg: SparseOccVLAConfig) -> dict[str, float]:
     """Eq.-12 weight of every term of :data:`LOSS_NAMES` (focal terms: ``lambda_focal``; the rest from ``cfg``)."""
     return {
-        "occ_cd": 1.0, "occ_focal": cfg.lambda_focal, "distill": cfg.distill_weight, "lm": 1.0,
-        "fore_cd": 1.0, "fore_focal": cfg.lambda_focal, "plan_cls": cfg.plan_cls_weight,
+        "occ_cd": 1.0,
+        "occ_focal": cfg.lambda_focal,
+        "distill": cfg.distill_weight,
+        "lm": 1.0,
+        "fore_cd": 1.0,
+        "fore_focal": cfg.lambda_focal,
+        "plan_cls": cfg.plan_cls_weight,
         "plan_l1": cfg.plan_reg_weight,
     }
 
@@ -266,8 +280,13 @@ class SparseOccVLA(nn.Module):
         """
         image_size = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
         return self.encode_features(
-            self.image_features(batch.images), batch.intrinsics, batch.cam2ego, batch.ego2global, batch.frame_valid,
-            batch.ego_state, image_size,
+            self.image_features(batch.images),
+            batch.intrinsics,
+            batch.cam2ego,
+            batch.ego2global,
+            batch.frame_valid,
+            batch.ego_state,
+            image_size,
         )
 
     def scene_tokens(self, enc: EncoderOutput) -> torch.Tensor:
@@ -489,7 +508,9 @@ class SparseOccVLA(nn.Module):
             gt_points = batch.occ_concat_points if concat else batch.occ_points
             gt_labels = batch.occ_concat_labels if concat else batch.occ_labels
             gt_mask = batch.occ_concat_mask if concat else batch.occ_mask
-            occ = occupancy_losses(enc.layer_points, enc.layer_logits, gt_points, gt_labels, gt_mask, cfg, include_p0=True)
+            occ = occupancy_losses(
+                enc.layer_points, enc.layer_logits, gt_points, gt_labels, gt_mask, cfg, include_p0=True
+            )
             losses["occ_cd"], losses["occ_focal"] = occ["cd"], occ["focal"]
         # 4. occupancy tokens (eq. 2) and distillation (eq. 3) on the current frame
         tokens = self.scene_tokens(enc)  # [B, N, H]

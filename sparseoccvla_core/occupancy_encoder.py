@@ -121,8 +121,12 @@ class PointPositionEncoding(nn.Module):
     def __init__(self, num_points: int, dim: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(3 * num_points, dim), nn.LayerNorm(dim), nn.ReLU(inplace=True),
-            nn.Linear(dim, dim), nn.LayerNorm(dim), nn.ReLU(inplace=True),
+            nn.Linear(3 * num_points, dim),
+            nn.LayerNorm(dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(dim, dim),
+            nn.LayerNorm(dim),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, points_norm: torch.Tensor) -> torch.Tensor:
@@ -212,7 +216,10 @@ class SpatialAwareMHSA(nn.Module):
         """query [B, N, D], centres [B, N, 3] (m) -> attended values [B, N, D] (before the residual)."""
         q, k, v = (self._heads(p(query)) for p in (self.q_proj, self.k_proj, self.v_proj))
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=self.distance_bias(query, centres).to(q.dtype),
+            q,
+            k,
+            v,
+            attn_mask=self.distance_bias(query, centres).to(q.dtype),
             dropout_p=self.dropout if self.training else 0.0,
         )  # [B, H, N, d]
         b, _, n, _ = out.shape
@@ -249,13 +256,20 @@ class OccupancyEncoderLayer(nn.Module):
         self.norm_ffn = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
         self.cls_head = nn.Sequential(
-            nn.Linear(d, d), nn.LayerNorm(d), nn.ReLU(inplace=True),
-            nn.Linear(d, d), nn.LayerNorm(d), nn.ReLU(inplace=True),
+            nn.Linear(d, d),
+            nn.LayerNorm(d),
+            nn.ReLU(inplace=True),
+            nn.Linear(d, d),
+            nn.LayerNorm(d),
+            nn.ReLU(inplace=True),
             nn.Linear(d, self.num_classes * out_points),
         )
         nn.init.constant_(self.cls_head[-1].bias, -math.log((1.0 - CLS_PRIOR_PROB) / CLS_PRIOR_PROB))
         self.reg_head = nn.Sequential(
-            nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, d), nn.ReLU(inplace=True),
+            nn.Linear(d, d),
+            nn.ReLU(inplace=True),
+            nn.Linear(d, d),
+            nn.ReLU(inplace=True),
             nn.Linear(d, 3 * out_points),
         )
 
@@ -287,8 +301,11 @@ class OccupancyEncoderLayer(nn.Module):
         # 2. adaptive sampling around the centre, offsets in units of the points' spread; the spread has a
         #    floor of one voxel so single-point queries (P_0) still sample a neighbourhood (OPUS uses 0).
         centre = points.mean(dim=2)  # [B, N, 3]
-        spread = points.std(dim=2, unbiased=False).clamp(min=self.cfg.voxel_size) if points.shape[2] > 1 \
+        spread = (
+            points.std(dim=2, unbiased=False).clamp(min=self.cfg.voxel_size)
+            if points.shape[2] > 1
             else torch.full_like(centre, self.cfg.voxel_size)
+        )
         offsets = self.sampling_offset(query).reshape(b, n, g, s, 3)
         samples = centre[:, :, None, None] + offsets * spread[:, :, None, None]  # [B, N, G, S, 3]
         level_w = self.level_weights(query).reshape(b, n, g, s, self.num_levels).softmax(dim=-1)

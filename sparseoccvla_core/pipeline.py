@@ -454,7 +454,9 @@ class SparseOccVLAPipeline:
         )
 
     # ------------------------------------------------------------------ streaming step
-    def _stack_frames(self, current: _CachedFrame) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _stack_frames(
+        self, current: _CachedFrame
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """[current, past most recent first], padded with the oldest real frame (invalid) to ``num_frames``.
 
         Returns:

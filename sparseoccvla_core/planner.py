@@ -56,7 +56,9 @@ def scaled_linear_alphas_cumprod(num_train_timesteps: int) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def add_noise(
+    x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """Eq. 8: ``tau = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` with one timestep per batch item.
 
     Args:
@@ -109,7 +111,9 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     return sine_embedding(timesteps.float().unsqueeze(-1) / (2.0 * math.pi), dim)  # [B, dim]
 
 
-def _randn(shape: tuple[int, ...], generator: Optional[torch.Generator], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _randn(
+    shape: tuple[int, ...], generator: Optional[torch.Generator], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     """Gaussian noise drawn on the generator's device (a CPU generator gives the same noise on every device)."""
     if generator is None:
         return torch.randn(shape, device=device, dtype=dtype)
@@ -368,7 +372,9 @@ class AnchorDiffusionPlanner(nn.Module):
         if anchors.dim() == 4:  # [C, K/C, T, 2] per command, command-major (``sparseoccvla anchors`` layout)
             anchors = anchors.flatten(0, 1)  # [K, T, 2]
         if tuple(anchors.shape) != expect:
-            raise ValueError(f"anchors must have shape {expect} (num_anchors, plan_horizon, 2), got {tuple(anchors.shape)}")
+            raise ValueError(
+                f"anchors must have shape {expect} (num_anchors, plan_horizon, 2), got {tuple(anchors.shape)}"
+            )
         if not torch.isfinite(anchors).all():
             raise ValueError("anchors contain NaN or Inf")
         if commands is None:

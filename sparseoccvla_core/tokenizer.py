@@ -148,9 +148,7 @@ def encode_qa(
     return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
 
 
-def pad_sequences(
-    sequences: Sequence[Sequence[int]], pad_value: int, length: Optional[int] = None
-) -> list[list[int]]:
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int, length: Optional[int] = None) -> list[list[int]]:
     """Right-pad integer sequences to a common length."""
     n = length if length is not None else max((len(s) for s in sequences), default=0)
     return [list(s) + [pad_value] * (n - len(s)) for s in sequences]

@@ -73,7 +73,6 @@ class TrainConfig(PresetYamlMixin):
 
     _yaml_label: ClassVar[str] = "training config"
 
-
     epochs: tuple[int, int, int] = (36, 6, 12)
     batch_size: int = 2
     grad_accum_steps: int = 1

@@ -91,7 +91,9 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, warmup_start_ratio
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, tcfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Warm-up + cosine schedule, stepped once per optimizer update (not per micro-batch)."""
 
     def factor(step: int) -> float:
@@ -191,7 +193,11 @@ def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
     )
     gauss = float(state["python_gauss"][0])
     random.setstate(
-        (int(state["python_meta"][0]), tuple(int(v) for v in state["python_internal"].tolist()), None if math.isnan(gauss) else gauss)
+        (
+            int(state["python_meta"][0]),
+            tuple(int(v) for v in state["python_internal"].tolist()),
+            None if math.isnan(gauss) else gauss,
+        )
     )
 
 
@@ -243,7 +249,11 @@ class LossLogger:
                 self._file = self.path.open("a", newline="")
                 self._writer = csv.writer(self._file)
             else:
-                extra = sorted(k for k in row if k not in LOSS_NAMES and k not in ("step", "epoch", "lr", TOTAL_LOSS, "grad_norm", "seconds"))
+                extra = sorted(
+                    k
+                    for k in row
+                    if k not in LOSS_NAMES and k not in ("step", "epoch", "lr", TOTAL_LOSS, "grad_norm", "seconds")
+                )
                 self.columns = ["step", "epoch", "lr", *LOSS_NAMES, *extra, TOTAL_LOSS, "grad_norm", "seconds"]
                 self._file = self.path.open("w", newline="")
                 self._writer = csv.writer(self._file)
@@ -317,7 +327,10 @@ class StageState:
         path = Path(folder) / STATE_FILE
         data = json.loads(path.read_text())
         data.pop("format", None)
-        return cls(**{k: data[k] for k in ("stage", "epoch", "epochs", "global_step", "updates_per_epoch", "complete")}, init=data.get("init"))
+        return cls(
+            **{k: data[k] for k in ("stage", "epoch", "epochs", "global_step", "updates_per_epoch", "complete")},
+            init=data.get("init"),
+        )
 
     def write(self, folder: str | Path) -> None:
         (Path(folder) / STATE_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n")
@@ -412,12 +425,20 @@ def _save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         accelerator.unwrap_model(model).save_pretrained(tmp)
-        blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": state.epoch, "global_step": state.global_step}
+        blob = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": state.epoch,
+            "global_step": state.global_step,
+        }
         if getattr(accelerator, "scaler", None) is not None:  # fp16 loss scaling
             blob["grad_scaler"] = accelerator.scaler.state_dict()
         torch.save(blob, tmp / OPTIM_FILE)
     accelerator.wait_for_everyone()
-    save_file({k: v.contiguous() for k, v in capture_rng_state().items()}, str(tmp / f"rng_state_{accelerator.process_index}.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in capture_rng_state().items()},
+        str(tmp / f"rng_state_{accelerator.process_index}.safetensors"),
+    )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state.write(tmp)  # written last: marks the checkpoint complete
@@ -449,7 +470,9 @@ def _load_training_state(
 
 def _prune_checkpoints(out_dir: Path, keep: int) -> None:
     root = out_dir / CHECKPOINT_DIR
-    done = sorted((p for p in root.glob("epoch_*") if (p / STATE_FILE).is_file()), key=lambda p: StageState.read(p).epoch)
+    done = sorted(
+        (p for p in root.glob("epoch_*") if (p / STATE_FILE).is_file()), key=lambda p: StageState.read(p).epoch
+    )
     for old in done[:-keep]:
         shutil.rmtree(old)
 
@@ -782,16 +805,32 @@ def train_stage(
 # ============================================================================ CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", type=int, required=True, choices=STAGES, help="training stage (paper sec. 4.2)")
-    parser.add_argument("--config", default=None, help="model config YAML (e.g. config/model_tiny.yaml) or 'tiny' / 'paper'; "
-                        "required for stage 1 from scratch, otherwise checked against the --init checkpoint")
-    parser.add_argument("--train-config", default=None, help="training config YAML (config/train_tiny.yaml, "
-                        "config/train_paper.yaml) or 'tiny' / 'paper' (default: paper)")
-    parser.add_argument("--data", required=True, help="dataset root (nuScenes layout: <DIR>/<version>/, gts/, omnidrive/, ...)")
-    parser.add_argument("--init", default=None, help="output folder of the previous stage (required for stages 2 and 3)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="model config YAML (e.g. config/model_tiny.yaml) or 'tiny' / 'paper'; "
+        "required for stage 1 from scratch, otherwise checked against the --init checkpoint",
+    )
+    parser.add_argument(
+        "--train-config",
+        default=None,
+        help="training config YAML (config/train_tiny.yaml, "
+        "config/train_paper.yaml) or 'tiny' / 'paper' (default: paper)",
+    )
+    parser.add_argument(
+        "--data", required=True, help="dataset root (nuScenes layout: <DIR>/<version>/, gts/, omnidrive/, ...)"
+    )
+    parser.add_argument(
+        "--init", default=None, help="output folder of the previous stage (required for stages 2 and 3)"
+    )
     parser.add_argument("--out", required=True, help="output folder of this stage")
     parser.add_argument("--resume", action="store_true", help="continue this stage from the newest checkpoint in --out")
-    parser.add_argument("--anchors", default=None, help="planning anchors file from 'sparseoccvla anchors' "
-                        "(default: computed from the training split when the model has none)")
+    parser.add_argument(
+        "--anchors",
+        default=None,
+        help="planning anchors file from 'sparseoccvla anchors' "
+        "(default: computed from the training split when the model has none)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs of this stage")
     parser.add_argument("--batch-size", type=int, default=None, help="override the per-device batch size")
     parser.add_argument("--grad-accum", type=int, default=None, help="override gradient accumulation steps")
@@ -814,7 +853,13 @@ def load_train_config(spec: Optional[str], args: argparse.Namespace, stage: int)
         epochs = list(values["epochs"])
         epochs[stage - 1] = args.epochs
         values["epochs"] = epochs
-    for arg, field in (("batch_size", "batch_size"), ("grad_accum", "grad_accum_steps"), ("lr", "lr"), ("seed", "seed"), ("num_workers", "num_workers")):
+    for arg, field in (
+        ("batch_size", "batch_size"),
+        ("grad_accum", "grad_accum_steps"),
+        ("lr", "lr"),
+        ("seed", "seed"),
+        ("num_workers", "num_workers"),
+    ):
         if getattr(args, arg, None) is not None:
             values[field] = getattr(args, arg)
     return TrainConfig.from_dict(values)
@@ -825,7 +870,9 @@ def load_model_config(spec: str) -> SparseOccVLAConfig:
     if spec in ("tiny", "paper") and not Path(spec).exists():
         return SparseOccVLAConfig.tiny() if spec == "tiny" else SparseOccVLAConfig.paper()
     if not Path(spec).is_file():
-        raise FileNotFoundError(f"--config {spec} does not exist (give a model config YAML such as config/model_tiny.yaml)")
+        raise FileNotFoundError(
+            f"--config {spec} does not exist (give a model config YAML such as config/model_tiny.yaml)"
+        )
     return SparseOccVLAConfig.from_yaml(spec)
 
 
@@ -878,9 +925,11 @@ def _install_anchors(model: "SparseOccVLA", anchors_file: Optional[str], data_ro
     commands = torch.as_tensor(anchor_set.anchor_commands)
     expect = (cfg.num_anchors, cfg.plan_horizon, 2)
     if tuple(flat.shape) != expect:
-        raise ValueError(f"anchors from {source} have shape {tuple(flat.shape)}, the model needs {expect} "
-                         f"(num_anchors, plan_horizon, 2): rerun 'sparseoccvla anchors' with --per-command "
-                         f"{cfg.anchors_per_command} --horizon {cfg.plan_horizon}")
+        raise ValueError(
+            f"anchors from {source} have shape {tuple(flat.shape)}, the model needs {expect} "
+            f"(num_anchors, plan_horizon, 2): rerun 'sparseoccvla anchors' with --per-command "
+            f"{cfg.anchors_per_command} --horizon {cfg.plan_horizon}"
+        )
     model.planner.set_anchors(flat, commands)
     return source
 
@@ -890,7 +939,10 @@ def dataset_options(tcfg: TrainConfig) -> "DatasetOptions":
     from .data.dataset import DatasetOptions
 
     extra: dict[str, Any] = {
-        "max_gt_points": tcfg.max_gt_points, "augment": tcfg.augment, "seed": tcfg.seed, "occ_visibility": tcfg.occ_visibility,
+        "max_gt_points": tcfg.max_gt_points,
+        "augment": tcfg.augment,
+        "seed": tcfg.seed,
+        "occ_visibility": tcfg.occ_visibility,
     }
     if tcfg.qa_sources is not None:
         extra["qa_sources"] = tuple(tcfg.qa_sources)
@@ -925,8 +977,11 @@ def run_stage(args: argparse.Namespace) -> StageState:
         saved_tcfg = TrainConfig.from_yaml(out / TRAIN_CONFIG_FILE)
         diff = saved_tcfg.diff(tcfg)
         if diff:
-            raise ValueError(f"--resume with different training settings than {out / TRAIN_CONFIG_FILE}:\n"
-                             + format_config_diff(diff, "run", "given") + "\nresume with the run's settings")
+            raise ValueError(
+                f"--resume with different training settings than {out / TRAIN_CONFIG_FILE}:\n"
+                + format_config_diff(diff, "run", "given")
+                + "\nresume with the run's settings"
+            )
         init = StageState.read(resume_from).init
         model = SparseOccVLA.from_pretrained(resume_from, config=given_cfg)
         dataset = DrivingDataset(layout.root, tcfg.train_split, model.cfg, model.tokenizer, dataset_options(tcfg))
@@ -939,14 +994,18 @@ def run_stage(args: argparse.Namespace) -> StageState:
             dataset = DrivingDataset(layout.root, tcfg.train_split, model.cfg, model.tokenizer, dataset_options(tcfg))
         else:
             if given_cfg is None:
-                raise ValueError("stage 1 from scratch needs --config (a model config YAML such as config/model_tiny.yaml)")
+                raise ValueError(
+                    "stage 1 from scratch needs --config (a model config YAML such as config/model_tiny.yaml)"
+                )
             # index the split once without text, train / load the tokenizer, then let the dataset encode text with it
             dataset = DrivingDataset(layout.root, tcfg.train_split, given_cfg, None, dataset_options(tcfg))
             tokenizer = _build_tokenizer(given_cfg, dataset) if len(dataset) else None
             dataset.tokenizer = tokenizer
             model = SparseOccVLA(given_cfg, tokenizer)
     if len(dataset) == 0:
-        raise ValueError(f"split {tcfg.train_split!r} of {layout.root} has no key frame (check splits.json / the version)")
+        raise ValueError(
+            f"split {tcfg.train_split!r} of {layout.root} has no key frame (check splits.json / the version)"
+        )
 
     if resume_from is None and (args.anchors is not None or not bool(model.planner.anchors_from_data)):
         source = _install_anchors(model, args.anchors, layout.root, tcfg.train_split, tcfg.seed)
@@ -955,8 +1014,15 @@ def run_stage(args: argparse.Namespace) -> StageState:
         out.mkdir(parents=True, exist_ok=True)
         tcfg.to_yaml(out / TRAIN_CONFIG_FILE)
     return train_stage(
-        model, dataset, make_collate(model.tokenizer), stage, tcfg, out,
-        resume_from=resume_from, init=init, progress=not args.no_progress,
+        model,
+        dataset,
+        make_collate(model.tokenizer),
+        stage,
+        tcfg,
+        out,
+        resume_from=resume_from,
+        init=init,
+        progress=not args.no_progress,
     )
 
 

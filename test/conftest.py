@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+from data_fixtures import mini_nuscenes, synthetic_world  # noqa: F401  (session fixtures shared by several test files)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

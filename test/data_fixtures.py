@@ -25,8 +25,14 @@ from sparseoccvla_core.batch import CAMERA_NAMES
 from sparseoccvla_core.data.camera import invert_pose, pose_matrix, project_points, transform_points
 
 IMAGE_HW = (90, 160)
-CAMERA_YAWS_DEG = {"CAM_FRONT": 0, "CAM_FRONT_RIGHT": -55, "CAM_FRONT_LEFT": 55, "CAM_BACK": 180,
-                   "CAM_BACK_LEFT": 110, "CAM_BACK_RIGHT": -110}
+CAMERA_YAWS_DEG = {
+    "CAM_FRONT": 0,
+    "CAM_FRONT_RIGHT": -55,
+    "CAM_FRONT_LEFT": 55,
+    "CAM_BACK": 180,
+    "CAM_BACK_LEFT": 110,
+    "CAM_BACK_RIGHT": -110,
+}
 CAMERA_LAG_US = {cam: 30_000 * i for i, cam in enumerate(CAMERA_NAMES)}  # up to 150 ms before the lidar
 SPEED, RADIUS, YAW0 = 8.0, 60.0, 0.4  # m/s, m (left arc), rad
 ORIGIN = np.array([300.0, 700.0])
@@ -52,7 +58,11 @@ def camera_calibration() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for cam, deg in CAMERA_YAWS_DEG.items():
         a = np.deg2rad(deg)
-        fwd, right, down = np.array([np.cos(a), np.sin(a), 0]), np.array([np.sin(a), -np.cos(a), 0]), np.array([0, 0, -1.0])
+        fwd, right, down = (
+            np.array([np.cos(a), np.sin(a), 0]),
+            np.array([np.sin(a), -np.cos(a), 0]),
+            np.array([0, 0, -1.0]),
+        )
         m = np.eye(4)
         m[:3, :3] = np.stack([right, down, fwd], axis=1)
         m[:3, 3] = [1.0 + 0.5 * np.cos(a), 0.5 * np.sin(a), 1.5]
@@ -108,8 +118,14 @@ def occ3d_labels_in(ego2global: np.ndarray) -> np.ndarray:
     sem[tuple(idx[road].T)] = 11
     c, yaw = car_box_world()
     rel = world - c
-    local = np.stack([np.cos(yaw) * rel[:, 0] + np.sin(yaw) * rel[:, 1],
-                      -np.sin(yaw) * rel[:, 0] + np.cos(yaw) * rel[:, 1], rel[:, 2]], 1)
+    local = np.stack(
+        [
+            np.cos(yaw) * rel[:, 0] + np.sin(yaw) * rel[:, 1],
+            -np.sin(yaw) * rel[:, 0] + np.cos(yaw) * rel[:, 1],
+            rel[:, 2],
+        ],
+        1,
+    )
     car = np.all(np.abs(local) < np.array(CAR_SIZE) / 2, axis=1)
     sem[tuple(idx[car].T)] = 4
     return sem
@@ -124,26 +140,62 @@ class MiniNuScenes:
 
 def write_mini_nuscenes(root: Path, scene_lengths=(("scene-a", "train", 7), ("scene-b", "val", 4))) -> MiniNuScenes:
     version = "v1.0-minitest"
-    tables: dict[str, list] = {n: [] for n in ("category", "attribute", "visibility", "instance", "sensor",
-                                               "calibrated_sensor", "ego_pose", "log", "scene", "sample",
-                                               "sample_data", "sample_annotation", "map")}
+    tables: dict[str, list] = {
+        n: []
+        for n in (
+            "category",
+            "attribute",
+            "visibility",
+            "instance",
+            "sensor",
+            "calibrated_sensor",
+            "ego_pose",
+            "log",
+            "scene",
+            "sample",
+            "sample_data",
+            "sample_annotation",
+            "map",
+        )
+    }
     calib = camera_calibration()
     for cam in CAMERA_NAMES + ("LIDAR_TOP",):
-        tables["sensor"].append({"token": f"sensor-{cam}", "channel": cam,
-                                 "modality": "lidar" if cam == "LIDAR_TOP" else "camera"})
+        tables["sensor"].append(
+            {"token": f"sensor-{cam}", "channel": cam, "modality": "lidar" if cam == "LIDAR_TOP" else "camera"}
+        )
         if cam == "LIDAR_TOP":
-            tables["calibrated_sensor"].append({"token": f"cs-{cam}", "sensor_token": f"sensor-{cam}",
-                                                "translation": [0.94, 0.0, 1.84], "rotation": [1, 0, 0, 0],
-                                                "camera_intrinsic": []})
+            tables["calibrated_sensor"].append(
+                {
+                    "token": f"cs-{cam}",
+                    "sensor_token": f"sensor-{cam}",
+                    "translation": [0.94, 0.0, 1.84],
+                    "rotation": [1, 0, 0, 0],
+                    "camera_intrinsic": [],
+                }
+            )
         else:
             k, m = calib[cam]
-            tables["calibrated_sensor"].append({"token": f"cs-{cam}", "sensor_token": f"sensor-{cam}",
-                                                "translation": m[:3, 3].tolist(), "rotation": _quat(m),
-                                                "camera_intrinsic": k.tolist()})
-    tables["log"].append({"token": "log-0", "logfile": "minitest", "vehicle": "v", "date_captured": "2020-01-01",
-                          "location": "boston-seaport"})
-    tables["map"].append({"token": "map-0", "log_tokens": ["log-0"], "category": "semantic_prior",
-                          "filename": "maps/none.png"})
+            tables["calibrated_sensor"].append(
+                {
+                    "token": f"cs-{cam}",
+                    "sensor_token": f"sensor-{cam}",
+                    "translation": m[:3, 3].tolist(),
+                    "rotation": _quat(m),
+                    "camera_intrinsic": k.tolist(),
+                }
+            )
+    tables["log"].append(
+        {
+            "token": "log-0",
+            "logfile": "minitest",
+            "vehicle": "v",
+            "date_captured": "2020-01-01",
+            "location": "boston-seaport",
+        }
+    )
+    tables["map"].append(
+        {"token": "map-0", "log_tokens": ["log-0"], "category": "semantic_prior", "filename": "maps/none.png"}
+    )
     marks = landmarks()
     info: dict[str, dict] = {}
     t_offset = 0.0
@@ -152,15 +204,35 @@ def write_mini_nuscenes(root: Path, scene_lengths=(("scene-a", "train", 7), ("sc
         times = t_offset + 0.5 * np.arange(n)
         t_offset += 0.5 * n + 5.0
         s_tokens = [f"{name}-s{i}" for i in range(n)]
-        tables["scene"].append({"token": f"{name}-tok", "name": name, "description": "", "log_token": "log-0",
-                                "nbr_samples": n, "first_sample_token": s_tokens[0], "last_sample_token": s_tokens[-1]})
+        tables["scene"].append(
+            {
+                "token": f"{name}-tok",
+                "name": name,
+                "description": "",
+                "log_token": "log-0",
+                "nbr_samples": n,
+                "first_sample_token": s_tokens[0],
+                "last_sample_token": s_tokens[-1],
+            }
+        )
         prev_cam: dict[str, str] = {c: "" for c in CAMERA_NAMES + ("LIDAR_TOP",)}
         for i, (tok, t) in enumerate(zip(s_tokens, times)):
             ts = T0_US + int(round(t * 1e6))
-            tables["sample"].append({"token": tok, "timestamp": ts, "scene_token": f"{name}-tok",
-                                     "prev": s_tokens[i - 1] if i else "", "next": s_tokens[i + 1] if i < n - 1 else ""})
+            tables["sample"].append(
+                {
+                    "token": tok,
+                    "timestamp": ts,
+                    "scene_token": f"{name}-tok",
+                    "prev": s_tokens[i - 1] if i else "",
+                    "next": s_tokens[i + 1] if i < n - 1 else "",
+                }
+            )
             # camera sweeps before this key frame (not before the first one), then the key frame itself
-            stamps = [(ts - int(round((SWEEPS_BETWEEN - j) * period * 1e6)), False) for j in range(SWEEPS_BETWEEN)] if i else []
+            stamps = (
+                [(ts - int(round((SWEEPS_BETWEEN - j) * period * 1e6)), False) for j in range(SWEEPS_BETWEEN)]
+                if i
+                else []
+            )
             stamps.append((ts, True))
             for cam in CAMERA_NAMES + ("LIDAR_TOP",):
                 for stamp, key in stamps:
@@ -169,8 +241,14 @@ def write_mini_nuscenes(root: Path, scene_lengths=(("scene-a", "train", 7), ("sc
                     cam_ts = stamp - CAMERA_LAG_US.get(cam, 0)
                     sd_tok = f"{tok}-{cam}-{cam_ts}"
                     pose = ego_pose_at((cam_ts - T0_US) * 1e-6)
-                    tables["ego_pose"].append({"token": f"ep-{sd_tok}", "timestamp": cam_ts,
-                                               "translation": pose[:3, 3].tolist(), "rotation": _quat(pose)})
+                    tables["ego_pose"].append(
+                        {
+                            "token": f"ep-{sd_tok}",
+                            "timestamp": cam_ts,
+                            "translation": pose[:3, 3].tolist(),
+                            "rotation": _quat(pose),
+                        }
+                    )
                     folder = "samples" if key else "sweeps"
                     if cam == "LIDAR_TOP":
                         filename = f"{folder}/{cam}/{sd_tok}.pcd.bin"
@@ -182,11 +260,20 @@ def write_mini_nuscenes(root: Path, scene_lengths=(("scene-a", "train", 7), ("sc
                         out = root / filename
                         out.parent.mkdir(parents=True, exist_ok=True)
                         cv2.imwrite(str(out), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
-                    rec = {"token": sd_tok, "sample_token": tok, "ego_pose_token": f"ep-{sd_tok}",
-                           "calibrated_sensor_token": f"cs-{cam}", "timestamp": cam_ts, "fileformat": "jpg",
-                           "is_key_frame": key, "height": IMAGE_HW[0] if cam != "LIDAR_TOP" else 0,
-                           "width": IMAGE_HW[1] if cam != "LIDAR_TOP" else 0, "filename": filename,
-                           "prev": prev_cam[cam], "next": ""}
+                    rec = {
+                        "token": sd_tok,
+                        "sample_token": tok,
+                        "ego_pose_token": f"ep-{sd_tok}",
+                        "calibrated_sensor_token": f"cs-{cam}",
+                        "timestamp": cam_ts,
+                        "fileformat": "jpg",
+                        "is_key_frame": key,
+                        "height": IMAGE_HW[0] if cam != "LIDAR_TOP" else 0,
+                        "width": IMAGE_HW[1] if cam != "LIDAR_TOP" else 0,
+                        "filename": filename,
+                        "prev": prev_cam[cam],
+                        "next": "",
+                    }
                     if prev_cam[cam]:
                         next(r for r in reversed(tables["sample_data"]) if r["token"] == prev_cam[cam])["next"] = sd_tok
                     prev_cam[cam] = sd_tok
@@ -195,8 +282,9 @@ def write_mini_nuscenes(root: Path, scene_lengths=(("scene-a", "train", 7), ("sc
             gt = root / "gts" / name / tok
             gt.mkdir(parents=True)
             ones = np.ones((200, 200, 16), np.uint8)
-            np.savez_compressed(gt / "labels.npz", semantics=occ3d_labels_in(ego_pose_at(t)), mask_lidar=ones,
-                                mask_camera=ones)
+            np.savez_compressed(
+                gt / "labels.npz", semantics=occ3d_labels_in(ego_pose_at(t)), mask_lidar=ones, mask_camera=ones
+            )
         info[name] = {"split": split, "times": times, "sample_tokens": s_tokens}
     (root / version).mkdir(parents=True)
     (root / "maps").mkdir()
@@ -209,16 +297,32 @@ def write_mini_nuscenes(root: Path, scene_lengths=(("scene-a", "train", 7), ("sc
     (root / "splits.json").write_text(json.dumps(splits))
     # OmniDrive QA for the first train sample only; nuScenes-QA for two train samples
     first = info[scene_lengths[0][0]]["sample_tokens"][0]
-    for kind, content in {"desc": {"description": "A curved road with a parked car on the left.",
-                                   "action": "Keep turning left along the lane at a steady speed."},
-                          "conv": [{"question": "Is there a parked car?", "answer": "Yes, on the left."}]}.items():
+    for kind, content in {
+        "desc": {
+            "description": "A curved road with a parked car on the left.",
+            "action": "Keep turning left along the lane at a steady speed.",
+        },
+        "conv": [{"question": "Is there a parked car?", "answer": "Yes, on the left."}],
+    }.items():
         (root / "omnidrive" / kind / "train").mkdir(parents=True)
         (root / "omnidrive" / kind / "train" / f"{first}.json").write_text(json.dumps(content))
     second = info[scene_lengths[0][0]]["sample_tokens"][1]
     (root / "nuscenes_qa").mkdir()
-    (root / "nuscenes_qa" / "NuScenes_train_questions.json").write_text(json.dumps({"questions": [
-        {"sample_token": second, "question": "How many cars are there?", "answer": "1", "template_type": "count",
-         "num_hop": 0}]}))
+    (root / "nuscenes_qa" / "NuScenes_train_questions.json").write_text(
+        json.dumps(
+            {
+                "questions": [
+                    {
+                        "sample_token": second,
+                        "question": "How many cars are there?",
+                        "answer": "1",
+                        "template_type": "count",
+                        "num_hop": 0,
+                    }
+                ]
+            }
+        )
+    )
     return MiniNuScenes(root=root, version=version, scenes=info)
 
 

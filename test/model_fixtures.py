@@ -20,12 +20,18 @@ from sparseoccvla_core.tokenizer import default_corpus, encode_qa, pad_sequences
 
 CAMERA_YAWS_DEG = (0.0, -55.0, 55.0, 180.0, 110.0, -110.0)
 QA_PAIRS = (
-    ("Describe the driving scene around the ego vehicle.", "There are two cars and one truck in front of the ego vehicle."),
+    (
+        "Describe the driving scene around the ego vehicle.",
+        "There are two cars and one truck in front of the ego vehicle.",
+    ),
     ("Are there any pedestrians crossing the road?", "A pedestrian is walking on the sidewalk to the left."),
 )
 PLAN_PAIRS = (
     ("What should the ego vehicle do next and why?", "The ego vehicle should keep going straight at a constant speed."),
-    ("What should the ego vehicle do next and why?", "The ego vehicle should slow down and stop before the intersection."),
+    (
+        "What should the ego vehicle do next and why?",
+        "The ego vehicle should slow down and stop before the intersection.",
+    ),
 )
 
 

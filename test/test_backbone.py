@@ -94,10 +94,15 @@ def test_hf_classification_folder_loads_and_matches_its_stages(cfg, tmp_path):
     backbone's stage outputs equal that model's hidden states."""
     from transformers import ResNetConfig, ResNetForImageClassification
 
-    hf = ResNetForImageClassification(ResNetConfig(
-        embedding_size=cfg.backbone_embedding_size, hidden_sizes=list(cfg.backbone_hidden_sizes),
-        depths=list(cfg.backbone_depths), layer_type=cfg.backbone_layer_type, num_labels=5,
-    )).eval()
+    hf = ResNetForImageClassification(
+        ResNetConfig(
+            embedding_size=cfg.backbone_embedding_size,
+            hidden_sizes=list(cfg.backbone_hidden_sizes),
+            depths=list(cfg.backbone_depths),
+            layer_type=cfg.backbone_layer_type,
+            num_labels=5,
+        )
+    ).eval()
     hf.save_pretrained(tmp_path / "resnet_hf")
     bb = ImageBackbone(SparseOccVLAConfig.tiny(backbone_weights=str(tmp_path / "resnet_hf"))).eval()
     x = torch.randn(1, 3, *cfg.image_size)

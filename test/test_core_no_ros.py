@@ -26,7 +26,9 @@ print("ok", len(sys.argv) - 1)
 def test_core_imports_without_ros():
     root = Path(sparseoccvla_core.__file__).parent
     modules = ["sparseoccvla_core"] + [
-        m.name for m in pkgutil.walk_packages([str(root)], prefix="sparseoccvla_core.") if not m.name.endswith("__main__")
+        m.name
+        for m in pkgutil.walk_packages([str(root)], prefix="sparseoccvla_core.")
+        if not m.name.endswith("__main__")
     ]
     proc = subprocess.run([sys.executable, "-c", CHECK, *modules], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

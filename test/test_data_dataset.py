@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from data_fixtures import camera_calibration, car_box_world, ego_pose_at, landmarks
 
 from sparseoccvla_core.batch import CAMERA_NAMES, EGO_STATE_DIM, FREE_CLASS, IGNORE_INDEX
 from sparseoccvla_core.config import SparseOccVLAConfig
@@ -14,14 +15,6 @@ from sparseoccvla_core.data.camera import invert_pose, project_points, transform
 from sparseoccvla_core.data.dataset import DatasetOptions, DrivingDataset, collate, make_collate
 from sparseoccvla_core.data.images import CorruptImageError
 from sparseoccvla_core.data.layout import resolve_layout
-
-from data_fixtures import (  # noqa: F401  (mini_nuscenes is a fixture)
-    camera_calibration,
-    car_box_world,
-    ego_pose_at,
-    landmarks,
-    mini_nuscenes,
-)
 
 OCC_OPTS = dict(qa_choice="first")
 
@@ -145,8 +138,9 @@ def test_occupancy_gt_current_concat_future(mini_nuscenes):
 
 def test_sweeps_history(mini_nuscenes):
     cfg = SparseOccVLAConfig.tiny(num_frames=3)
-    ds = DrivingDataset(mini_nuscenes.root, "train", cfg, None,
-                        DatasetOptions(past="sweeps", past_stride=1, load_occupancy=False))
+    ds = DrivingDataset(
+        mini_nuscenes.root, "train", cfg, None, DatasetOptions(past="sweeps", past_stride=1, load_occupancy=False)
+    )
     scene = ds.scenes[0]
     item = ds[2]
     rows = scene.history[2]
@@ -172,14 +166,18 @@ def test_text_fields(mini_nuscenes, tokenizer):
     assert b.qa_pair.source == "nuscenes_qa" and b.qa_pair.answer == "1" and b.plan_text is None
     assert c.qa_pair is None
     assert all(lab == IGNORE_INDEX for lab in c.qa_labels)  # prompt only: no language loss
-    assert tokenizer.decode([i for i, lab in zip(a.plan_ids, a.plan_labels) if lab != IGNORE_INDEX]).strip() \
+    assert (
+        tokenizer.decode([i for i, lab in zip(a.plan_ids, a.plan_labels) if lab != IGNORE_INDEX])
+        .strip()
         .startswith("Keep turning left")
+    )
     batch = make_collate(tokenizer)([a, b, c])
     batch.validate()
     assert batch.qa_attention_mask.sum(1).tolist() == [len(a.qa_ids), len(b.qa_ids), len(c.qa_ids)]
     assert batch.qa_input_ids[batch.qa_attention_mask == 0].eq(tokenizer.pad_token_id).all()
-    strict = DrivingDataset(mini_nuscenes.root, "train", cfg, tokenizer,
-                            DatasetOptions(load_occupancy=False, require_text=True))
+    strict = DrivingDataset(
+        mini_nuscenes.root, "train", cfg, tokenizer, DatasetOptions(load_occupancy=False, require_text=True)
+    )
     with pytest.raises(FileNotFoundError, match="plan text|QA pair"):
         strict[2]
     # random choice draws from the pool of the item
@@ -206,10 +204,13 @@ def test_clear_errors(mini_nuscenes, tmp_path):
     with pytest.raises(ValueError, match="qa_sources"):
         DatasetOptions(qa_sources=("desc", "tweets"))
     with pytest.raises(ValueError, match="concat_range"):
-        DrivingDataset(mini_nuscenes.root, "train", cfg, options=DatasetOptions(concat_range=(-80, -60, -2.0, 80, 60, 7.4)))
+        DrivingDataset(
+            mini_nuscenes.root, "train", cfg, options=DatasetOptions(concat_range=(-80, -60, -2.0, 80, 60, 7.4))
+        )
     # images / labels missing: the copy has tables only
     (broken / mini_nuscenes.version / "ego_pose.json").write_text(
-        (mini_nuscenes.root / mini_nuscenes.version / "ego_pose.json").read_text())
+        (mini_nuscenes.root / mini_nuscenes.version / "ego_pose.json").read_text()
+    )
     (broken / "splits.json").write_text((mini_nuscenes.root / "splits.json").read_text())
     with pytest.raises(FileNotFoundError, match="maps/none.png"):
         DrivingDataset(broken, "train", cfg)
@@ -281,16 +282,30 @@ def test_dataloader_workers(mini_nuscenes, tokenizer):
 
 
 def test_anchors_command_on_small_split(mini_nuscenes, tmp_path, capsys):
+    from data_fixtures import RADIUS, SPEED
+
     from sparseoccvla_core.cli import main
     from sparseoccvla_core.data.anchors import load_anchors
-
-    from data_fixtures import RADIUS, SPEED
 
     # the ego drives a perfect circle at constant speed: every key frame sees the same future trajectory
     with pytest.raises(ValueError, match="only 1 distinct complete 6-step"):
         main(["anchors", "--data", str(mini_nuscenes.root), "--out", str(tmp_path / "a.npz")])
-    assert main(["anchors", "--data", str(mini_nuscenes.root), "--out", str(tmp_path / "a.npz"),
-                 "--per-command", "1", "--horizon", "3"]) == 0
+    assert (
+        main(
+            [
+                "anchors",
+                "--data",
+                str(mini_nuscenes.root),
+                "--out",
+                str(tmp_path / "a.npz"),
+                "--per-command",
+                "1",
+                "--horizon",
+                "3",
+            ]
+        )
+        == 0
+    )
     result = load_anchors(tmp_path / "a.npz")
     assert result.anchors.shape == (3, 1, 3, 2)
     assert result.stats["counts"].tolist() == [0, 4, 0]  # 7 key frames -> 4 complete 3-step trajectories

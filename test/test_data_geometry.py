@@ -29,9 +29,7 @@ def test_ego_state_and_waypoints_on_a_circle():
     t = np.arange(n) * dt
     yaw0 = 0.3  # arbitrary global heading, the result must not depend on it
     cx, cy = 100.0, 200.0
-    poses = np.stack([
-        _pose(cx + r * np.sin(yaw0 + w * ti), cy - r * np.cos(yaw0 + w * ti), yaw0 + w * ti) for ti in t
-    ])
+    poses = np.stack([_pose(cx + r * np.sin(yaw0 + w * ti), cy - r * np.cos(yaw0 + w * ti), yaw0 + w * ti) for ti in t])
     state = ego_states(poses, (t * 1e6).astype(np.int64) + 1_532_402_927_647_951)
     chord = 2 * r * np.sin(w * dt / 2) / dt  # |backward difference| on the circle
     np.testing.assert_allclose(state[:, 5], chord, rtol=1e-5)
@@ -68,8 +66,12 @@ def test_straight_acceleration_and_commands():
     assert driving_command(np.array([[5.0, -2.5]] * 6), np.ones(6, bool)) == 2
     assert driving_command(np.array([[5.0, 2.0]] * 6), np.ones(6, bool)) == 0  # threshold is inclusive (>= 2 m)
     # the last *valid* waypoint decides (OmniDrive get_planning_label)
-    assert driving_command(np.array([[1, 0.0], [2, 2.5], [0, 0], [0, 0], [0, 0], [0, 0]]),
-                           np.array([1, 1, 0, 0, 0, 0], bool)) == 0
+    assert (
+        driving_command(
+            np.array([[1, 0.0], [2, 2.5], [0, 0], [0, 0], [0, 0], [0, 0]]), np.array([1, 1, 0, 0, 0, 0], bool)
+        )
+        == 0
+    )
     with pytest.raises(ValueError, match="increasing"):
         ego_states(poses, np.zeros(8, np.int64))
 
@@ -88,8 +90,9 @@ def test_concatenated_gt_warps_static_voxels_both_ways():
     to_fut = invert_pose(e_fut) @ e_cur
     fut_pts = transform_points(to_fut, np.concatenate([shared, future_only])).astype(np.float32)
     fut_lab = np.array([16, 11])  # the shared voxel with a different label in the future frame
-    g_pts, g_lab = concat_gt([(cur_pts, cur_lab), (fut_pts, fut_lab)], [np.eye(4), invert_pose(e_cur) @ e_fut],
-                             EXTENDED_RANGE_EGO, voxel)
+    g_pts, g_lab = concat_gt(
+        [(cur_pts, cur_lab), (fut_pts, fut_lab)], [np.eye(4), invert_pose(e_cur) @ e_fut], EXTENDED_RANGE_EGO, voxel
+    )
     assert len(g_pts) == 3  # deduplicated: the shared voxel once
     np.testing.assert_allclose(g_pts[:2], cur_pts, atol=1e-5)  # current frame first, exactly on its voxel centres
     assert g_lab.tolist() == [4, 15, 11]  # the current frame's label wins where frames overlap

@@ -27,12 +27,20 @@ from sparseoccvla_core.occ_grid import points_to_labels
 
 # nuscenes_demo/README.md, "Geometry sanity check": points inside each 1600x900 image with depth > 0.1 m.
 README_IN_IMAGE_MOTION_COMPENSATED = {
-    "CAM_FRONT": 3067, "CAM_FRONT_RIGHT": 3079, "CAM_FRONT_LEFT": 3704,
-    "CAM_BACK": 4826, "CAM_BACK_LEFT": 4097, "CAM_BACK_RIGHT": 3379,
+    "CAM_FRONT": 3067,
+    "CAM_FRONT_RIGHT": 3079,
+    "CAM_FRONT_LEFT": 3704,
+    "CAM_BACK": 4826,
+    "CAM_BACK_LEFT": 4097,
+    "CAM_BACK_RIGHT": 3379,
 }
 README_IN_IMAGE_STATIC_CAM2EGO = {
-    "CAM_FRONT": 2879, "CAM_FRONT_RIGHT": 3009, "CAM_FRONT_LEFT": 3558,
-    "CAM_BACK": 4898, "CAM_BACK_LEFT": 4100, "CAM_BACK_RIGHT": 3422,
+    "CAM_FRONT": 2879,
+    "CAM_FRONT_RIGHT": 3009,
+    "CAM_FRONT_LEFT": 3558,
+    "CAM_BACK": 4898,
+    "CAM_BACK_LEFT": 4100,
+    "CAM_BACK_RIGHT": 3422,
 }
 README_UNION = 20206
 
@@ -69,7 +77,9 @@ def test_lidar_projects_into_cameras_like_readme(demo):
     moving, union = _counts(calib, points_ego, lambda c: lidar2ego @ invert_pose(np.asarray(c["lidar2cam"])))
     for cam in CAMERA_NAMES:
         assert abs(static[cam] - README_IN_IMAGE_STATIC_CAM2EGO[cam]) <= 0.01 * README_IN_IMAGE_STATIC_CAM2EGO[cam]
-        assert abs(moving[cam] - README_IN_IMAGE_MOTION_COMPENSATED[cam]) <= 0.01 * README_IN_IMAGE_MOTION_COMPENSATED[cam]
+        assert (
+            abs(moving[cam] - README_IN_IMAGE_MOTION_COMPENSATED[cam]) <= 0.01 * README_IN_IMAGE_MOTION_COMPENSATED[cam]
+        )
         assert 0.085 <= moving[cam] / n <= 0.142  # README: 8.8-13.9 % per camera
     assert abs(int(union.sum()) - README_UNION) <= 0.01 * README_UNION
     assert 0.57 <= union.mean() <= 0.595  # README: 58.3 % in at least one camera
@@ -192,13 +202,35 @@ def test_nuscenes_qa_answer_vocabulary(qa_samples_dir, tmp_path):
     assert {"yes", "no", "car", "traffic cone", "without rider"} <= set(vocab)
     # a question file in the documented schema parses to per-token pairs whose answers are in the vocabulary
     qfile = tmp_path / "NuScenes_val_questions.json"
-    qfile.write_text(json.dumps({"questions": [
-        {"sample_token": "a", "question": "How many cars are there?", "answer": "2", "template_type": "count",
-         "num_hop": 0},
-        {"sample_token": "a", "question": "Is there a bus?", "answer": "no", "template_type": "exist", "num_hop": 0},
-        {"sample_token": "b", "question": "What is parked?", "answer": "truck", "template_type": "object",
-         "num_hop": 1},
-    ]}))
+    qfile.write_text(
+        json.dumps(
+            {
+                "questions": [
+                    {
+                        "sample_token": "a",
+                        "question": "How many cars are there?",
+                        "answer": "2",
+                        "template_type": "count",
+                        "num_hop": 0,
+                    },
+                    {
+                        "sample_token": "a",
+                        "question": "Is there a bus?",
+                        "answer": "no",
+                        "template_type": "exist",
+                        "num_hop": 0,
+                    },
+                    {
+                        "sample_token": "b",
+                        "question": "What is parked?",
+                        "answer": "truck",
+                        "template_type": "object",
+                        "num_hop": 1,
+                    },
+                ]
+            }
+        )
+    )
     qa = load_nuscenes_qa(qfile)
     assert [p.answer for p in qa["a"]] == ["2", "no"] and qa["b"][0].question == "What is parked?"
     assert all(p.answer in vocab for ps in qa.values() for p in ps)

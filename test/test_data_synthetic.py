@@ -10,8 +10,6 @@ from sparseoccvla_core.config import SparseOccVLAConfig
 from sparseoccvla_core.data.camera import invert_pose, transform_points
 from sparseoccvla_core.data.dataset import DatasetOptions, DrivingDataset, make_collate
 
-from data_fixtures import synthetic_world  # noqa: F401  (fixture)
-
 # generating the world (2 scenes x 12 key frames at 160x96) takes ~10 s on 2 cores, once per session
 pytestmark = pytest.mark.slow
 

@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from perception_helpers import ring_rig
 
 from sparseoccvla_core.config import SparseOccVLAConfig
 from sparseoccvla_core.distill import CLIPTeacher, DistillationLoss
-
-from perception_helpers import ring_rig
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +118,22 @@ def test_teacher_from_full_clip_checkpoint_equals_its_vision_tower(cfg, tmp_path
     is the vision tower's last hidden state on the resized, CLIP-normalised image."""
     from transformers import CLIPConfig, CLIPModel
 
-    clip = CLIPModel(CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=99),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=64, patch_size=8),
-        projection_dim=16,
-    )).eval()
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config=dict(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99
+            ),
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                image_size=64,
+                patch_size=8,
+            ),
+            projection_dim=16,
+        )
+    ).eval()
     clip.save_pretrained(tmp_path / "clip_full")
     teacher = CLIPTeacher(SparseOccVLAConfig.tiny(clip_teacher_path=str(tmp_path / "clip_full")))
     x = torch.rand(2, 3, 64, 160)

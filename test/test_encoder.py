@@ -5,18 +5,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from perception_helpers import ring_rig
 
 from sparseoccvla_core.config import SparseOccVLAConfig
 from sparseoccvla_core.losses import occupancy_losses
+from sparseoccvla_core.occ_grid import points_to_index
 from sparseoccvla_core.occupancy_encoder import (
     EncoderOutput,
     SparseOccupancyEncoder,
     SpatialAwareMHSA,
     decode_occupancy,
 )
-from sparseoccvla_core.occ_grid import points_to_index
-
-from perception_helpers import ring_rig
 
 
 def random_inputs(cfg, b=1, v=6, seed=0):
@@ -26,8 +25,13 @@ def random_inputs(cfg, b=1, v=6, seed=0):
     feats = [torch.randn(b, f, v, cfg.fpn_dim, h // s, w // s, generator=g) for s in (4, 8, 16, 32)]
     K, c2e, e2g = ring_rig(b, f, v, (h, w))
     return dict(
-        features=feats, intrinsics=K, cam2ego=c2e, ego2global=e2g,
-        frame_valid=torch.ones(b, f, dtype=torch.bool), ego_state=torch.randn(b, 6, generator=g), image_size=(h, w),
+        features=feats,
+        intrinsics=K,
+        cam2ego=c2e,
+        ego2global=e2g,
+        frame_valid=torch.ones(b, f, dtype=torch.bool),
+        ego_state=torch.randn(b, 6, generator=g),
+        image_size=(h, w),
     )
 
 
@@ -74,8 +78,9 @@ def test_adaptive_scaling_changes_initial_range_with_speed(cfg):
     enc = SparseOccupancyEncoder(cfg).eval()
     with torch.no_grad():  # make the ego MLP clearly speed-sensitive (random init is, but mildly)
         enc.adaptive_scaling.scale_head[-1].weight.mul_(20.0)
-    base = (torch.tensor(cfg.point_cloud_range[:3])
-            + enc.query_points.weight.detach() * torch.tensor([80.0, 80.0, 6.4]))  # [N, 3] metres
+    base = torch.tensor(cfg.point_cloud_range[:3]) + enc.query_points.weight.detach() * torch.tensor(
+        [80.0, 80.0, 6.4]
+    )  # [N, 3] metres
     ego = torch.zeros(3, 6)
     ego[:, 0] = ego[:, 5] = torch.tensor([0.0, 8.0, 16.0])  # vx and speed
     p0, scale = enc.initial_points(ego)
@@ -103,8 +108,10 @@ def test_spatial_mhsa_logits_match_explicit_formula():
     p = torch.randn(2, n, 3, dtype=torch.float64) * 5
     attn = attn.double()
     logits = attn.attention_logits(x, p).detach().numpy()
-    W = {k: (getattr(attn, k).weight.detach().numpy(), getattr(attn, k).bias.detach().numpy())
-         for k in ("q_proj", "k_proj", "v_proj", "out_proj", "tau_proj")}
+    W = {
+        k: (getattr(attn, k).weight.detach().numpy(), getattr(attn, k).bias.detach().numpy())
+        for k in ("q_proj", "k_proj", "v_proj", "out_proj", "tau_proj")
+    }
     dh = d // h
     xn, pn = x.numpy(), p.numpy()
     out_np = np.zeros((2, n, d))

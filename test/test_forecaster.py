@@ -117,8 +117,13 @@ def test_forecast_loss_is_eq11_sum_over_frames(cfg):
     for step in range(t):
         items = [0, 1] if step < t - 1 else [0]
         ref = occupancy_losses(
-            [out.points[step][items]], [out.logits[step][items]], pts[items, step], labels[items, step],
-            mask[items, step], cfg, include_p0=False,
+            [out.points[step][items]],
+            [out.logits[step][items]],
+            pts[items, step],
+            labels[items, step],
+            mask[items, step],
+            cfg,
+            include_p0=False,
         )
         cd, focal = cd + ref["cd"], focal + ref["focal"]
     assert torch.allclose(got["cd"], cd) and torch.allclose(got["focal"], focal)

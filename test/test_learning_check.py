@@ -33,12 +33,24 @@ Scenes 0-3 train, scene 4 is the held-out val split (the synth command's ``val_e
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-SYNTH_ARGS = ["--scenes", "5", "--seed", "0", "--frames", "16", "--width", "320", "--height", "180", "--no-lidar",
-              "--layouts", "intersection"]
+SYNTH_ARGS = [
+    "--scenes",
+    "5",
+    "--seed",
+    "0",
+    "--frames",
+    "16",
+    "--width",
+    "320",
+    "--height",
+    "180",
+    "--no-lidar",
+    "--layouts",
+    "intersection",
+]
 MODEL_YAML = """\
 preset: tiny
 num_queries: 256
@@ -94,11 +106,30 @@ def test_tiny_model_beats_trivial_baselines(tmp_path):
     (tmp_path / "model.yaml").write_text(MODEL_YAML)
     (tmp_path / "train.yaml").write_text(TRAIN_YAML)
     common = ["--train-config", str(tmp_path / "train.yaml"), "--data", str(data), "--no-progress"]
-    assert main(["train", "--stage", "1", "--config", str(tmp_path / "model.yaml"), *common, "--out", str(runs / "s1")]) == 0
+    assert (
+        main(["train", "--stage", "1", "--config", str(tmp_path / "model.yaml"), *common, "--out", str(runs / "s1")])
+        == 0
+    )
     assert main(["train", "--stage", "2", *common, "--init", str(runs / "s1"), "--out", str(runs / "s2")]) == 0
     assert main(["train", "--stage", "3", *common, "--init", str(runs / "s2"), "--out", str(runs / "s3")]) == 0
-    assert main(["eval", "--ckpt", str(runs / "s3"), "--data", str(data), "--out", str(runs / "eval"),
-                 "--no-text", "--no-meteor", "--num-qualitative", "0"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--ckpt",
+                str(runs / "s3"),
+                "--data",
+                str(data),
+                "--out",
+                str(runs / "eval"),
+                "--no-text",
+                "--no-meteor",
+                "--num-qualitative",
+                "0",
+            ]
+        )
+        == 0
+    )
     numbers = summarise(json.loads((runs / "eval" / "metrics.json").read_text()))
     (tmp_path / "learning_check.json").write_text(json.dumps(numbers, indent=2))
     print("learning check:", json.dumps(numbers, indent=2))

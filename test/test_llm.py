@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from model_fixtures import make_batch, tiny_tokenizer
+
 from sparseoccvla_core.batch import IGNORE_INDEX
 from sparseoccvla_core.config import SparseOccVLAConfig
 from sparseoccvla_core.llm import SceneLanguageModel, build_causal_lm, cache_keyword
@@ -62,7 +62,9 @@ def test_llm_input_sequence_is_occupancy_global_ego_text(cfg, tokenizer):
     handle = model.llm.decoder.register_forward_pre_hook(record, with_kwargs=True)
     model.set_stage(2)
     captured_encoder = {}
-    enc_handle = model.occupancy_encoder.register_forward_hook(lambda m, a, out: captured_encoder.setdefault("out", out))
+    enc_handle = model.occupancy_encoder.register_forward_hook(
+        lambda m, a, out: captured_encoder.setdefault("out", out)
+    )
     try:
         model(batch, stage=2)
     finally:
@@ -106,7 +108,9 @@ def test_cached_prefix_equals_one_causal_pass(lm, cfg):
         text_hidden = lm.run_text(prefix, ids, mask)
         assert prefix.cache.get_seq_length() == 9
         again = lm.run_text(prefix, ids, mask)  # a second stream from the same cache gives the same result
-        full = _full_hidden(lm, torch.cat([prefix_embeds, lm.embed(ids)], 1), torch.cat([torch.ones(2, 9, dtype=torch.long), mask], 1))
+        full = _full_hidden(
+            lm, torch.cat([prefix_embeds, lm.embed(ids)], 1), torch.cat([torch.ones(2, 9, dtype=torch.long), mask], 1)
+        )
     assert torch.allclose(prefix.hidden, full[:, :9], atol=1e-5)
     assert torch.allclose(text_hidden[0], full[0, 9:], atol=1e-5)
     assert torch.allclose(text_hidden[1, :4], full[1, 9:13], atol=1e-5)

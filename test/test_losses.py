@@ -35,8 +35,9 @@ def test_chamfer_matches_bruteforce_with_masks(nn_method):
     pmask = rng.random((b, p)) > 0.2
     tp = torch.tensor(pred, requires_grad=True)
     for reduction, col in (("sum", 0), ("mean", 1)):
-        res = chamfer_distance(tp, torch.tensor(gt), torch.tensor(gmask), torch.tensor(pmask), reduction=reduction,
-                               nn_method=nn_method)
+        res = chamfer_distance(
+            tp, torch.tensor(gt), torch.tensor(gmask), torch.tensor(pmask), reduction=reduction, nn_method=nn_method
+        )
         for i in range(b):
             ref = brute_chamfer(pred[i], gt[i], pmask[i], gmask[i])
             assert res.loss[i].item() == pytest.approx(ref[col], rel=1e-10)
@@ -45,8 +46,9 @@ def test_chamfer_matches_bruteforce_with_masks(nn_method):
             assert (res.pred_to_gt_idx[i].numpy()[~pmask[i]] == -1).all()
             assert (res.gt_to_pred_idx[i].numpy()[~gmask[i]] == -1).all()
     # gradient of the sum form: d/dp of sum_p min_g |p-g|^2 + sum_g min_p |p-g|^2
-    res = chamfer_distance(tp, torch.tensor(gt), torch.tensor(gmask), torch.tensor(pmask), reduction="sum",
-                           nn_method=nn_method)
+    res = chamfer_distance(
+        tp, torch.tensor(gt), torch.tensor(gmask), torch.tensor(pmask), reduction="sum", nn_method=nn_method
+    )
     res.loss.sum().backward()
     grad = np.zeros_like(pred)
     for i in range(b):
@@ -141,8 +143,12 @@ def test_occupancy_losses_eq10_by_hand():
     pts = [rng.uniform(-10, 10, size=(b, n, k, 3)) for k in (1, 2, 4)]  # P_0, layer 1, layer 2
     logits = [rng.normal(size=(b, n, k, c)) for k in (2, 4)]
     out = occupancy_losses(
-        [torch.tensor(x) for x in pts], [torch.tensor(x) for x in logits],
-        torch.tensor(gt), torch.tensor(labels), torch.tensor(gmask), cfg,
+        [torch.tensor(x) for x in pts],
+        [torch.tensor(x) for x in logits],
+        torch.tensor(gt),
+        torch.tensor(labels),
+        torch.tensor(gmask),
+        cfg,
     )
     cd_ref, focal_ref = 0.0, 0.0
     for l, p in enumerate(pts):
@@ -164,9 +170,23 @@ def test_occupancy_losses_eq10_by_hand():
     assert out["focal"].item() == pytest.approx(focal_ref, rel=1e-9)
     assert out["total"].item() == pytest.approx(cd_ref + cfg.lambda_focal * focal_ref, rel=1e-9)
     # eq. 11 form: no P_0
-    fore = occupancy_losses([torch.tensor(pts[2])], [torch.tensor(logits[1])], torch.tensor(gt), torch.tensor(labels),
-                            torch.tensor(gmask), cfg, include_p0=False)
+    fore = occupancy_losses(
+        [torch.tensor(pts[2])],
+        [torch.tensor(logits[1])],
+        torch.tensor(gt),
+        torch.tensor(labels),
+        torch.tensor(gmask),
+        cfg,
+        include_p0=False,
+    )
     assert fore["focal"].item() > 0
     with pytest.raises(ValueError, match="include_p0"):
-        occupancy_losses([torch.tensor(pts[2])], [torch.tensor(logits[1])], torch.tensor(gt), torch.tensor(labels),
-                         torch.tensor(gmask), cfg, include_p0=True)
+        occupancy_losses(
+            [torch.tensor(pts[2])],
+            [torch.tensor(logits[1])],
+            torch.tensor(gt),
+            torch.tensor(labels),
+            torch.tensor(gmask),
+            cfg,
+            include_p0=True,
+        )

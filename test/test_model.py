@@ -6,8 +6,8 @@ import time
 
 import pytest
 import torch
-
 from model_fixtures import make_batch, tiny_tokenizer
+
 from sparseoccvla_core import PredictOutput, SparseOccVLA, SparseOccVLAConfig
 from sparseoccvla_core.model import LOSS_NAMES, STAGE_LOSSES, loss_weights
 from sparseoccvla_core.planner import inference_timesteps
@@ -106,11 +106,16 @@ def test_lm_loss_is_the_sum_of_per_stream_means(model, batch):
         enc = model.encode_scene(batch)
         prefix = model.scene_prefix(model.scene_tokens(enc), batch.ego_state, batch.command)
         parts = []
-        for ids, mask, labels in ((batch.qa_input_ids, batch.qa_attention_mask, batch.qa_labels),
-                                  (batch.plan_input_ids, batch.plan_attention_mask, batch.plan_labels)):
+        for ids, mask, labels in (
+            (batch.qa_input_ids, batch.qa_attention_mask, batch.qa_labels),
+            (batch.plan_input_ids, batch.plan_attention_mask, batch.plan_labels),
+        ):
             logits = model.llm.lm_head(model.llm.run_text(prefix, ids, mask))[:, :-1]
-            parts.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                                           ignore_index=IGNORE_INDEX))
+            parts.append(
+                torch.nn.functional.cross_entropy(
+                    logits.flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+                )
+            )
     assert batch.qa_input_ids is not None
     assert torch.allclose(losses["lm"], parts[0] + parts[1], rtol=1e-4)
 
@@ -128,13 +133,24 @@ def test_stage_3_only_lora_inside_the_llm(model, batch):
     assert list(losses) == [*LOSS_NAMES, "loss"]  # the order losses.csv logs them in
     cfg = model.cfg
     assert loss_weights(cfg) == {
-        "occ_cd": 1.0, "occ_focal": cfg.lambda_focal, "distill": cfg.distill_weight, "lm": 1.0, "fore_cd": 1.0,
-        "fore_focal": cfg.lambda_focal, "plan_cls": cfg.plan_cls_weight, "plan_l1": cfg.plan_reg_weight,
+        "occ_cd": 1.0,
+        "occ_focal": cfg.lambda_focal,
+        "distill": cfg.distill_weight,
+        "lm": 1.0,
+        "fore_cd": 1.0,
+        "fore_focal": cfg.lambda_focal,
+        "plan_cls": cfg.plan_cls_weight,
+        "plan_l1": cfg.plan_reg_weight,
     }
     expect = (
-        losses["occ_cd"] + cfg.lambda_focal * losses["occ_focal"] + cfg.distill_weight * losses["distill"]
-        + losses["lm"] + losses["fore_cd"] + cfg.lambda_focal * losses["fore_focal"]
-        + cfg.plan_cls_weight * losses["plan_cls"] + cfg.plan_reg_weight * losses["plan_l1"]
+        losses["occ_cd"]
+        + cfg.lambda_focal * losses["occ_focal"]
+        + cfg.distill_weight * losses["distill"]
+        + losses["lm"]
+        + losses["fore_cd"]
+        + cfg.lambda_focal * losses["fore_focal"]
+        + cfg.plan_cls_weight * losses["plan_cls"]
+        + cfg.plan_reg_weight * losses["plan_l1"]
     )
     assert torch.allclose(losses["loss"], expect)
     assert all(torch.isfinite(v) for v in losses.values())
@@ -157,8 +173,13 @@ def test_missing_batch_fields_are_named(model, batch):
 def test_predict_outputs(model, batch, cfg):
     calls = []
     handle = model.planner.decoder.register_forward_hook(lambda m, a, o: calls.append(1))
-    out = model.predict(batch, generate_text=True, question="Is there a traffic light ahead?",
-                        generator=torch.Generator().manual_seed(0), score_threshold=0.0)
+    out = model.predict(
+        batch,
+        generate_text=True,
+        question="Is there a traffic light ahead?",
+        generator=torch.Generator().manual_seed(0),
+        score_threshold=0.0,
+    )
     handle.remove()
     assert isinstance(out, PredictOutput)
     b, k = 2, cfg.num_anchors
@@ -172,17 +193,37 @@ def test_predict_outputs(model, batch, cfg):
         assert pts.shape[1] == 3 and pts.shape[0] == cls.shape[0] == sc.shape[0] > 0  # threshold 0 keeps points
         assert (cls >= 0).all() and (cls < cfg.num_classes - 1).all()
     assert len(out.forecast_points) == b and all(len(f) == cfg.forecast_frames for f in out.forecast_points)
-    assert isinstance(out.reasoning, list) and len(out.reasoning) == b and all(isinstance(t, str) for t in out.reasoning)
+    assert (
+        isinstance(out.reasoning, list) and len(out.reasoning) == b and all(isinstance(t, str) for t in out.reasoning)
+    )
     assert isinstance(out.answer, list) and len(out.answer) == b
     quiet = model.predict(batch, generator=torch.Generator().manual_seed(0))
     assert quiet.reasoning is None and quiet.answer is None
     # inputs only (no GT, no text): the default planning question drives the reasoning
     from dataclasses import replace
 
-    bare = replace(batch, **{f: None for f in ("occ_points", "occ_labels", "occ_mask", "future_points", "future_labels",
-                                               "future_mask", "qa_input_ids", "qa_attention_mask", "qa_labels",
-                                               "plan_input_ids", "plan_attention_mask", "plan_labels",
-                                               "gt_trajectory", "gt_trajectory_mask")})
+    bare = replace(
+        batch,
+        **{
+            f: None
+            for f in (
+                "occ_points",
+                "occ_labels",
+                "occ_mask",
+                "future_points",
+                "future_labels",
+                "future_mask",
+                "qa_input_ids",
+                "qa_attention_mask",
+                "qa_labels",
+                "plan_input_ids",
+                "plan_attention_mask",
+                "plan_labels",
+                "gt_trajectory",
+                "gt_trajectory_mask",
+            )
+        },
+    )
     plain = model.predict(bare, generate_text=True, generator=torch.Generator().manual_seed(0))
     assert plain.plan.shape == out.plan.shape and len(plain.reasoning) == b
     assert model.training  # predict restores the mode
@@ -197,15 +238,17 @@ def test_save_load_round_trip_is_bit_identical(model, batch, cfg, tmp_path):
         opt.zero_grad()
         model(batch, stage=3)["loss"].backward()
         opt.step()
-    before = model.predict(batch, generate_text=True, question="How many cars are there?",
-                           generator=torch.Generator().manual_seed(7))
+    before = model.predict(
+        batch, generate_text=True, question="How many cars are there?", generator=torch.Generator().manual_seed(7)
+    )
     model.save_pretrained(tmp_path / "ckpt")
     assert {p.name for p in (tmp_path / "ckpt").iterdir()} >= {"model.safetensors", "config.yaml", "tokenizer"}
     assert not list((tmp_path / "ckpt").rglob("*.bin")) and not list((tmp_path / "ckpt").rglob("*.pt"))
     loaded = SparseOccVLA.from_pretrained(tmp_path / "ckpt")
     assert torch.equal(loaded.planner.anchors, anchors) and bool(loaded.planner.anchors_from_data)
-    after = loaded.predict(batch, generate_text=True, question="How many cars are there?",
-                           generator=torch.Generator().manual_seed(7))
+    after = loaded.predict(
+        batch, generate_text=True, question="How many cars are there?", generator=torch.Generator().manual_seed(7)
+    )
     for field in ("plan", "anchor_trajectories", "anchor_scores", "chosen_anchor"):
         assert torch.equal(getattr(before, field), getattr(after, field)), field
     for a, b in zip(before.occupancy_points + before.occupancy_scores, after.occupancy_points + after.occupancy_scores):
@@ -236,8 +279,16 @@ def test_paper_preset_on_meta_device_has_paper_shapes():
     assert model.planner.decoder.layers[0].occupancy_attn.num_heads == 32
     table = model.parameter_table()
     assert list(table) == [
-        "backbone", "occupancy encoder", "distillation teacher (frozen CLIP)", "distillation projection + norms",
-        "connector + ego token", "global queries", "LLM base", "LoRA", "forecaster", "planner",
+        "backbone",
+        "occupancy encoder",
+        "distillation teacher (frozen CLIP)",
+        "distillation projection + norms",
+        "connector + ego token",
+        "global queries",
+        "LLM base",
+        "LoRA",
+        "forecaster",
+        "planner",
     ]
     assert table["LLM base"] == 6_738_415_616  # Vicuna-7B / Llama-2-7B parameter count
     # LoRA r=128 on q, k, v, o of 32 layers (OmniDrive's targets): r * (in + out) per wrapped matrix

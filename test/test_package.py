@@ -57,8 +57,11 @@ def test_every_console_script_imports_and_is_installed():
         module_name, func_name = target.split(":")
         module = importlib.import_module(module_name)
         assert callable(getattr(module, func_name)), f"{name}: {target} is not callable"
-    installed = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")
-                 if ep.dist is not None and ep.dist.name == "sparseoccvla_ros"}
+    installed = {
+        ep.name: ep.value
+        for ep in importlib.metadata.entry_points(group="console_scripts")
+        if ep.dist is not None and ep.dist.name == "sparseoccvla_ros"
+    }
     assert installed == scripts, "installed console scripts differ from setup.py: re-run scripts/install.sh"
 
 

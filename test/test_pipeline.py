@@ -19,7 +19,12 @@ from sparseoccvla_core.config import SparseOccVLAConfig
 from sparseoccvla_core.llm import cache_keyword
 from sparseoccvla_core.model import SparseOccVLA
 from sparseoccvla_core.pipeline import (
-    CameraFrame, FrameInput, PipelineOptions, SparseOccVLAPipeline, path_headings, poses_along_path,
+    CameraFrame,
+    FrameInput,
+    PipelineOptions,
+    SparseOccVLAPipeline,
+    path_headings,
+    poses_along_path,
 )
 from sparseoccvla_core.synthetic.calibration import camera_calibrations
 
@@ -31,7 +36,9 @@ HALF_S = 500_000_000
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt")
-    SparseOccVLA(SparseOccVLAConfig.tiny(num_frames=3, max_new_tokens=8)).save_pretrained(path)  # short answers: fast tests
+    SparseOccVLA(SparseOccVLAConfig.tiny(num_frames=3, max_new_tokens=8)).save_pretrained(
+        path
+    )  # short answers: fast tests
     return path
 
 
@@ -73,9 +80,15 @@ def test_backbone_runs_once_per_frame_and_outputs_are_sane(pipe):
     lo, hi = np.array(cfg.point_cloud_range[:3]), np.array(cfg.point_cloud_range[3:])
     assert ((occ.points >= lo) & (occ.points <= hi)).all() and np.isfinite(occ.scores).all()
     assert len(r.forecast) == cfg.forecast_frames
-    assert [f.time_s for f in r.forecast] == pytest.approx([cfg.forecast_dt * (t + 1) for t in range(cfg.forecast_frames)])
+    assert [f.time_s for f in r.forecast] == pytest.approx(
+        [cfg.forecast_dt * (t + 1) for t in range(cfg.forecast_frames)]
+    )
     plan = r.plan
-    assert plan.waypoints.shape == (cfg.plan_horizon, 2) and plan.anchors.shape == (cfg.num_anchors, cfg.plan_horizon, 2)
+    assert plan.waypoints.shape == (cfg.plan_horizon, 2) and plan.anchors.shape == (
+        cfg.num_anchors,
+        cfg.plan_horizon,
+        2,
+    )
     assert np.isfinite(plan.anchors).all() and ((plan.anchor_scores >= 0) & (plan.anchor_scores <= 1)).all()
     assert plan.chosen_anchor == int(np.argmax(plan.anchor_scores))
     np.testing.assert_array_equal(plan.waypoints, plan.anchors[plan.chosen_anchor])
@@ -162,22 +175,32 @@ def test_sequence_resets(pipe):
 
 def _batch(frames_newest_first, valid, cfg):
     """A DrivingBatch of one item built directly from FrameInputs (independent of the pipeline's stacking)."""
+
     def cams(f):
         return sorted(f.cameras, key=lambda c: CAMERA_NAMES.index(c.name))
 
-    images = torch.stack([
-        torch.stack([torch.from_numpy(c.image).permute(2, 0, 1).float() / 255.0 for c in cams(f)])
-        for f in frames_newest_first
-    ])[None]
-    intr = torch.tensor(np.array([[c.intrinsics for c in cams(f)] for f in frames_newest_first]), dtype=torch.float32)[None]
+    images = torch.stack(
+        [
+            torch.stack([torch.from_numpy(c.image).permute(2, 0, 1).float() / 255.0 for c in cams(f)])
+            for f in frames_newest_first
+        ]
+    )[None]
+    intr = torch.tensor(np.array([[c.intrinsics for c in cams(f)] for f in frames_newest_first]), dtype=torch.float32)[
+        None
+    ]
     c2e = torch.tensor(np.array([[c.cam2ego for c in cams(f)] for f in frames_newest_first]), dtype=torch.float32)[None]
     cur = frames_newest_first[0]
     e2g = torch.tensor(np.array([f.ego2global for f in frames_newest_first]), dtype=torch.float32)[None]
     vx, vy = cur.velocity
     ego = torch.tensor([[vx, vy, cur.acceleration[0], cur.acceleration[1], cur.yaw_rate, math.hypot(vx, vy)]])
     return DrivingBatch(
-        images=images, intrinsics=intr, cam2ego=c2e, ego2global=e2g, frame_valid=torch.tensor([valid]),
-        ego_state=ego.float(), command=torch.tensor([cur.command]),
+        images=images,
+        intrinsics=intr,
+        cam2ego=c2e,
+        ego2global=e2g,
+        frame_valid=torch.tensor([valid]),
+        ego_state=ego.float(),
+        command=torch.tensor([cur.command]),
     )
 
 
@@ -188,8 +211,12 @@ def test_step_equals_predict(pipe):
     r0, r1 = pipe.step(f0), pipe.step(f1)
     gen = torch.Generator().manual_seed(pipe.options.seed)
     model = pipe.model
-    p0 = model.predict(_batch([f0, f0, f0], [True, False, False], cfg), generate_text=True, generator=gen, score_threshold=0.0)
-    p1 = model.predict(_batch([f1, f0, f0], [True, True, False], cfg), generate_text=True, generator=gen, score_threshold=0.0)
+    p0 = model.predict(
+        _batch([f0, f0, f0], [True, False, False], cfg), generate_text=True, generator=gen, score_threshold=0.0
+    )
+    p1 = model.predict(
+        _batch([f1, f0, f0], [True, True, False], cfg), generate_text=True, generator=gen, score_threshold=0.0
+    )
     for r, p in ((r0, p0), (r1, p1)):
         np.testing.assert_allclose(r.occupancy.points, p.occupancy_points[0].numpy(), atol=1e-4)
         np.testing.assert_array_equal(r.occupancy.classes, p.occupancy_classes[0].numpy())
@@ -222,7 +249,9 @@ def test_input_validation_and_resize(checkpoint):
 
     # a 2x larger image (exact nearest-neighbour upsample, K doubled) gives the same outputs as the original
     big = [
-        CameraFrame(c.name, np.repeat(np.repeat(c.image, 2, 0), 2, 1), np.diag([2.0, 2.0, 1.0]) @ c.intrinsics, c.cam2ego)
+        CameraFrame(
+            c.name, np.repeat(np.repeat(c.image, 2, 0), 2, 1), np.diag([2.0, 2.0, 1.0]) @ c.intrinsics, c.cam2ego
+        )
         for c in f.cameras
     ]
     r_big = pipe.step(FrameInput(big, f.ego2global, f.velocity, f.acceleration, f.yaw_rate, f.stamp_ns))

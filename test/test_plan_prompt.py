@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from model_fixtures import PLAN_PAIRS, make_batch
+
 from sparseoccvla_core.batch import IGNORE_INDEX
 from sparseoccvla_core.config import SparseOccVLAConfig
 from sparseoccvla_core.data.qa import ACTION_QUESTION
@@ -76,7 +76,9 @@ def test_predict_asks_the_checkpoint_plan_question(checkpoint, monkeypatch):
     batch = make_batch(model.cfg, 2, seed=0, tokenizer=model.tokenizer)
     assert PLAN_PAIRS[0][0] != QUESTION
     calls = _record_prompts(model, monkeypatch)
-    model.predict(batch, generate_text=True, question="Is there a car ahead?", generator=torch.Generator().manual_seed(0))
+    model.predict(
+        batch, generate_text=True, question="Is there a car ahead?", generator=torch.Generator().manual_seed(0)
+    )
     assert calls[0] == [_prompt(model, QUESTION)] * 2  # the reasoning that guides the planner
     assert calls[1] == [_prompt(model, "Is there a car ahead?")] * 2  # the user's question, after it
     assert model.plan_prompt == _prompt(model, QUESTION)
@@ -104,8 +106,25 @@ def test_dataset_trains_and_evaluation_plans_with_the_checkpoint_question(checkp
     from sparseoccvla_core.evaluation import EvalOptions, evaluate
 
     data = tmp_path / "synth"
-    cmd = [sys.executable, "-m", "sparseoccvla_core.cli", "synth", "--out", str(data), "--scenes", "2", "--seed", "3",
-           "--frames", "8", "--width", "160", "--height", "96", "--no-lidar"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sparseoccvla_core.cli",
+        "synth",
+        "--out",
+        str(data),
+        "--scenes",
+        "2",
+        "--seed",
+        "3",
+        "--frames",
+        "8",
+        "--width",
+        "160",
+        "--height",
+        "96",
+        "--no-lidar",
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, timeout=300)
     model = SparseOccVLA.from_pretrained(checkpoint)
     expected = _prompt(model, QUESTION)
@@ -115,8 +134,17 @@ def test_dataset_trains_and_evaluation_plans_with_the_checkpoint_question(checkp
     assert plan_ids[: len(expected)] == expected and all(v == IGNORE_INDEX for v in plan_labels[: len(expected)])
 
     calls = _record_prompts(model, monkeypatch)
-    options = EvalOptions(device="cpu", batch_size=2, max_samples=3, text=False, qa=False, meteor=False,
-                          baselines=False, num_qualitative=0, max_new_tokens=4)
+    options = EvalOptions(
+        device="cpu",
+        batch_size=2,
+        max_samples=3,
+        text=False,
+        qa=False,
+        meteor=False,
+        baselines=False,
+        num_qualitative=0,
+        max_new_tokens=4,
+    )
     evaluate(model, data, options)
     assert len(calls) == 2  # batches of 2 + 1 key frames, one reasoning each, no question asked
     assert calls == [[expected] * 2, [expected]]

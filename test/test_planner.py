@@ -178,11 +178,18 @@ def test_training_noise_is_truncated_and_losses_flow(cfg):
     handle = planner.decoder.register_forward_hook(lambda m, args, out: seen_t.extend(args[1].tolist()))
     gt = planner.anchors[[3, 10]] + 0.2
     for seed in range(20):
-        losses = planner.loss(ctx, gt, torch.ones(2, cfg.plan_horizon, dtype=torch.bool), torch.Generator().manual_seed(seed))
+        losses = planner.loss(
+            ctx, gt, torch.ones(2, cfg.plan_horizon, dtype=torch.bool), torch.Generator().manual_seed(seed)
+        )
     handle.remove()
     assert all(0 <= t < cfg.diffusion_trunc_timesteps for t in seen_t) and len(set(seen_t)) > 5
     (losses["plan_cls"] + losses["plan_l1"]).backward()
-    for name in ("scorer.head.0.weight", "decoder.regression_head.0.weight", "reasoning_proj.weight", "ego_encoder.mlp.0.weight"):
+    for name in (
+        "scorer.head.0.weight",
+        "decoder.regression_head.0.weight",
+        "reasoning_proj.weight",
+        "ego_encoder.mlp.0.weight",
+    ):
         assert dict(planner.named_parameters())[name].grad.abs().sum() > 0, name
 
 
@@ -223,22 +230,28 @@ def test_scorer_overfits_a_fixed_batch(cfg):
     fan, _ = kinematic_fan(cfg)
     straight = torch.linspace(0.6, 1.4, cfg.anchors_per_command)[:, None, None] * fan[cfg.anchors_per_command - 1]
     anchors = fan.clone()
-    anchors[cfg.anchors_per_command: 2 * cfg.anchors_per_command] = straight  # [K/C, T, 2] straight, 6 speeds
+    anchors[cfg.anchors_per_command : 2 * cfg.anchors_per_command] = straight  # [K/C, T, 2] straight, 6 speeds
     planner.set_anchors(anchors)
     b = 4
     speeds = [4.0, 6.0, 8.0, 10.0]
     with torch.no_grad():  # a fixed conditioning; only the scorer trains
         ctx = _context(planner, cfg, b=b)
-        ctx.ego = planner.ego_encoder(torch.tensor([[s, 0.0, 0.0, 0.0, 0.0, s] for s in speeds]), torch.ones(b, dtype=torch.long))
+        ctx.ego = planner.ego_encoder(
+            torch.tensor([[s, 0.0, 0.0, 0.0, 0.0, s] for s in speeds]), torch.ones(b, dtype=torch.long)
+        )
     targets = torch.tensor([1, 2, 3, 4]) + cfg.anchors_per_command  # one straight anchor per item
     gt = planner.anchors[targets] + 0.05
     mask = torch.ones(b, cfg.plan_horizon, dtype=torch.bool)
     assert torch.equal(positive_anchor(planner.anchors, gt, mask), targets)
-    uniform = -(math.log(1 / cfg.num_anchors) + (cfg.num_anchors - 1) * math.log(1 - 1 / cfg.num_anchors)) / cfg.num_anchors
+    uniform = (
+        -(math.log(1 / cfg.num_anchors) + (cfg.num_anchors - 1) * math.log(1 - 1 / cfg.num_anchors)) / cfg.num_anchors
+    )
     assert abs(uniform - 0.214) < 1e-3
     opt = torch.optim.AdamW(planner.scorer.parameters(), lr=2e-3)
     for _ in range(150):
-        loss = plan_losses(torch.zeros(b, cfg.num_anchors, cfg.plan_horizon, 2), planner.score(ctx), planner.anchors, gt, mask)
+        loss = plan_losses(
+            torch.zeros(b, cfg.num_anchors, cfg.plan_horizon, 2), planner.score(ctx), planner.anchors, gt, mask
+        )
         opt.zero_grad()
         loss["plan_cls"].backward()
         opt.step()
@@ -249,7 +262,7 @@ def test_scorer_overfits_a_fixed_batch(cfg):
 
 @pytest.mark.parametrize("regression", ["direct", "residual"])
 def test_decoder_head_forms(regression):
-    """"direct" (paper sec. 3.3): x0 = head * traj_norm_scale, whatever the noisy input; "residual" (DiffusionDrive's
+    """ "direct" (paper sec. 3.3): x0 = head * traj_norm_scale, whatever the noisy input; "residual" (DiffusionDrive's
     code): x0 = noisy * traj_norm_scale + head (metres)."""
     cfg = SparseOccVLAConfig.tiny(plan_regression=regression)
     torch.manual_seed(0)

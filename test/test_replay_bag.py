@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from data_fixtures import mini_nuscenes, synthetic_world  # noqa: F401  (fixtures)
 
 from sparseoccvla_core.batch import CAMERA_NAMES
 from sparseoccvla_core.cli import main as cli_main

@@ -136,9 +136,6 @@ def write_nuscenes_style_bag(path: Path, frames: list[dict], cameras: dict[str, 
             w.write(conns["odom"], f["odom_ns"], ts.serialize_cdr(odom, "nav_msgs/msg/Odometry"))
             tf = T["tf2_msgs/msg/TFMessage"](transforms=[transform(f["odom_ns"], "map", "base_link", pose)])
             w.write(conns["tf"], f["odom_ns"], ts.serialize_cdr(tf, "tf2_msgs/msg/TFMessage"))
-            # each CameraInfo (stamped like its image) is logged with the frame's first image: the node needs
-            # intrinsics when a set completes, and its executor may take an image before a same-instant info
-            first_ns = min(f["stamps"].values())
             for cam in sorted(CAMERA_NAMES, key=lambda c: f["stamps"][c]):
                 ns, c = f["stamps"][cam], cameras[cam]
                 info = T["sensor_msgs/msg/CameraInfo"](
@@ -156,9 +153,7 @@ def write_nuscenes_style_bag(path: Path, frames: list[dict], cameras: dict[str, 
                         x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
                     ),
                 )
-                w.write(
-                    conns[cam + "/info"], first_ns - 1_000_000, ts.serialize_cdr(info, "sensor_msgs/msg/CameraInfo")
-                )
+                w.write(conns[cam + "/info"], ns, ts.serialize_cdr(info, "sensor_msgs/msg/CameraInfo"))
                 img = T["sensor_msgs/msg/CompressedImage"](
                     header=header(ns, cam), format="jpeg", data=np.frombuffer(f["jpeg"][cam], dtype=np.uint8)
                 )
@@ -673,6 +668,7 @@ def test_end_to_end_synthetic_scene(tmp_path, checkpoint):
     for scene, i, token, stamp, pose in tables.frames:
         sem, cam = tables.labels(scene, token)
         c = _decode_cloud(by_stamp[stamp])
+        assert "rgb" in c  # the class colour RViz (RGB8) and Foxglove show
         pts = np.stack([c["x"], c["y"], c["z"]], -1)
         if sem is not None:
             acc.add_occupancy(pts, c["class"], sem, camera_mask=cam, pred_scores=c["score"])
@@ -743,7 +739,10 @@ def test_fast_replay_counts_drops_and_keeps_latency_bounded(checkpoint, calibrat
     assert published[-1] == stamps[-1] or int(values["sync_messages_dropped"]) > 0  # the newest set is processed
     completed, dropped = int(values["sets_completed"]), int(values["sets_dropped_behind"])
     # a set that never completed lost an image (DDS queue or synchronizer under CPU load): counted, never silent
-    assert len(stamps) - completed <= int(values["sync_messages_dropped"]) and completed >= len(stamps) // 2
+    assert len(stamps) - completed <= int(values["sync_messages_dropped"])
+    if dropped or int(values["sync_messages_dropped"]):  # drops raise the inputs level, they are not "OK"
+        levels = [st.level for _, _, a in rec["diagnostics"] for st in a.status if st.name.endswith(": inputs")]
+        assert max(int(x) for x in levels) >= 1, levels  # WARN or worse
     assert len(published) + dropped == completed
     latencies = [
         float(kv.value)

@@ -16,6 +16,7 @@ from builtin_interfaces.msg import Time  # noqa: E402
 from geometry_msgs.msg import Point, Pose, PoseStamped  # noqa: E402
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
+
 from sparseoccvla_msgs.msg import AnchorTrajectory, DrivingPlan, OccupancyForecast  # noqa: E402
 from sparseoccvla_msgs.srv import AskScene  # noqa: E402
 
@@ -83,7 +84,10 @@ def test_occupancy_forecast_round_trip(node):
     msg = OccupancyForecast()
     msg.header.stamp, msg.header.frame_id = STAMP, "base_link"
     msg.horizons = [0.5, 1.0]
-    msg.clouds = [_cloud(pts, np.full(50, 4, np.uint8), np.linspace(0, 1, 50, dtype=np.float32), f"base_link_t{i}") for i in (1, 2)]
+    msg.clouds = [
+        _cloud(pts, np.full(50, 4, np.uint8), np.linspace(0, 1, 50, dtype=np.float32), f"base_link_t{i}")
+        for i in (1, 2)
+    ]
     msg.future_ego_poses = [Pose(), Pose()]
     msg.future_ego_poses[1].position.x = 5.0
     got = _round_trip(node, OccupancyForecast, msg, "/test/forecast")

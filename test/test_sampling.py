@@ -65,8 +65,13 @@ def _numpy_project(points_world, e2g, K, c2e):
 def _in_image(uv, depth, margin=-0.5):
     """[V, P] bool: in front of the camera and inside the image shrunk by ``margin`` pixels (-0.5 = full extent)."""
     h, w = IMAGE_HW
-    return (depth > 1e-5) & (uv[..., 0] >= margin) & (uv[..., 0] <= w - 1 - margin) \
-        & (uv[..., 1] >= margin) & (uv[..., 1] <= h - 1 - margin)
+    return (
+        (depth > 1e-5)
+        & (uv[..., 0] >= margin)
+        & (uv[..., 0] <= w - 1 - margin)
+        & (uv[..., 1] >= margin)
+        & (uv[..., 1] <= h - 1 - margin)
+    )
 
 
 def _expected_view(uv, depth, i):
@@ -86,8 +91,14 @@ def _sample(feats, points_ego, K, c2e, e2g, frame_valid, level_weights=None):
         level_weights = torch.full((1, 1, 1, p, n_levels), 1.0 / n_levels, dtype=torch.float64)
     e2c = ego_to_camera_matrices(torch.tensor(np.asarray(c2e)), torch.tensor(np.asarray(e2g)))
     out = sample_multiview_features(
-        group_feature_volumes(feats, 1), pts, level_weights, e2c, torch.tensor(np.asarray(K)),
-        torch.tensor(frame_valid), IMAGE_HW, 1e-5,
+        group_feature_volumes(feats, 1),
+        pts,
+        level_weights,
+        e2c,
+        torch.tensor(np.asarray(K)),
+        torch.tensor(frame_valid),
+        IMAGE_HW,
+        1e-5,
     )  # [1, 1, 1, F*P, 4]
     return out.reshape(-1, 4).numpy()  # [F*P, 4], frame-major
 
@@ -97,16 +108,20 @@ def test_project_points_matches_numpy(calib):
     rng = np.random.default_rng(0)
     pts = rng.uniform([-30, -30, -1], [30, 30, 4], size=(50, 3))
     uv, depth, valid = project_points(
-        torch.as_tensor(pts)[None], torch.as_tensor(K)[None, None], torch.as_tensor(c2e)[None, None],
-        torch.as_tensor(e2g)[None, None], IMAGE_HW,
+        torch.as_tensor(pts)[None],
+        torch.as_tensor(K)[None, None],
+        torch.as_tensor(c2e)[None, None],
+        torch.as_tensor(e2g)[None, None],
+        IMAGE_HW,
     )
     world = (e2g @ np.concatenate([pts, np.ones((50, 1))], 1).T).T[:, :3]
     uv_np, depth_np = _numpy_project(world, e2g, K, c2e)
     np.testing.assert_allclose(depth[0, 0].numpy(), depth_np, atol=1e-6)
     front = depth_np > 1e-5
     np.testing.assert_allclose(uv[0, 0].numpy()[front], uv_np[front], atol=1e-5)
-    inside = front & (uv_np[..., 0] >= -0.5) & (uv_np[..., 0] <= 1599.5) \
-        & (uv_np[..., 1] >= -0.5) & (uv_np[..., 1] <= 895.5)
+    inside = (
+        front & (uv_np[..., 0] >= -0.5) & (uv_np[..., 0] <= 1599.5) & (uv_np[..., 1] >= -0.5) & (uv_np[..., 1] <= 895.5)
+    )
     np.testing.assert_array_equal(valid[0, 0].numpy(), inside)
     assert inside.any() and (~inside).any()
 
@@ -155,8 +170,14 @@ def test_past_frame_is_warped_by_ego_poses(calib):
     assert np.abs(uv_cur[0] - uv_past[0])[ok_cur[0] & ok_past[0]].max() > 20  # the warp really moves pixels
     feats = _pattern_features(2, 6)
     e2g = np.stack([e2g_cur, e2g_past])[None]
-    out = _sample(feats, points, np.broadcast_to(K, (1, 2, 6, 3, 3)), np.broadcast_to(c2e, (1, 2, 6, 4, 4)), e2g,
-                  np.ones((1, 2), bool))  # [F*P, 4]
+    out = _sample(
+        feats,
+        points,
+        np.broadcast_to(K, (1, 2, 6, 3, 3)),
+        np.broadcast_to(c2e, (1, 2, 6, 4, 4)),
+        e2g,
+        np.ones((1, 2), bool),
+    )  # [F*P, 4]
     for f, (uv_np, d_np) in enumerate([(uv_cur, d_cur), (uv_past, d_past)]):
         for i in range(8):
             view = _expected_view(uv_np, d_np, i)

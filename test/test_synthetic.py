@@ -17,7 +17,7 @@ import pytest
 from sparseoccvla_core.batch import CAMERA_NAMES, OCC3D_CLASSES
 from sparseoccvla_core.occ_grid import index_to_points
 from sparseoccvla_core.synthetic.config import SynthConfig
-from sparseoccvla_core.synthetic.generate import generate_dataset, setup_scene, simulate_scene, sense_key_frame
+from sparseoccvla_core.synthetic.generate import generate_dataset, sense_key_frame, setup_scene, simulate_scene
 from sparseoccvla_core.synthetic.occupancy import PC_RANGE, VOXEL_SIZE
 from sparseoccvla_core.synthetic.qa import NUSCENES_QA_ANSWERS, NUSCENES_QA_TEMPLATES, QA_NAME, QA_RANGE
 from sparseoccvla_core.synthetic.traffic import CATEGORY_TO_OCC
@@ -99,8 +99,9 @@ def test_intrinsics_are_real_nuscenes_calibration_scaled(tiny, nuscenes_demo_dir
         K = np.array(calib[cam]["intrinsic"]) * np.array([[cfg.width / 1600], [cfg.height / 900], [1.0]])
         np.testing.assert_allclose(cs["camera_intrinsic"], K, rtol=1e-9)
         np.testing.assert_allclose(cs["translation"], calib[cam]["sensor2ego_translation"], atol=1e-9)
-        np.testing.assert_allclose(Quaternion(cs["rotation"]).rotation_matrix, np.array(calib[cam]["cam2ego"])[:3, :3],
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            Quaternion(cs["rotation"]).rotation_matrix, np.array(calib[cam]["cam2ego"])[:3, :3], atol=1e-6
+        )
 
 
 def test_embedded_calibration_equals_shared_calibration(nuscenes_demo_dir):
@@ -155,8 +156,12 @@ def test_occupancy_format_and_ground_convention(tiny):
         # layer 0 is ground (or an object on it) everywhere except inside buildings, which are enclosed by walls
         hole = sem[:, :, 0] == 17
         wall = np.pad(sem[:, :, 1] == OCC3D_CLASSES.index("manmade"), 1, constant_values=True)  # grid edge may cut
-        enclosed = (np.maximum.accumulate(wall, 0) & np.maximum.accumulate(wall[::-1], 0)[::-1]
-                    & np.maximum.accumulate(wall, 1) & np.maximum.accumulate(wall[:, ::-1], 1)[:, ::-1])[1:-1, 1:-1]
+        enclosed = (
+            np.maximum.accumulate(wall, 0)
+            & np.maximum.accumulate(wall[::-1], 0)[::-1]
+            & np.maximum.accumulate(wall, 1)
+            & np.maximum.accumulate(wall[:, ::-1], 1)[:, ::-1]
+        )[1:-1, 1:-1]
         assert np.all(enclosed[hole])
         assert 0.02 < mc.mean() < 0.5 and 0.02 < ml.mean() < 0.5
 
@@ -178,7 +183,11 @@ def _inside(pts, center, size, yaw, margin=0.0):
     d = pts - center
     c, s = np.cos(yaw), np.sin(yaw)
     lx, ly = c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]
-    return (np.abs(lx) <= size[0] / 2 + margin) & (np.abs(ly) <= size[1] / 2 + margin) & (np.abs(d[:, 2]) <= size[2] / 2 + margin)
+    return (
+        (np.abs(lx) <= size[0] / 2 + margin)
+        & (np.abs(ly) <= size[1] / 2 + margin)
+        & (np.abs(d[:, 2]) <= size[2] / 2 + margin)
+    )
 
 
 def test_boxes_agree_with_occupancy(tiny):
@@ -218,8 +227,13 @@ def test_car_voxels_project_onto_car_pixels(tiny):
     cfg, out, nusc = tiny
     setup = setup_scene(cfg, 0)
     frames = {}
-    simulate_scene(cfg, setup, lambda sim, k, state: frames.__setitem__(k, sense_key_frame(cfg, setup, sim, state))
-                   if k in (0, cfg.num_frames - 1) else None)
+    simulate_scene(
+        cfg,
+        setup,
+        lambda sim, k, state: (
+            frames.__setitem__(k, sense_key_frame(cfg, setup, sim, state)) if k in (0, cfg.num_frames - 1) else None
+        ),
+    )
     car = OCC3D_CLASSES.index("car")
     samples = _samples(nusc)
     tested = hits = 0
@@ -235,7 +249,10 @@ def test_car_voxels_project_onto_car_pixels(tiny):
             cam2ego[:3, :3] = Quaternion(cs["rotation"]).rotation_matrix
             cam2ego[:3, 3] = cs["translation"]
             pc = (np.linalg.inv(cam2ego) @ pts.T).T[:, :3]
-            uv = pc[:, :2] / pc[:, 2:3] @ np.diag(np.diag(cs["camera_intrinsic"])[:2]) + np.array(cs["camera_intrinsic"])[:2, 2]
+            uv = (
+                pc[:, :2] / pc[:, 2:3] @ np.diag(np.diag(cs["camera_intrinsic"])[:2])
+                + np.array(cs["camera_intrinsic"])[:2, 2]
+            )
             ok = (pc[:, 2] > 1.0) & (uv[:, 0] >= 0) & (uv[:, 0] < cfg.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cfg.height)
             u, v = uv[ok].astype(int).T
             unoccluded = view.depth[v, u] > pc[ok, 2] - 0.6  # nothing more than ~a voxel in front of the voxel
@@ -288,7 +305,11 @@ def test_qa_answers_agree_with_world_state(tiny):
 
 
 def _hash_tree(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_same_bytes_independent_of_workers(tmp_path):
@@ -328,19 +349,26 @@ def test_traffic_is_collision_free(tiny):
 
     def footprint(center, l, w, yaw):
         c, s = np.cos(yaw), np.sin(yaw)
-        return Polygon([(center[0] + c * dx - s * dy, center[1] + s * dx + c * dy)
-                        for dx, dy in ((l / 2, w / 2), (-l / 2, w / 2), (-l / 2, -w / 2), (l / 2, -w / 2))])
+        return Polygon(
+            [
+                (center[0] + c * dx - s * dy, center[1] + s * dx + c * dy)
+                for dx, dy in ((l / 2, w / 2), (-l / 2, w / 2), (-l / 2, -w / 2), (l / 2, -w / 2))
+            ]
+        )
 
     for s in _samples(nusc):
         boxes = [(b[0], footprint(b[1], b[2][0], b[2][1], b[3])) for b in _boxes_ego(nusc, s)]
         ego = footprint((1.4, 0.0), 4.1, 1.8, 0.0)  # the ego's body around the rear axle
-        vehicles = [p for k, p in boxes if k in (CATEGORY_TO_OCC["vehicle.car"], CATEGORY_TO_OCC["vehicle.truck"],
-                                                  CATEGORY_TO_OCC["vehicle.bus.rigid"])]
+        vehicles = [
+            p
+            for k, p in boxes
+            if k
+            in (CATEGORY_TO_OCC["vehicle.car"], CATEGORY_TO_OCC["vehicle.truck"], CATEGORY_TO_OCC["vehicle.bus.rigid"])
+        ]
         assert not any(p.intersects(ego) for _, p in boxes)
         for i in range(len(vehicles)):
             for j in range(i + 1, len(vehicles)):
                 assert vehicles[i].intersection(vehicles[j]).area < 1e-3
-
 
 
 def test_signal_lamps_show_the_signal_state():

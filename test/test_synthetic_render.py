@@ -17,8 +17,16 @@ def _scene():
     """A car 12 m ahead of the ego, a bus 25 m ahead (partly hidden by the car), a tree crown to the left."""
     n = 2000  # 200 m x 200 m of road at 0.1 m; the ego stands at (100, 100) heading +x
     ground = GroundMap(np.full((n, n), SURF_ROAD, np.uint8), np.zeros((n, n), np.uint8))
-    car = ObjectBuilder().box(0, 0, 0.0, 1.6, 4.5, 1.9, np.array([0.8, 0.1, 0.1]), CAR).build(112.0, 100.0, 0.0, instance=0)
-    bus = ObjectBuilder().box(0, 0, 0.0, 3.4, 11.0, 2.9, np.array([0.1, 0.3, 0.8]), BUS).build(125.0, 100.5, 0.0, instance=1)
+    car = (
+        ObjectBuilder()
+        .box(0, 0, 0.0, 1.6, 4.5, 1.9, np.array([0.8, 0.1, 0.1]), CAR)
+        .build(112.0, 100.0, 0.0, instance=0)
+    )
+    bus = (
+        ObjectBuilder()
+        .box(0, 0, 0.0, 3.4, 11.0, 2.9, np.array([0.1, 0.3, 0.8]), BUS)
+        .build(125.0, 100.5, 0.0, instance=1)
+    )
     tree = ObjectBuilder().ellipsoid(0, 0, 4.0, 2.0, 2.0, 1.5, np.array([0.2, 0.5, 0.2]), VEG).build(118.0, 106.0, 0.0)
     ego2global = np.eye(4)
     ego2global[:2, 3] = 100.0

@@ -6,7 +6,6 @@ the network so each test takes well under a second; test_training_cli_* run the 
 from __future__ import annotations
 
 import json
-import math
 import random
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from sparseoccvla_core import training
 from sparseoccvla_core.train_config import TrainConfig
 from sparseoccvla_core.training import (
     LOSS_NAMES,
@@ -256,12 +254,16 @@ def test_resume_after_crash_gives_identical_weights_and_log(tmp_path):
     assert not (tmp_path / "run" / "trainer_state.json").exists()
     torch.manual_seed(123)  # whatever happened in between, the checkpoint's RNG state takes over
     resumed = ToyModel.from_pretrained(ckpt)
-    state = train_stage(resumed, ToyDataset(6), toy_collate, 1, tcfg, tmp_path / "run", resume_from=ckpt, progress=False)
+    state = train_stage(
+        resumed, ToyDataset(6), toy_collate, 1, tcfg, tmp_path / "run", resume_from=ckpt, progress=False
+    )
     assert state.complete and state.epoch == 2
     a, b = _weights(ref), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     ra, rb = read_loss_csv(tmp_path / "ref" / "losses.csv"), read_loss_csv(tmp_path / "run" / "losses.csv")
-    assert [(r["step"], r["epoch"], r["lr"], r["loss"]) for r in ra] == [(r["step"], r["epoch"], r["lr"], r["loss"]) for r in rb]
+    assert [(r["step"], r["epoch"], r["lr"], r["loss"]) for r in ra] == [
+        (r["step"], r["epoch"], r["lr"], r["loss"]) for r in rb
+    ]
 
 
 def test_resume_refuses_a_changed_schedule(tmp_path):
@@ -269,9 +271,27 @@ def test_resume_refuses_a_changed_schedule(tmp_path):
     train_stage(model, ToyDataset(6), toy_collate, 1, _tcfg(epochs=(1, 1, 1)), tmp_path, progress=False)
     ckpt = latest_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="identical schedule"):
-        train_stage(ToyModel.from_pretrained(ckpt), ToyDataset(8), toy_collate, 1, _tcfg(epochs=(2, 1, 1)), tmp_path, resume_from=ckpt, progress=False)
+        train_stage(
+            ToyModel.from_pretrained(ckpt),
+            ToyDataset(8),
+            toy_collate,
+            1,
+            _tcfg(epochs=(2, 1, 1)),
+            tmp_path,
+            resume_from=ckpt,
+            progress=False,
+        )
     with pytest.raises(ValueError, match="stage-1 checkpoint"):
-        train_stage(ToyModel.from_pretrained(ckpt), ToyDataset(6), toy_collate, 2, _tcfg(), tmp_path, resume_from=ckpt, progress=False)
+        train_stage(
+            ToyModel.from_pretrained(ckpt),
+            ToyDataset(6),
+            toy_collate,
+            2,
+            _tcfg(),
+            tmp_path,
+            resume_from=ckpt,
+            progress=False,
+        )
 
 
 def test_nonfinite_loss_and_empty_split_raise(tmp_path):
@@ -322,17 +342,43 @@ def test_cli_errors_missing_dataset_and_stage_order(tmp_path):
     from sparseoccvla_core.cli import main
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        main(["train", "--stage", "1", "--config", "tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+        main(
+            [
+                "train",
+                "--stage",
+                "1",
+                "--config",
+                "tiny",
+                "--data",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
     (tmp_path / "data" / "samples").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="version folder"):
-        main(["train", "--stage", "1", "--config", "tiny", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "o")])
+        main(
+            [
+                "train",
+                "--stage",
+                "1",
+                "--config",
+                "tiny",
+                "--data",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
 
 
 def test_train_command_is_registered():
     from sparseoccvla_core.cli import COMMANDS, build_command_parser
 
     assert COMMANDS["train"][0] == "sparseoccvla_core.training"
-    args = build_command_parser("train").parse_args(["--stage", "2", "--data", "d", "--init", "i", "--out", "o", "--resume"])
+    args = build_command_parser("train").parse_args(
+        ["--stage", "2", "--data", "d", "--init", "i", "--out", "o", "--resume"]
+    )
     assert (args.stage, args.data, args.init, args.out, args.resume) == (2, "d", "i", "o", True)
     with pytest.raises(SystemExit):
         build_command_parser("train").parse_args(["--stage", "4", "--data", "d", "--out", "o"])
@@ -379,7 +425,10 @@ def test_training_cli_three_stages_train_what_the_paper_says(mini_world):
 
     w = mini_world
     common = ["--train-config", str(w / "train.yaml"), "--data", str(w / "data")]
-    assert _cli("--stage", "1", "--config", "tiny", *common, "--anchors", str(w / "anchors.npz"), "--out", str(w / "s1")) == 0
+    assert (
+        _cli("--stage", "1", "--config", "tiny", *common, "--anchors", str(w / "anchors.npz"), "--out", str(w / "s1"))
+        == 0
+    )
     assert _cli("--stage", "2", *common, "--init", str(w / "s1"), "--out", str(w / "s2")) == 0
     assert _cli("--stage", "3", *common, "--init", str(w / "s2"), "--out", str(w / "s3")) == 0
     s1, s2, s3 = _tensors(w / "s1"), _tensors(w / "s2"), _tensors(w / "s3")
@@ -405,7 +454,9 @@ def test_training_cli_three_stages_train_what_the_paper_says(mini_world):
     model = SparseOccVLA.from_pretrained(w / "s3")
     word = " steady"  # only in the fixture's OmniDrive answer, not in the built-in corpus
     builtin = train_tokenizer(default_corpus(), model.cfg.llm_vocab_size)
-    assert len(model.tokenizer(word, add_special_tokens=False)["input_ids"]) < len(builtin(word, add_special_tokens=False)["input_ids"])
+    assert len(model.tokenizer(word, add_special_tokens=False)["input_ids"]) < len(
+        builtin(word, add_special_tokens=False)["input_ids"]
+    )
     assert model.tokenizer.get_vocab() == SparseOccVLA.from_pretrained(w / "s1").tokenizer.get_vocab()
 
 
@@ -437,14 +488,34 @@ def test_training_cli_errors_and_resume_identity(mini_world):
         _cli("--stage", "2", *common, "--out", str(w / "bad"))
     (w / "other.yaml").write_text("preset: tiny\nnum_queries: 32\n")
     with pytest.raises(ValueError, match="num_queries"):
-        _cli("--stage", "2", *common, "--config", str(w / "other.yaml"), "--init", str(w / "full"), "--out", str(w / "bad"))
+        _cli(
+            "--stage",
+            "2",
+            *common,
+            "--config",
+            str(w / "other.yaml"),
+            "--init",
+            str(w / "full"),
+            "--out",
+            str(w / "bad"),
+        )
     # an empty split
     (w / "empty.yaml").write_text("preset: tiny\ntrain_split: val\n")
     (w / "data" / "splits.json").write_text(json.dumps({"train": ["scene-a"], "val": []}))
     try:
         with pytest.raises(ValueError, match="split 'val'"):
-            _cli("--stage", "1", "--config", "tiny", "--train-config", str(w / "empty.yaml"), "--data", str(w / "data"),
-                 "--out", str(w / "bad"))
+            _cli(
+                "--stage",
+                "1",
+                "--config",
+                "tiny",
+                "--train-config",
+                str(w / "empty.yaml"),
+                "--data",
+                str(w / "data"),
+                "--out",
+                str(w / "bad"),
+            )
     finally:
         (w / "data" / "splits.json").write_text(json.dumps({"train": ["scene-a"], "val": ["scene-b"]}))
 
@@ -479,12 +550,29 @@ def test_ddp_two_processes_equal_one_process_with_the_total_batch(tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(port), str(worker), str(tmp_path / "ddp"), "1"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            str(worker),
+            str(tmp_path / "ddp"),
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single = subprocess.run([sys.executable, str(worker), str(tmp_path / "one"), "2"], env=env, capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, str(worker), str(tmp_path / "one"), "2"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     a, b = _tensors(tmp_path / "ddp"), _tensors(tmp_path / "one")
     for k in a:
@@ -509,14 +597,18 @@ def test_fallback_commands_get_distinct_kinematic_anchors():
     speeds = rng.uniform(2.0, 12.0, 40)  # straight trajectories only, as in a small synthetic split
     t = cfg.plan_dt * np.arange(1, horizon + 1)
     waypoints = np.stack([speeds[:, None] * t, np.zeros((40, horizon))], -1)  # [N, T, 2]
-    trajs = TrajectorySet(waypoints=waypoints, valid=np.ones((40, horizon), bool), commands=np.ones(40, np.int64),
-                          ego_state=np.zeros((40, 6)))
+    trajs = TrajectorySet(
+        waypoints=waypoints,
+        valid=np.ones((40, horizon), bool),
+        commands=np.ones(40, np.int64),
+        ego_state=np.zeros((40, 6)),
+    )
     result = compute_anchors(trajs, per, dt=cfg.plan_dt)
     assert set(result.info["fallback"]) == {"left", "right"}
     out = torch.as_tensor(result.anchors_flat)
     fan, fan_commands = kinematic_fan(cfg)
-    assert torch.equal(out[:per], fan[fan_commands == 0]) and torch.equal(out[2 * per:], fan[fan_commands == 2])
-    straight = out[per:2 * per]
+    assert torch.equal(out[:per], fan[fan_commands == 0]) and torch.equal(out[2 * per :], fan[fan_commands == 2])
+    straight = out[per : 2 * per]
     assert torch.allclose(straight[..., 1], torch.zeros(per, horizon))  # clustered from the straight data
     assert 2.0 * t[-1] < float(straight[:, -1, 0].min()) and float(straight[:, -1, 0].max()) < 12.0 * t[-1]
     dist = torch.cdist(out.flatten(1), out.flatten(1)) + torch.eye(3 * per) * 1e6

@@ -38,6 +38,7 @@ from .ego_motion import COMMAND_LEFT, COMMAND_RIGHT, driving_command, future_way
 from .frames import index_split
 from .layout import resolve_layout
 
+
 def kmeans(x: np.ndarray, k: int, seed: int = 0, n_init: int = 10, max_iter: int = 300) -> np.ndarray:
     """Deterministic K-means (k-means++ seeding, Lloyd iterations, best of ``n_init`` by inertia).
 
@@ -114,7 +115,9 @@ def collect_trajectories(root: str | Path, split: str, horizon: int, version: Op
             cmds.append(driving_command(wp, valid))
         states.append(scene.ego_state)
     return TrajectorySet(
-        waypoints=np.stack(wps), valid=np.stack(valids), commands=np.asarray(cmds, dtype=np.int64),
+        waypoints=np.stack(wps),
+        valid=np.stack(valids),
+        commands=np.asarray(cmds, dtype=np.int64),
         ego_state=np.concatenate(states),
     )
 
@@ -218,8 +221,11 @@ def save_anchors(anchor_set: AnchorSet, path: str | Path) -> tuple[Path, Path]:
     if path.suffix == ".safetensors":
         from safetensors.numpy import save_file
 
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(path),
-                  metadata={"info": json.dumps(anchor_set.info)})
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in arrays.items()},
+            str(path),
+            metadata={"info": json.dumps(anchor_set.info)},
+        )
     elif path.suffix == ".npz":
         np.savez(path, **arrays)
     else:
@@ -260,8 +266,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output file, .npz or .safetensors (a .json is written beside)")
     parser.add_argument("--per-command", type=int, default=6, help="anchors per driving command (default 6 -> 18)")
     parser.add_argument("--horizon", type=int, default=6, help="waypoints per trajectory at 0.5 s (default 6)")
-    parser.add_argument("--dt", type=float, default=0.5,
-                        help="seconds between waypoints, for the kinematic arcs of a command with too few trajectories")
+    parser.add_argument(
+        "--dt",
+        type=float,
+        default=0.5,
+        help="seconds between waypoints, for the kinematic arcs of a command with too few trajectories",
+    )
     parser.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
     parser.add_argument("--mirror", action="store_true", help="add y-mirrored trajectories (left <-> right)")
 
@@ -271,8 +281,10 @@ def run(args: argparse.Namespace) -> int:
     anchor_set = compute_anchors(trajs, args.per_command, args.seed, args.mirror, dt=args.dt)
     out, json_path = save_anchors(anchor_set, args.out)
     counts = dict(zip(COMMANDS, anchor_set.stats["counts"].tolist()))
-    print(f"{anchor_set.anchors_flat.shape[0]} anchors from {anchor_set.info['num_complete_trajectories']} complete "
-          f"trajectories (per command {counts}) -> {out} and {json_path}")
+    print(
+        f"{anchor_set.anchors_flat.shape[0]} anchors from {anchor_set.info['num_complete_trajectories']} complete "
+        f"trajectories (per command {counts}) -> {out} and {json_path}"
+    )
     for name, why in anchor_set.info["fallback"].items():
         print(f"note: command {name}: {why}")
     return 0

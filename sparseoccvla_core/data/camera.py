@@ -112,7 +112,10 @@ class ResizeCrop:
 
 
 def resize_crop_for(
-    in_hw: tuple[int, int], out_hw: tuple[int, int], scale_factor: float = 1.0, bottom_fraction: float = 0.0,
+    in_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    scale_factor: float = 1.0,
+    bottom_fraction: float = 0.0,
     x_fraction: float = 0.5,
 ) -> ResizeCrop:
     """The BEVDet / SparseBEV test-time transform from an input size to ``out_hw``.

@@ -258,7 +258,12 @@ class DrivingDataset(Dataset):
         self.plan_step = self._keyframe_step(cfg.plan_dt, "plan_dt")
         self._check_concat_range()
         self.scenes: list[SceneFrames] = index_split(
-            self.layout, split, cfg.num_frames, opt.past, opt.past_stride, nusc=nusc,
+            self.layout,
+            split,
+            cfg.num_frames,
+            opt.past,
+            opt.past_stride,
+            nusc=nusc,
             scenes=list(scenes) if scenes else None,
         )
         lengths = np.asarray([len(s) for s in self.scenes], dtype=np.int64)
@@ -274,7 +279,9 @@ class DrivingDataset(Dataset):
     def _keyframe_step(dt: float, name: str) -> int:
         step = dt / KEYFRAME_INTERVAL_S
         if abs(step - round(step)) > 1e-6 or round(step) < 1:
-            raise ValueError(f"cfg.{name} = {dt} s must be a multiple of the {KEYFRAME_INTERVAL_S} s key-frame interval")
+            raise ValueError(
+                f"cfg.{name} = {dt} s must be a multiple of the {KEYFRAME_INTERVAL_S} s key-frame interval"
+            )
         return int(round(step))
 
     def _check_concat_range(self) -> None:
@@ -614,4 +621,3 @@ def make_collate(tokenizer) -> Callable[[Sequence[DrivingItem]], DrivingBatch]:
 
     pad = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
     return functools.partial(collate, pad_token_id=pad)
-

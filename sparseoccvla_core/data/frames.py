@@ -159,8 +159,9 @@ def index_scene(indexer: _DevkitIndexer, scene: dict, num_frames: int, past: str
         samples.append(rec)
         token = rec["next"]
     if len(samples) != scene.get("nbr_samples", len(samples)):
-        raise ValueError(f"scene {scene['name']}: sample chain has {len(samples)} key frames, table says "
-                         f"{scene['nbr_samples']}")
+        raise ValueError(
+            f"scene {scene['name']}: sample chain has {len(samples)} key frames, table says {scene['nbr_samples']}"
+        )
     rows = _Rows()
     cam_tokens, ref_pose_tokens = [], []
     for rec in samples:

@@ -63,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = SparseOccVLAConfig.tiny() if args.preset == "tiny" else SparseOccVLAConfig.paper()
     layout = resolve_layout(args.data, args.version)
-    opts = DatasetOptions(version=layout.version, past=args.past, qa_choice="first",
-                          load_occupancy=layout.occ3d_root.is_dir())
+    opts = DatasetOptions(
+        version=layout.version, past=args.past, qa_choice="first", load_occupancy=layout.occ3d_root.is_dir()
+    )
     t0 = time.perf_counter()
     ds = DrivingDataset(args.data, args.split, cfg, None, opts)
     print(f"indexed in {time.perf_counter() - t0:.2f} s")

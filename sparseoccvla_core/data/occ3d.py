@@ -71,8 +71,9 @@ def load_occ3d_labels(path: str | Path) -> Occ3DLabels:
     with np.load(path) as npz:
         missing = {"semantics", "mask_lidar", "mask_camera"} - set(npz.files)
         if missing:
-            raise ValueError(f"{path}: missing keys {sorted(missing)} (an Occ3D labels.npz has semantics, "
-                             "mask_lidar, mask_camera)")
+            raise ValueError(
+                f"{path}: missing keys {sorted(missing)} (an Occ3D labels.npz has semantics, mask_lidar, mask_camera)"
+            )
         sem, lid, cam = npz["semantics"], npz["mask_lidar"], npz["mask_camera"]
     for name, arr in (("semantics", sem), ("mask_lidar", lid), ("mask_camera", cam)):
         if arr.shape != OCC3D_GRID_SHAPE:

@@ -31,8 +31,16 @@ from ..batch import CAMERA_NAMES
 from .calibration import camera_calibrations, lidar_calibration, yaw_to_quaternion
 from .config import SynthConfig
 from .lidar import LidarModel, virtual_views
-from .nuscenes_writer import (token, static_tables, visibility_token, write_jpeg, write_json, write_map_mask,
-                              write_npz, write_tables)
+from .nuscenes_writer import (
+    static_tables,
+    token,
+    visibility_token,
+    write_jpeg,
+    write_json,
+    write_map_mask,
+    write_npz,
+    write_tables,
+)
 from .occupancy import VoxelProjector, semantics
 from .qa import QA_MIN_VISIBILITY, QA_NAME, QA_RANGE, STATUS_WORD, FrameFacts, QAObject, nuscenes_qa, omnidrive
 from .render import Camera, Look, PackedScene, render
@@ -59,11 +67,16 @@ class SensorRig:
 
 @lru_cache(maxsize=2)
 def sensor_rig(width: int, height: int) -> SensorRig:
-    cams = [Camera(c.channel, c.scaled_intrinsics(width, height), c.sensor2ego, width, height) for c in camera_calibrations()]
+    cams = [
+        Camera(c.channel, c.scaled_intrinsics(width, height), c.sensor2ego, width, height)
+        for c in camera_calibrations()
+    ]
     lid = lidar_calibration()
     views = virtual_views(lid)
     return SensorRig(
-        cams, views, LidarModel(lid, views),
+        cams,
+        views,
+        LidarModel(lid, views),
         VoxelProjector([(c.K, c.cam2ego, c.width, c.height) for c in cams]),
         VoxelProjector([(v.K, v.cam2ego, v.width, v.height) for v in views]),
     )
@@ -132,15 +145,28 @@ def setup_scene(cfg: SynthConfig, index: int) -> SceneSetup:
     layout = cfg.layouts[index % len(cfg.layouts)]
     travel = max(60.0, 11.0 * 0.5 * max(cfg.num_frames - 1, 1))
     world = build_world(layout, np.random.default_rng(world_ss), travel)
-    return SceneSetup(world, Look.sample(np.random.default_rng(look_ss), world.frame_yaw),
-                      np.random.default_rng(traffic_ss), np.random.default_rng(noise_ss),
-                      np.random.default_rng(qa_ss), travel)
+    return SceneSetup(
+        world,
+        Look.sample(np.random.default_rng(look_ss), world.frame_yaw),
+        np.random.default_rng(traffic_ss),
+        np.random.default_rng(noise_ss),
+        np.random.default_rng(qa_ss),
+        travel,
+    )
 
 
 def simulate_scene(cfg: SynthConfig, setup: SceneSetup, on_key_frame=None) -> list[FrameState]:
     """Run the scene's traffic; ``on_key_frame(sim, k, state)`` is called at every key frame."""
-    return simulate(setup.world, setup.traffic_rng, cfg.num_frames, cfg.sim_dt, cfg.steps_per_key_frame,
-                    cfg.warmup_s, setup.travel, on_key_frame)
+    return simulate(
+        setup.world,
+        setup.traffic_rng,
+        cfg.num_frames,
+        cfg.sim_dt,
+        cfg.steps_per_key_frame,
+        cfg.warmup_s,
+        setup.travel,
+        on_key_frame,
+    )
 
 
 @dataclass
@@ -164,13 +190,22 @@ def sense_key_frame(cfg: SynthConfig, setup: SceneSetup, sim: TrafficSimulation,
     ego2global = ego_matrix(state.ego_pose)
     objects = frame_objects(world, sim)
     packed = PackedScene.pack(objects)
-    views = [render(c, ego2global, packed, world.ground, setup.look, setup.noise_rng, cfg.image_noise) for c in rig.cameras]
+    views = [
+        render(c, ego2global, packed, world.ground, setup.look, setup.noise_rng, cfg.image_noise) for c in rig.cameras
+    ]
     lidar_views = [render(v, ego2global, packed, world.ground, setup.look, None, shade=False) for v in rig.lidar_views]
     points, point_inst = rig.lidar.sweep(lidar_views, setup.noise_rng)
     sem = semantics(ego2global, world.ground, objects)
-    return KeyFrameSensors(objects, views, lidar_views, points, point_inst, sem,
-                           rig.camera_voxels.visible([v.depth for v in views]),
-                           rig.lidar_voxels.visible([v.depth for v in lidar_views]))
+    return KeyFrameSensors(
+        objects,
+        views,
+        lidar_views,
+        points,
+        point_inst,
+        sem,
+        rig.camera_voxels.visible([v.depth for v in views]),
+        rig.lidar_voxels.visible([v.depth for v in lidar_views]),
+    )
 
 
 def generate_scene(cfg: SynthConfig, index: int, out: Path) -> dict:
@@ -201,11 +236,17 @@ def generate_scene(cfg: SynthConfig, index: int, out: Path) -> dict:
             (out / rel).write_bytes(points.tobytes())
             files["LIDAR_TOP"] = rel
         sample_token = token(*key, "sample", k)
-        write_npz(out / "gts" / name / sample_token / "labels.npz", semantics=sensed.semantics,
-                  mask_lidar=sensed.mask_lidar, mask_camera=sensed.mask_camera)
+        write_npz(
+            out / "gts" / name / sample_token / "labels.npz",
+            semantics=sensed.semantics,
+            mask_lidar=sensed.mask_lidar,
+            mask_camera=sensed.mask_camera,
+        )
         # annotations: agents in range seen by the LiDAR or a camera
         n_agents = len(state.agents)
-        per_cam = np.stack([np.bincount(v.instance[v.instance >= 0].ravel(), minlength=n_agents)[:n_agents] for v in views])
+        per_cam = np.stack(
+            [np.bincount(v.instance[v.instance >= 0].ravel(), minlength=n_agents)[:n_agents] for v in views]
+        )
         lidar_pts = np.bincount(point_inst[point_inst >= 0], minlength=n_agents)[:n_agents]
         anns = []
         ego_xy, ego_yaw = state.ego_pose[:2], state.ego_pose[2]
@@ -219,15 +260,34 @@ def generate_scene(cfg: SynthConfig, index: int, out: Path) -> dict:
             fraction = min(1.0, visible_px / area) if area > 0 else 0.0
             rel = a.center[:2] - ego_xy
             c, s = np.cos(ego_yaw), np.sin(ego_yaw)
-            anns.append({
-                "agent": a.index, "category": a.category, "center": a.center, "size": a.size, "yaw": a.yaw,
-                "attribute": a.attribute, "visibility": visibility_token(fraction), "num_lidar_pts": int(lidar_pts[a.index]),
-                "camera": CAMERA_NAMES[int(np.argmax(per_cam[:, a.index]))], "distance": dist,
-                "ego_xy": (float(c * rel[0] + s * rel[1]), float(-s * rel[0] + c * rel[1])), "rel_heading": a.yaw - ego_yaw,
-            })
+            anns.append(
+                {
+                    "agent": a.index,
+                    "category": a.category,
+                    "center": a.center,
+                    "size": a.size,
+                    "yaw": a.yaw,
+                    "attribute": a.attribute,
+                    "visibility": visibility_token(fraction),
+                    "num_lidar_pts": int(lidar_pts[a.index]),
+                    "camera": CAMERA_NAMES[int(np.argmax(per_cam[:, a.index]))],
+                    "distance": dist,
+                    "ego_xy": (float(c * rel[0] + s * rel[1]), float(-s * rel[0] + c * rel[1])),
+                    "rel_heading": a.yaw - ego_yaw,
+                }
+            )
         class_px = sum(np.bincount(v.cls.ravel(), minlength=18) for v in views) / sum(v.cls.size for v in views)
-        frames.append({"timestamp": ts, "files": files, "pose": state.ego_pose.copy(), "anns": anns, "state": state,
-                       "sample_token": sample_token, "class_fraction": class_px})
+        frames.append(
+            {
+                "timestamp": ts,
+                "files": files,
+                "pose": state.ego_pose.copy(),
+                "anns": anns,
+                "state": state,
+                "sample_token": sample_token,
+                "class_fraction": class_px,
+            }
+        )
 
     states = simulate_scene(cfg, setup, on_key_frame)
     tables = _scene_tables(cfg, index, world, frames, log_name, out)
@@ -242,10 +302,23 @@ def _scene_tables(cfg: SynthConfig, index: int, world: StaticWorld, frames: list
     map_file = f"maps/{map_token}.png"
     surf = world.ground.surface
     write_map_mask(out / map_file, (surf == SURF_ROAD) | (surf == SURF_OTHER_FLAT) | (surf == SURF_SIDEWALK))
-    t = {name: [] for name in ("log", "map", "scene", "sample", "sample_data", "ego_pose", "calibrated_sensor",
-                               "instance", "sample_annotation")}
-    t["log"].append({"token": log_token, "logfile": log_name, "vehicle": "synth-car", "date_captured": date,
-                     "location": LOCATION})
+    t = {
+        name: []
+        for name in (
+            "log",
+            "map",
+            "scene",
+            "sample",
+            "sample_data",
+            "ego_pose",
+            "calibrated_sensor",
+            "instance",
+            "sample_annotation",
+        )
+    }
+    t["log"].append(
+        {"token": log_token, "logfile": log_name, "vehicle": "synth-car", "date_captured": date, "location": LOCATION}
+    )
     t["map"].append({"token": map_token, "log_tokens": [log_token], "category": "semantic_prior", "filename": map_file})
     rig = sensor_rig(cfg.width, cfg.height)
     channels = list(CAMERA_NAMES) + (["LIDAR_TOP"] if cfg.write_lidar else [])
@@ -253,34 +326,55 @@ def _scene_tables(cfg: SynthConfig, index: int, world: StaticWorld, frames: list
     calib["LIDAR_TOP"] = lidar_calibration()
     for ch in channels:
         cam = next((c for c in rig.cameras if c.name == ch), None)
-        t["calibrated_sensor"].append({
-            "token": token(*key, "calibrated_sensor", ch), "sensor_token": token("sensor", ch),
-            "translation": [float(v) for v in calib[ch].translation],
-            "rotation": [float(v) for v in calib[ch].rotation_wxyz],
-            "camera_intrinsic": [] if cam is None else cam.K.tolist(),
-        })
+        t["calibrated_sensor"].append(
+            {
+                "token": token(*key, "calibrated_sensor", ch),
+                "sensor_token": token("sensor", ch),
+                "translation": [float(v) for v in calib[ch].translation],
+                "rotation": [float(v) for v in calib[ch].rotation_wxyz],
+                "camera_intrinsic": [] if cam is None else cam.K.tolist(),
+            }
+        )
     n = len(frames)
     sample_tokens = [f["sample_token"] for f in frames]
     for k, f in enumerate(frames):
-        t["sample"].append({"token": sample_tokens[k], "timestamp": f["timestamp"],
-                            "prev": sample_tokens[k - 1] if k > 0 else "", "next": sample_tokens[k + 1] if k < n - 1 else "",
-                            "scene_token": scene_token})
+        t["sample"].append(
+            {
+                "token": sample_tokens[k],
+                "timestamp": f["timestamp"],
+                "prev": sample_tokens[k - 1] if k > 0 else "",
+                "next": sample_tokens[k + 1] if k < n - 1 else "",
+                "scene_token": scene_token,
+            }
+        )
         for ch in channels:
             sd = token(*key, "sample_data", ch, k)
             ep = token(*key, "ego_pose", ch, k)
-            t["ego_pose"].append({"token": ep, "timestamp": f["timestamp"],
-                                  "rotation": yaw_to_quaternion(float(f["pose"][2])),
-                                  "translation": [float(f["pose"][0]), float(f["pose"][1]), 0.0]})
+            t["ego_pose"].append(
+                {
+                    "token": ep,
+                    "timestamp": f["timestamp"],
+                    "rotation": yaw_to_quaternion(float(f["pose"][2])),
+                    "translation": [float(f["pose"][0]), float(f["pose"][1]), 0.0],
+                }
+            )
             is_cam = ch != "LIDAR_TOP"
-            t["sample_data"].append({
-                "token": sd, "sample_token": sample_tokens[k], "ego_pose_token": ep,
-                "calibrated_sensor_token": token(*key, "calibrated_sensor", ch), "timestamp": f["timestamp"],
-                "fileformat": "jpg" if is_cam else "pcd", "is_key_frame": True,
-                "height": cfg.height if is_cam else 0, "width": cfg.width if is_cam else 0,
-                "filename": f["files"][ch],
-                "prev": token(*key, "sample_data", ch, k - 1) if k > 0 else "",
-                "next": token(*key, "sample_data", ch, k + 1) if k < n - 1 else "",
-            })
+            t["sample_data"].append(
+                {
+                    "token": sd,
+                    "sample_token": sample_tokens[k],
+                    "ego_pose_token": ep,
+                    "calibrated_sensor_token": token(*key, "calibrated_sensor", ch),
+                    "timestamp": f["timestamp"],
+                    "fileformat": "jpg" if is_cam else "pcd",
+                    "is_key_frame": True,
+                    "height": cfg.height if is_cam else 0,
+                    "width": cfg.width if is_cam else 0,
+                    "filename": f["files"][ch],
+                    "prev": token(*key, "sample_data", ch, k - 1) if k > 0 else "",
+                    "next": token(*key, "sample_data", ch, k + 1) if k < n - 1 else "",
+                }
+            )
     # instances and annotation chains
     by_agent: dict[int, list] = {}
     for k, f in enumerate(frames):
@@ -290,23 +384,44 @@ def _scene_tables(cfg: SynthConfig, index: int, world: StaticWorld, frames: list
         seq = by_agent[agent]
         inst = token(*key, "instance", agent)
         ann_tokens = [token(*key, "sample_annotation", agent, k) for k, _ in seq]
-        t["instance"].append({"token": inst, "category_token": token("category", seq[0][1]["category"]),
-                              "nbr_annotations": len(seq), "first_annotation_token": ann_tokens[0],
-                              "last_annotation_token": ann_tokens[-1]})
+        t["instance"].append(
+            {
+                "token": inst,
+                "category_token": token("category", seq[0][1]["category"]),
+                "nbr_annotations": len(seq),
+                "first_annotation_token": ann_tokens[0],
+                "last_annotation_token": ann_tokens[-1],
+            }
+        )
         for i, (k, a) in enumerate(seq):
             l, w, h = a["size"]
-            t["sample_annotation"].append({
-                "token": ann_tokens[i], "sample_token": sample_tokens[k], "instance_token": inst,
-                "visibility_token": a["visibility"],
-                "attribute_tokens": [token("attribute", a["attribute"])] if a["attribute"] else [],
-                "translation": [float(v) for v in a["center"]], "size": [float(w), float(l), float(h)],
-                "rotation": yaw_to_quaternion(float(a["yaw"])), "prev": ann_tokens[i - 1] if i > 0 else "",
-                "next": ann_tokens[i + 1] if i < len(seq) - 1 else "", "num_lidar_pts": a["num_lidar_pts"],
-                "num_radar_pts": 0,
-            })
-    t["scene"].append({"token": scene_token, "log_token": log_token, "nbr_samples": n,
-                       "first_sample_token": sample_tokens[0], "last_sample_token": sample_tokens[-1],
-                       "name": scene_name(index), "description": f"synthetic, {world.description}"})
+            t["sample_annotation"].append(
+                {
+                    "token": ann_tokens[i],
+                    "sample_token": sample_tokens[k],
+                    "instance_token": inst,
+                    "visibility_token": a["visibility"],
+                    "attribute_tokens": [token("attribute", a["attribute"])] if a["attribute"] else [],
+                    "translation": [float(v) for v in a["center"]],
+                    "size": [float(w), float(l), float(h)],
+                    "rotation": yaw_to_quaternion(float(a["yaw"])),
+                    "prev": ann_tokens[i - 1] if i > 0 else "",
+                    "next": ann_tokens[i + 1] if i < len(seq) - 1 else "",
+                    "num_lidar_pts": a["num_lidar_pts"],
+                    "num_radar_pts": 0,
+                }
+            )
+    t["scene"].append(
+        {
+            "token": scene_token,
+            "log_token": log_token,
+            "nbr_samples": n,
+            "first_sample_token": sample_tokens[0],
+            "last_sample_token": sample_tokens[-1],
+            "name": scene_name(index),
+            "description": f"synthetic, {world.description}",
+        }
+    )
     return t
 
 
@@ -316,18 +431,34 @@ def frame_facts(world: StaticWorld, frames: list, states: list, k: int) -> Frame
     objs = []
     leader = None
     for a in sorted(f["anns"], key=lambda a: a["distance"]):
-        qa_obj = QAObject(QA_NAME[a["category"]], STATUS_WORD.get(a["attribute"]) if a["attribute"] else None,
-                          a["ego_xy"], a["distance"], a["camera"], a["rel_heading"])
+        qa_obj = QAObject(
+            QA_NAME[a["category"]],
+            STATUS_WORD.get(a["attribute"]) if a["attribute"] else None,
+            a["ego_xy"],
+            a["distance"],
+            a["camera"],
+            a["rel_heading"],
+        )
         if a["agent"] == state.ego_leader[0]:
             leader = qa_obj
         if a["distance"] <= QA_RANGE and int(a["visibility"]) >= QA_MIN_VISIBILITY:
             objs.append(qa_obj)
     horizon = min(k + 6, len(states) - 1)
-    turn_ahead = any(s.in_turn for s in states[k:horizon + 1])
+    turn_ahead = any(s.in_turn for s in states[k : horizon + 1])
     frac = f["class_fraction"]
     scenery = [word for word, cls, share in (("buildings", 15, 0.03), ("trees", 16, 0.01)) if frac[cls] >= share]
-    return FrameFacts(world.description, objs, state.signal_ahead, state.ego_behavior, state.ego_maneuver,
-                      turn_ahead, state.ego_speed, leader, states[horizon].ego_speed, scenery)
+    return FrameFacts(
+        world.description,
+        objs,
+        state.signal_ahead,
+        state.ego_behavior,
+        state.ego_maneuver,
+        turn_ahead,
+        state.ego_speed,
+        leader,
+        states[horizon].ego_speed,
+        scenery,
+    )
 
 
 def _scene_qa(cfg, index, world, frames, states, split, out: Path, rng) -> list:
@@ -350,7 +481,9 @@ def _run_scene(args) -> dict:
 OUTPUTS = ("samples", "gts", "omnidrive", "nuscenes_qa", "maps", "splits.json")
 
 
-def generate_dataset(cfg: SynthConfig, out: str | Path, workers: int = 1, overwrite: bool = False, progress=None) -> dict:
+def generate_dataset(
+    cfg: SynthConfig, out: str | Path, workers: int = 1, overwrite: bool = False, progress=None
+) -> dict:
     """Write ``cfg.num_scenes`` scenes under ``out`` (see the module docstring).
 
     Args:
@@ -394,8 +527,10 @@ def generate_dataset(cfg: SynthConfig, out: str | Path, workers: int = 1, overwr
     if not cfg.write_lidar:
         tables["sensor"] = [s for s in tables["sensor"] if s["channel"] != "LIDAR_TOP"]
     write_tables(version_dir, tables)
-    splits = {"train": [r["name"] for r in results if r["split"] == "train"],
-              "val": [r["name"] for r in results if r["split"] == "val"]}
+    splits = {
+        "train": [r["name"] for r in results if r["split"] == "train"],
+        "val": [r["name"] for r in results if r["split"] == "val"],
+    }
     write_json(out / "splits.json", splits)
     for split in ("train", "val"):
         qs = [q for r in results if r["split"] == split for q in r["nuscenes_qa"]]

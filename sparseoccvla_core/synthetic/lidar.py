@@ -60,7 +60,9 @@ class LidarModel:
         self.max_range = max_range
         el = np.radians(BEAM_ELEVATIONS_DEG)[:, None]
         az = (np.arange(azimuths) * 2 * np.pi / azimuths)[None, :]
-        dirs = np.stack(np.broadcast_arrays(np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)), -1)  # [32, A, 3]
+        dirs = np.stack(
+            np.broadcast_arrays(np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)), -1
+        )  # [32, A, 3]
         self.dirs = dirs.reshape(-1, 3)  # [32 * A, 3] ego-frame unit directions
         self.ring = np.repeat(np.arange(len(BEAM_ELEVATIONS_DEG)), azimuths).astype(np.float32)
         sector = np.floor(((az[0] + 0.5 * VIEW_FOV) % (2 * np.pi)) / VIEW_FOV).astype(int) % NUM_VIEWS

@@ -81,7 +81,9 @@ def token(*key) -> str:
 def static_tables() -> dict[str, list[dict]]:
     """The tables that do not depend on the scenes."""
     return {
-        "category": [{"token": token("category", n), "name": n, "description": d, "index": i} for i, n, d in CATEGORIES],
+        "category": [
+            {"token": token("category", n), "name": n, "description": d, "index": i} for i, n, d in CATEGORIES
+        ],
         "attribute": [{"token": token("attribute", n), "name": n, "description": d} for n, d in ATTRIBUTES],
         "visibility": [{"token": t, "level": lvl, "description": d} for t, lvl, d in VISIBILITY],
         "sensor": [{"token": token("sensor", c), "channel": c, "modality": m} for c, m in SENSORS],

@@ -31,8 +31,12 @@ from .world import SURFACE_TO_OCC, GroundMap
 FREE = 17
 VOXEL_SIZE = 0.4
 PC_RANGE: tuple[float, ...] = (
-    OCC3D_NOMINAL_RANGE[0], OCC3D_NOMINAL_RANGE[1], OCC3D_NOMINAL_RANGE[2] + OCC3D_Z_SHIFT,
-    OCC3D_NOMINAL_RANGE[3], OCC3D_NOMINAL_RANGE[4], OCC3D_NOMINAL_RANGE[5] + OCC3D_Z_SHIFT,
+    OCC3D_NOMINAL_RANGE[0],
+    OCC3D_NOMINAL_RANGE[1],
+    OCC3D_NOMINAL_RANGE[2] + OCC3D_Z_SHIFT,
+    OCC3D_NOMINAL_RANGE[3],
+    OCC3D_NOMINAL_RANGE[4],
+    OCC3D_NOMINAL_RANGE[5] + OCC3D_Z_SHIFT,
 )
 GRID = grid_shape(PC_RANGE, VOXEL_SIZE)  # (200, 200, 16)
 VISIBILITY_TOLERANCE = 0.35  # m: a voxel centre lies at most ~half a voxel diagonal behind the surface it holds
@@ -83,15 +87,15 @@ def semantics(ego2global: np.ndarray, ground: GroundMap, objects: list[SceneObje
         i1 = np.clip(np.ceil((hi - lo_ego) / VOXEL_SIZE).astype(int) + 1, 0, GRID)
         if np.any(i1 <= i0):
             continue
-        win = _CENTERS[i0[0]:i1[0], i0[1]:i1[1], i0[2]:i1[2]]  # [a, b, c, 3]
+        win = _CENTERS[i0[0] : i1[0], i0[1] : i1[1], i0[2] : i1[2]]  # [a, b, c, 3]
         pts = win.reshape(-1, 3)
         label = _label_points(pts, ex, ey, obj, yaw)
         if label is None:
             continue
-        sub = sem[i0[0]:i1[0], i0[1]:i1[1], i0[2]:i1[2]].reshape(-1)
+        sub = sem[i0[0] : i1[0], i0[1] : i1[1], i0[2] : i1[2]].reshape(-1)
         hit = label >= 0
         sub[hit] = label[hit]
-        sem[i0[0]:i1[0], i0[1]:i1[1], i0[2]:i1[2]] = sub.reshape(win.shape[:3])
+        sem[i0[0] : i1[0], i0[1] : i1[1], i0[2] : i1[2]] = sub.reshape(win.shape[:3])
     return sem
 
 
@@ -118,7 +122,9 @@ def _label_points(pts: np.ndarray, ex: np.ndarray, ey: np.ndarray, obj: SceneObj
         out[interior] = FREE  # never observed, like the inside of a real building
     if obj.instance >= 0 and not (out >= 0).any():
         # an annotated object smaller than the voxel spacing still occupies the voxel holding its centre
-        base = np.argmin((pts[:, 0] - ex.mean()) ** 2 + (pts[:, 1] - ey.mean()) ** 2 + (pts[:, 2] - obj.center[:, 2].mean()) ** 2)
+        base = np.argmin(
+            (pts[:, 0] - ex.mean()) ** 2 + (pts[:, 1] - ey.mean()) ** 2 + (pts[:, 2] - obj.center[:, 2].mean()) ** 2
+        )
         out[base] = obj.cls[0]
     return out if (out >= 0).any() else None
 
@@ -171,4 +177,6 @@ class VoxelProjector:
 
     def _ends_in_grid(self, depth_maps: list[np.ndarray]) -> list[np.ndarray]:
         """Per view, [H*W] bool: the pixel's surface lies inside the voxel grid (depth <= the ray's grid exit)."""
-        return [np.isfinite(d := dmap.reshape(-1)) & (d <= t_exit + 0.2) for t_exit, dmap in zip(self.t_exit, depth_maps)]
+        return [
+            np.isfinite(d := dmap.reshape(-1)) & (d <= t_exit + 0.2) for t_exit, dmap in zip(self.t_exit, depth_maps)
+        ]

@@ -53,7 +53,9 @@ class ObjectBuilder:
 
     def box(self, x, y, z0, z1, length, width, color, cls, texture=TEX_PLAIN, yaw=0.0) -> "ObjectBuilder":
         """Box spanning z in [z0, z1] centred at local (x, y)."""
-        self.parts.append((BOX, (x, y, 0.5 * (z0 + z1)), (0.5 * length, 0.5 * width, 0.5 * (z1 - z0)), yaw, color, cls, texture))
+        self.parts.append(
+            (BOX, (x, y, 0.5 * (z0 + z1)), (0.5 * length, 0.5 * width, 0.5 * (z1 - z0)), yaw, color, cls, texture)
+        )
         return self
 
     def ellipsoid(self, x, y, z, rx, ry, rz, color, cls, texture=TEX_LEAVES) -> "ObjectBuilder":

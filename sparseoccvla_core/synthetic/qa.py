@@ -22,9 +22,36 @@ import numpy as np
 
 #: nuScenes-QA closed answer vocabulary (qiantianwen/NuScenes-QA src/datasets/answer_dict.json).
 NUSCENES_QA_ANSWERS: tuple[str, ...] = (
-    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "no", "yes", "barrier", "bicycle", "bus", "car",
-    "construction vehicle", "motorcycle", "moving", "not standing", "parked", "pedestrian", "standing", "stopped",
-    "traffic cone", "trailer", "truck", "with rider", "without rider",
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "6",
+    "7",
+    "8",
+    "9",
+    "10",
+    "no",
+    "yes",
+    "barrier",
+    "bicycle",
+    "bus",
+    "car",
+    "construction vehicle",
+    "motorcycle",
+    "moving",
+    "not standing",
+    "parked",
+    "pedestrian",
+    "standing",
+    "stopped",
+    "traffic cone",
+    "trailer",
+    "truck",
+    "with rider",
+    "without rider",
 )
 NUSCENES_QA_TEMPLATES: tuple[str, ...] = ("exist", "count", "object", "status", "comparison")
 
@@ -43,18 +70,34 @@ QA_NAME: dict[str, str] = {
     "movable_object.trafficcone": "traffic cone",
     "movable_object.barrier": "barrier",
 }
-_PLURAL = {"bus": "buses", "pedestrian": "pedestrians", "traffic cone": "traffic cones", "barrier": "barriers",
-           "car": "cars", "truck": "trucks", "bicycle": "bicycles", "motorcycle": "motorcycles",
-           "construction vehicle": "construction vehicles"}
+_PLURAL = {
+    "bus": "buses",
+    "pedestrian": "pedestrians",
+    "traffic cone": "traffic cones",
+    "barrier": "barriers",
+    "car": "cars",
+    "truck": "trucks",
+    "bicycle": "bicycles",
+    "motorcycle": "motorcycles",
+    "construction vehicle": "construction vehicles",
+}
 #: nuScenes attribute -> nuScenes-QA status word.
 STATUS_WORD: dict[str, str] = {
-    "vehicle.moving": "moving", "vehicle.stopped": "stopped", "vehicle.parked": "parked",
-    "pedestrian.moving": "moving", "pedestrian.standing": "standing",
-    "cycle.with_rider": "with rider", "cycle.without_rider": "without rider",
+    "vehicle.moving": "moving",
+    "vehicle.stopped": "stopped",
+    "vehicle.parked": "parked",
+    "pedestrian.moving": "moving",
+    "pedestrian.standing": "standing",
+    "cycle.with_rider": "with rider",
+    "cycle.without_rider": "without rider",
 }
 CAMERA_WORDS: dict[str, str] = {
-    "CAM_FRONT": "front", "CAM_FRONT_RIGHT": "front right", "CAM_FRONT_LEFT": "front left",
-    "CAM_BACK": "back", "CAM_BACK_LEFT": "back left", "CAM_BACK_RIGHT": "back right",
+    "CAM_FRONT": "front",
+    "CAM_FRONT_RIGHT": "front right",
+    "CAM_FRONT_LEFT": "front left",
+    "CAM_BACK": "back",
+    "CAM_BACK_LEFT": "back left",
+    "CAM_BACK_RIGHT": "back right",
 }
 OMNIDRIVE_SHORT_QUESTION = "Please shortly describe your driving action."
 
@@ -112,8 +155,12 @@ def _where(o: QAObject) -> str:
 
 def _motion(o: QAObject) -> str:
     if o.status in (None, "parked", "stopped", "standing", "without rider"):
-        return {"parked": "parked", "stopped": "stopped", "standing": "standing still",
-                "without rider": "parked without a rider"}.get(o.status, "static")
+        return {
+            "parked": "parked",
+            "stopped": "stopped",
+            "standing": "standing still",
+            "without rider": "parked without a rider",
+        }.get(o.status, "static")
     if o.name == "pedestrian":
         return "walking"
     same = np.cos(o.rel_heading) > 0.7
@@ -127,30 +174,51 @@ def action(f: FrameFacts) -> tuple[str, str]:
     sig = f.signal
     if f.behavior in ("stopped_signal", "stop_signal") and sig is not None:
         verb = "remain stopped" if f.behavior == "stopped_signal" else "slow down and stop"
-        return (f"The ego vehicle should {verb} at the stop line, {sig[1]:.0f} m ahead, because the traffic light "
-                f"ahead is {sig[0]}.", f"stop for the {sig[0]} light")
+        return (
+            f"The ego vehicle should {verb} at the stop line, {sig[1]:.0f} m ahead, because the traffic light "
+            f"ahead is {sig[0]}.",
+            f"stop for the {sig[0]} light",
+        )
     if f.behavior == "yield":
-        return ("The ego vehicle should wait at the intersection before turning left, because oncoming traffic has "
-                "the right of way.", "yield to oncoming traffic, then turn left")
+        return (
+            "The ego vehicle should wait at the intersection before turning left, because oncoming traffic has "
+            "the right of way.",
+            "yield to oncoming traffic, then turn left",
+        )
     if f.behavior == "stopped_queue" and f.leader is not None:
-        return (f"The ego vehicle should stay stopped behind the {f.leader.name} ahead, because the {f.leader.name} "
-                f"is stationary {f.leader.distance:.0f} m in front.", f"wait behind the {f.leader.name}")
+        return (
+            f"The ego vehicle should stay stopped behind the {f.leader.name} ahead, because the {f.leader.name} "
+            f"is stationary {f.leader.distance:.0f} m in front.",
+            f"wait behind the {f.leader.name}",
+        )
     if f.behavior == "turn" or (turn and f.turn_ahead):
         road = "intersection" if "intersection" in f.layout_description else "curve"
-        return (f"The ego vehicle should slow down and turn {turn} {'at the intersection' if road == 'intersection' else 'following the curve'}, "
-                f"keeping to its lane.", f"turn {turn}")
+        return (
+            f"The ego vehicle should slow down and turn {turn} {'at the intersection' if road == 'intersection' else 'following the curve'}, "
+            f"keeping to its lane.",
+            f"turn {turn}",
+        )
     if f.behavior == "curve":
-        return ("The ego vehicle should reduce its speed for the upcoming curve and keep its lane.", "slow down for the curve")
+        return (
+            "The ego vehicle should reduce its speed for the upcoming curve and keep its lane.",
+            "slow down for the curve",
+        )
     if f.behavior == "follow" and f.leader is not None:
         trend = "slow down" if f.future_speed < f.speed - 1.0 else "keep a safe distance"
-        return (f"The ego vehicle should {trend} and follow the {f.leader.name} ahead, which is {f.leader.distance:.0f} m "
-                f"in front and {_motion(f.leader)}.", f"follow the {f.leader.name} ahead")
+        return (
+            f"The ego vehicle should {trend} and follow the {f.leader.name} ahead, which is {f.leader.distance:.0f} m "
+            f"in front and {_motion(f.leader)}.",
+            f"follow the {f.leader.name} ahead",
+        )
     if f.behavior == "accelerate":
         why = "the traffic light ahead is green" if sig is not None and sig[0] == "green" else "the road ahead is clear"
         return (f"The ego vehicle should accelerate and go straight, because {why}.", "accelerate and go straight")
-    why = (f"the traffic light ahead is {sig[0]}" if sig is not None and sig[0] == "green" else "the lane ahead is clear")
-    return (f"The ego vehicle should keep its lane and go straight at a steady speed of about {f.speed:.0f} m/s, "
-            f"because {why}.", "keep lane and go straight")
+    why = f"the traffic light ahead is {sig[0]}" if sig is not None and sig[0] == "green" else "the lane ahead is clear"
+    return (
+        f"The ego vehicle should keep its lane and go straight at a steady speed of about {f.speed:.0f} m/s, "
+        f"because {why}.",
+        "keep lane and go straight",
+    )
 
 
 def omnidrive(f: FrameFacts) -> dict:
@@ -162,41 +230,75 @@ def omnidrive(f: FrameFacts) -> dict:
     near = f.objects[0] if f.objects else None
     near_txt = f" The nearest one is a {near.name} {_where(near)}, {_motion(near)}." if near is not None else ""
     side = f", with {' and '.join(f.scenery)} along the road" if f.scenery else ""
-    description = (f"The ego vehicle is driving at {f.speed:.1f} m/s on {f.layout_description} in clear daytime "
-                   f"weather{side}.{light} Around the ego vehicle the cameras show {_count_words(f.objects)}.{near_txt}")
+    description = (
+        f"The ego vehicle is driving at {f.speed:.1f} m/s on {f.layout_description} in clear daytime "
+        f"weather{side}.{light} Around the ego vehicle the cameras show {_count_words(f.objects)}.{near_txt}"
+    )
     conv = []
     if f.signal is not None:
-        conv.append({"question": "What is the state of the traffic light ahead of the ego vehicle?",
-                     "answer": f"The traffic light ahead is {f.signal[0]}; its stop line is {f.signal[1]:.0f} m ahead."})
+        conv.append(
+            {
+                "question": "What is the state of the traffic light ahead of the ego vehicle?",
+                "answer": f"The traffic light ahead is {f.signal[0]}; its stop line is {f.signal[1]:.0f} m ahead.",
+            }
+        )
     else:
-        conv.append({"question": "Is there a traffic light controlling the ego vehicle's lane nearby?",
-                     "answer": "No, there is no traffic light ahead of the ego vehicle within 80 m."})
+        conv.append(
+            {
+                "question": "Is there a traffic light controlling the ego vehicle's lane nearby?",
+                "answer": "No, there is no traffic light ahead of the ego vehicle within 80 m.",
+            }
+        )
     peds = [o for o in f.objects if o.name == "pedestrian"]
-    conv.append({"question": "Are there any pedestrians around the ego vehicle?",
-                 "answer": (f"Yes, there {'is' if len(peds) == 1 else 'are'} {len(peds)} "
-                            f"{'pedestrian' if len(peds) == 1 else 'pedestrians'}; the nearest is {_where(peds[0])}, "
-                            f"{_motion(peds[0])}." if peds else "No, there are no pedestrians near the ego vehicle.")})
+    conv.append(
+        {
+            "question": "Are there any pedestrians around the ego vehicle?",
+            "answer": (
+                f"Yes, there {'is' if len(peds) == 1 else 'are'} {len(peds)} "
+                f"{'pedestrian' if len(peds) == 1 else 'pedestrians'}; the nearest is {_where(peds[0])}, "
+                f"{_motion(peds[0])}."
+                if peds
+                else "No, there are no pedestrians near the ego vehicle."
+            ),
+        }
+    )
     if f.leader is not None:
-        conv.append({"question": "What is directly in front of the ego vehicle in its lane?",
-                     "answer": f"A {f.leader.name} {f.leader.distance:.0f} m ahead, {_motion(f.leader)}."})
+        conv.append(
+            {
+                "question": "What is directly in front of the ego vehicle in its lane?",
+                "answer": f"A {f.leader.name} {f.leader.distance:.0f} m ahead, {_motion(f.leader)}.",
+            }
+        )
     else:
-        conv.append({"question": "What is directly in front of the ego vehicle in its lane?",
-                     "answer": "The ego lane ahead is clear of other road users."})
+        conv.append(
+            {
+                "question": "What is directly in front of the ego vehicle in its lane?",
+                "answer": "The ego lane ahead is clear of other road users.",
+            }
+        )
     conv.append({"question": "What should the ego vehicle do now, and why?", "answer": act})
     vqa = []
     seen_names = sorted({o.name for o in f.objects})
     for name in seen_names:
         group = [o for o in f.objects if o.name == name]
         cams = sorted({CAMERA_WORDS[o.camera] for o in group})
-        vqa.append({"question": f"How many {_PLURAL[name]} can be seen around the ego vehicle, and where?",
-                    "answer": f"{len(group)} {name if len(group) == 1 else _PLURAL[name]}, in the "
-                              f"{', '.join(cams)} view{'s' if len(cams) > 1 else ''}."})
+        vqa.append(
+            {
+                "question": f"How many {_PLURAL[name]} can be seen around the ego vehicle, and where?",
+                "answer": f"{len(group)} {name if len(group) == 1 else _PLURAL[name]}, in the "
+                f"{', '.join(cams)} view{'s' if len(cams) > 1 else ''}.",
+            }
+        )
     firsts = {}
     for o in f.objects:  # nearest first: the first object of each (class, view) is the closest one there
         firsts.setdefault((o.name, o.camera), o)
     for o in list(firsts.values())[:3]:
-        vqa.append({"question": f"Describe the {o.name} closest to the ego vehicle in the {CAMERA_WORDS[o.camera]} view.",
-                    "answer": f"It is a {o.name} {_where(o)}, {_motion(o)}."})
+        vqa.append(
+            {
+                "question": f"Describe the {o.name} closest to the ego vehicle in the {CAMERA_WORDS[o.camera]} view.",
+                "answer": f"It is a {o.name} {_where(o)}, {_motion(o)}.",
+            }
+        )
     return {"desc": {"description": description, "action": act}, "conv": conv, "vqa": vqa, "keywords": short}
 
 
@@ -210,8 +312,15 @@ def nuscenes_qa(f: FrameFacts, sample_token: str, rng: np.random.Generator, per_
     def add(question, answer, template, hop):
         answer = str(answer)
         assert answer in NUSCENES_QA_ANSWERS, answer
-        items.append({"sample_token": sample_token, "question": question, "answer": answer,
-                      "template_type": template, "num_hop": hop})
+        items.append(
+            {
+                "sample_token": sample_token,
+                "question": question,
+                "answer": answer,
+                "template_type": template,
+                "num_hop": hop,
+            }
+        )
 
     # exist
     for n in rng.choice(names, size=2, replace=False):
@@ -243,6 +352,10 @@ def nuscenes_qa(f: FrameFacts, sample_token: str, rng: np.random.Generator, per_
     # comparison
     a, b = rng.choice(names, size=2, replace=False)
     add(f"Are there more {_PLURAL[a]} than {_PLURAL[b]}?", "yes" if count[a] > count[b] else "no", "comparison", 0)
-    add(f"Are there the same number of {_PLURAL[a]} and {_PLURAL[b]}?", "yes" if count[a] == count[b] else "no",
-        "comparison", 0)
+    add(
+        f"Are there the same number of {_PLURAL[a]} and {_PLURAL[b]}?",
+        "yes" if count[a] == count[b] else "no",
+        "comparison",
+        0,
+    )
     return items[: max(per_frame, len(items))]

@@ -98,8 +98,14 @@ class Look:
         grain = rng.uniform(-1.0, 1.0, (256, 256)).astype(np.float32)
         grain = 0.5 * grain + 0.25 * (np.roll(grain, 1, 0) + np.roll(grain, 1, 1))
         noise = rng.standard_normal((512, 512, 3), dtype=np.float32)
-        return Look(sun, np.array([0.80, 0.85, 0.90], np.float32) + haze,
-                    np.array([0.42, 0.58, 0.85], np.float32) + haze * 0.5, grain, frame_yaw, noise)
+        return Look(
+            sun,
+            np.array([0.80, 0.85, 0.90], np.float32) + haze,
+            np.array([0.42, 0.58, 0.85], np.float32) + haze * 0.5,
+            grain,
+            frame_yaw,
+            noise,
+        )
 
 
 @dataclass
@@ -134,10 +140,22 @@ class PackedScene:
         normals = np.einsum("pij,fj->pfi", rot, _FACE_NORMALS.astype(np.float64))  # [P, 6, 3]
         points = center[:, None, :] + np.einsum("pij,pfj->pfi", rot, _FACE_NORMALS[None] * half[:, None, :])
         f32 = np.float32
-        return PackedScene(center.astype(f32), half.astype(f32), c.astype(f32), s.astype(f32), cat("kind"),
-                           cat("color").astype(f32), cat("cls"), cat("texture"),
-                           np.repeat(np.array([o.instance for o in objects]), counts), corners, normals.astype(f32),
-                           points, np.repeat(np.arange(len(objects)), counts), np.cumsum(counts) - counts)
+        return PackedScene(
+            center.astype(f32),
+            half.astype(f32),
+            c.astype(f32),
+            s.astype(f32),
+            cat("kind"),
+            cat("color").astype(f32),
+            cat("cls"),
+            cat("texture"),
+            np.repeat(np.array([o.instance for o in objects]), counts),
+            corners,
+            normals.astype(f32),
+            points,
+            np.repeat(np.arange(len(objects)), counts),
+            np.cumsum(counts) - counts,
+        )
 
 
 def _hash(p: np.ndarray) -> np.ndarray:
@@ -208,8 +226,8 @@ def bake_ground(ground: GroundMap, look: Look, rows: np.ndarray | None = None, c
     gain = np.float32(255.0 * (0.60 + 0.55 * look.sun[2]))
     for ti, tj in tiles:
         r0, c0 = ti * BAKE_TILE, tj * BAKE_TILE
-        surf = ground.surface[r0:r0 + BAKE_TILE, c0:c0 + BAKE_TILE]
-        mark = ground.marking[r0:r0 + BAKE_TILE, c0:c0 + BAKE_TILE]
+        surf = ground.surface[r0 : r0 + BAKE_TILE, c0 : c0 + BAKE_TILE]
+        mark = ground.marking[r0 : r0 + BAKE_TILE, c0 : c0 + BAKE_TILE]
         grain = look.grain[: surf.shape[0], : surf.shape[1]]  # BAKE_TILE == grain size: tiles repeat the grain
         rgb = _SURFACE_RGB[surf] * (1.0 + _GRAIN[surf] * 2.0 * grain)[..., None]
         rr, cc = np.nonzero(surf == SURF_SIDEWALK)  # paving joints
@@ -218,7 +236,7 @@ def bake_ground(ground: GroundMap, look: Look, rows: np.ndarray | None = None, c
         rgb[rr[joint], cc[joint]] *= 0.85
         rr, cc = np.nonzero((mark > 0) & ((surf == SURF_ROAD) | (surf == SURF_OTHER_FLAT)))
         rgb[rr, cc] = _MARK_RGB[mark[rr, cc]] * (1.0 + 0.04 * grain[rr, cc])[:, None]
-        ground.rgb[r0:r0 + BAKE_TILE, c0:c0 + BAKE_TILE] = np.clip(rgb * gain, 0, 255).astype(np.uint8)
+        ground.rgb[r0 : r0 + BAKE_TILE, c0 : c0 + BAKE_TILE] = np.clip(rgb * gain, 0, 255).astype(np.uint8)
         ground.baked[ti, tj] = True
 
 
@@ -235,7 +253,7 @@ def _contact_shadows(scene: PackedScene, g2c: np.ndarray, K: np.ndarray, w: int,
     counts = np.diff(np.append(scene.object_start, len(scene.kind)))
     for o in agents:
         a = scene.object_start[o]
-        xy = scene.corners[a:a + counts[o], :, :2].reshape(-1, 2).astype(np.float32)
+        xy = scene.corners[a : a + counts[o], :, :2].reshape(-1, 2).astype(np.float32)
         hull = cv2.convexHull(xy)[:, 0, :].astype(np.float64)  # [M, 2] footprint outline
         centre = hull.mean(0)
         d = hull - centre
@@ -251,8 +269,16 @@ def _contact_shadows(scene: PackedScene, g2c: np.ndarray, K: np.ndarray, w: int,
     return mask
 
 
-def render(camera: Camera, ego2global: np.ndarray, scene: PackedScene, ground: GroundMap, look: Look,
-           rng: np.random.Generator | None, noise: float = 2.0, shade: bool = True) -> View:
+def render(
+    camera: Camera,
+    ego2global: np.ndarray,
+    scene: PackedScene,
+    ground: GroundMap,
+    look: Look,
+    rng: np.random.Generator | None,
+    noise: float = 2.0,
+    shade: bool = True,
+) -> View:
     """Render one camera.
 
     Args:

@@ -40,8 +40,17 @@ MAX_LAT_ACC = 2.0  # m/s^2 on curves
 LOOKAHEAD = 60.0  # m searched for a leader
 
 _CAR_COLORS = np.array(
-    [[0.92, 0.92, 0.92], [0.08, 0.08, 0.09], [0.62, 0.63, 0.66], [0.35, 0.36, 0.38], [0.62, 0.08, 0.07],
-     [0.10, 0.20, 0.50], [0.05, 0.10, 0.25], [0.75, 0.70, 0.58], [0.20, 0.35, 0.25]],
+    [
+        [0.92, 0.92, 0.92],
+        [0.08, 0.08, 0.09],
+        [0.62, 0.63, 0.66],
+        [0.35, 0.36, 0.38],
+        [0.62, 0.08, 0.07],
+        [0.10, 0.20, 0.50],
+        [0.05, 0.10, 0.25],
+        [0.75, 0.70, 0.58],
+        [0.20, 0.35, 0.25],
+    ],
     dtype=np.float32,
 )
 _CLOTHES = np.array(
@@ -67,7 +76,9 @@ def body_builder(category: str, size, color_seed: int, with_rider: bool = True) 
         for sx in (-0.32, 0.32):  # one box per axle: the wheel pair (the body hides the axle between them)
             b.box(sx * l, 0.0, 0.0, 0.62, 0.62, w - 0.02, _TYRE, cls)
     elif category in ("vehicle.truck", "vehicle.construction"):
-        paint = _CAR_COLORS[r.integers(len(_CAR_COLORS))] if category == "vehicle.truck" else np.array([0.9, 0.65, 0.05])
+        paint = (
+            _CAR_COLORS[r.integers(len(_CAR_COLORS))] if category == "vehicle.truck" else np.array([0.9, 0.65, 0.05])
+        )
         cargo = np.array([0.85, 0.85, 0.82]) if category == "vehicle.truck" else paint * 0.8
         cab = min(2.2, 0.3 * l)
         b.box(0.5 * l - 0.5 * cab, 0.0, 0.5, 0.85 * h, cab, w, paint, cls)
@@ -81,10 +92,14 @@ def body_builder(category: str, size, color_seed: int, with_rider: bool = True) 
         for sx in (0.33, -0.3):
             b.box(sx * l, 0.0, 0.0, 1.0, 1.0, w - 0.04, _TYRE, cls)
     elif category in ("vehicle.motorcycle", "vehicle.bicycle"):
-        frame = _CAR_COLORS[r.integers(len(_CAR_COLORS))] if category == "vehicle.motorcycle" else np.array([0.1, 0.3, 0.6])
+        frame = (
+            _CAR_COLORS[r.integers(len(_CAR_COLORS))] if category == "vehicle.motorcycle" else np.array([0.1, 0.3, 0.6])
+        )
         wheel_r = 0.33 if category == "vehicle.bicycle" else 0.32
         body_h = 0.9 if category == "vehicle.bicycle" else 1.0
-        b.box(0.0, 0.0, 2 * wheel_r - 0.1, body_h, 0.75 * l, 0.12 if category == "vehicle.bicycle" else 0.35, frame, cls)
+        b.box(
+            0.0, 0.0, 2 * wheel_r - 0.1, body_h, 0.75 * l, 0.12 if category == "vehicle.bicycle" else 0.35, frame, cls
+        )
         for sx in (-0.5 * l + wheel_r, 0.5 * l - wheel_r):
             b.box(sx, 0.0, 0.0, 2 * wheel_r, 2 * wheel_r, 0.08, _TYRE, cls)
         if with_rider:
@@ -211,8 +226,19 @@ class TrafficSimulation:
         ego_route = world.ego_route
         v_ego = float(rng.uniform(8.0, 11.5))
         s0 = max(0.0, ego_route.start_s - 0.85 * v_ego * warmup_s)
-        ego = Agent("vehicle.car", (4.08, 1.73, 1.56), ego_route, s0, 0.85 * v_ego, v_ego, np.zeros(3), None, None,
-                    is_ego=True, a_max=1.6)
+        ego = Agent(
+            "vehicle.car",
+            (4.08, 1.73, 1.56),
+            ego_route,
+            s0,
+            0.85 * v_ego,
+            v_ego,
+            np.zeros(3),
+            None,
+            None,
+            is_ego=True,
+            a_max=1.6,
+        )
         self.agents.append(ego)
         mid, _ = ego_route.path.pose(ego_route.start_s + 0.5 * ego_travel_m)
         self.focus = mid
@@ -252,13 +278,32 @@ class TrafficSimulation:
                 if np.linalg.norm(xy - ego_xy) < 25.0:
                     continue
                 u = r.random()
-                category = ("vehicle.car" if u < 0.74 else "vehicle.truck" if u < 0.86 else
-                            "vehicle.bus.rigid" if u < 0.94 else "vehicle.motorcycle")
+                category = (
+                    "vehicle.car"
+                    if u < 0.74
+                    else "vehicle.truck"
+                    if u < 0.86
+                    else "vehicle.bus.rigid"
+                    if u < 0.94
+                    else "vehicle.motorcycle"
+                )
                 size = vehicle_size(category, r)
                 v_des = float(r.uniform(7.0, 12.0)) if category != "vehicle.bus.rigid" else float(r.uniform(6.0, 9.0))
                 body = body_builder(category, size, int(r.integers(1 << 30)))
-                self.agents.append(Agent(category, size, route, s, 0.8 * v_des, v_des, np.zeros(3), None, body,
-                                         a_max=1.5 if category == "vehicle.car" else 1.0))
+                self.agents.append(
+                    Agent(
+                        category,
+                        size,
+                        route,
+                        s,
+                        0.8 * v_des,
+                        v_des,
+                        np.zeros(3),
+                        None,
+                        body,
+                        a_max=1.5 if category == "vehicle.car" else 1.0,
+                    )
+                )
             if kerb_lane == 0 and route.maneuver == "straight" and cyclists < 2 and r.random() < 0.5:
                 bike_route = Route(route.path.offset(-1.1), stops=route.stops, walk=False)
                 for _ in range(3):
@@ -268,8 +313,20 @@ class TrafficSimulation:
                         size = vehicle_size("vehicle.bicycle", r)
                         body = body_builder("vehicle.bicycle", size, int(r.integers(1 << 30)))
                         v_des = float(r.uniform(3.5, 5.5))
-                        self.agents.append(Agent("vehicle.bicycle", size, bike_route, s_b, v_des, v_des, np.zeros(3),
-                                                 None, body, a_max=1.0))
+                        self.agents.append(
+                            Agent(
+                                "vehicle.bicycle",
+                                size,
+                                bike_route,
+                                s_b,
+                                v_des,
+                                v_des,
+                                np.zeros(3),
+                                None,
+                                body,
+                                a_max=1.0,
+                            )
+                        )
                         cyclists += 1
                         break
 
@@ -382,15 +439,19 @@ class TrafficSimulation:
                 gap, v_lead, leader, constraint = max(dist, 0.01), 0.0, -1, "signal"
             break
         # 3. a left-turning ego yields to oncoming traffic before entering the junction
-        if (a.is_ego and a.route.maneuver == "left" and a.route.turn_span is not None
-                and self.world.layout == "intersection"):
+        if (
+            a.is_ego
+            and a.route.maneuver == "left"
+            and a.route.turn_span is not None
+            and self.world.layout == "intersection"
+        ):
             dist = a.route.turn_span[0] - a.s - 0.5 * lengths[i]
             if -0.5 < dist < 60.0 and self._oncoming_traffic(i) and dist < gap:
                 gap, v_lead, leader, constraint = max(dist, 0.01), 0.0, -1, "yield"
         # 4. IDM with a curvature-limited desired speed
         kap = path.dense_curvature()
         i0 = int(np.clip(a.s, 0, len(kap) - 1))
-        kappa = float(np.max(kap[i0:i0 + 30])) if i0 < len(kap) - 1 else 0.0
+        kappa = float(np.max(kap[i0 : i0 + 30])) if i0 < len(kap) - 1 else 0.0
         v0 = min(a.v_des, np.sqrt(MAX_LAT_ACC / max(kappa, 1e-4)))
         if v0 < a.v_des - 0.5 and constraint == "free":
             constraint = "curve"
@@ -440,10 +501,18 @@ class TrafficSimulation:
         if ego.leader > 0:
             leader = (ego.leader - 1, float(np.linalg.norm(self.agents[ego.leader].pose[:2] - ego.pose[:2])))
         return FrameState(
-            t=float(self.t), ego_pose=ego.pose.copy(), ego_speed=float(ego.v), ego_accel=float(ego.accel),
-            ego_yaw_rate=0.0, ego_behavior=ego_behavior(ego, in_turn), ego_maneuver=ego.route.maneuver,
-            signal_ahead=signal_ahead, ego_leader=leader, agents=snaps,
-            signal_states=[self.signal_state(g) for g in range(groups)], in_turn=in_turn,
+            t=float(self.t),
+            ego_pose=ego.pose.copy(),
+            ego_speed=float(ego.v),
+            ego_accel=float(ego.accel),
+            ego_yaw_rate=0.0,
+            ego_behavior=ego_behavior(ego, in_turn),
+            ego_maneuver=ego.route.maneuver,
+            signal_ahead=signal_ahead,
+            ego_leader=leader,
+            agents=snaps,
+            signal_states=[self.signal_state(g) for g in range(groups)],
+            in_turn=in_turn,
         )
 
     @staticmethod
@@ -487,8 +556,16 @@ def ego_behavior(ego: Agent, in_turn: bool) -> str:
     return "cruise"
 
 
-def simulate(world: StaticWorld, rng: np.random.Generator, num_frames: int, dt: float, steps_per_frame: int,
-             warmup_s: float, ego_travel_m: float, on_key_frame=None) -> list[FrameState]:
+def simulate(
+    world: StaticWorld,
+    rng: np.random.Generator,
+    num_frames: int,
+    dt: float,
+    steps_per_frame: int,
+    warmup_s: float,
+    ego_travel_m: float,
+    on_key_frame=None,
+) -> list[FrameState]:
     """Run the traffic and return the world state at each 2 Hz key frame.
 
     Args:

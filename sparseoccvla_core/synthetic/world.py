@@ -38,8 +38,15 @@ YELLOW_S = 3.0  # amber duration, s
 ALL_RED_S = 1.0  # both groups red between phases, s
 
 _BUILDING_COLORS = np.array(
-    [[0.62, 0.36, 0.28], [0.72, 0.70, 0.66], [0.82, 0.76, 0.62], [0.55, 0.57, 0.60], [0.78, 0.62, 0.50],
-     [0.45, 0.47, 0.52], [0.86, 0.84, 0.80]],
+    [
+        [0.62, 0.36, 0.28],
+        [0.72, 0.70, 0.66],
+        [0.82, 0.76, 0.62],
+        [0.55, 0.57, 0.60],
+        [0.78, 0.62, 0.50],
+        [0.45, 0.47, 0.52],
+        [0.86, 0.84, 0.80],
+    ],
     dtype=np.float32,
 )
 
@@ -233,8 +240,15 @@ def _px(xy: np.ndarray) -> np.ndarray:
 
 def _draw_band(img: np.ndarray, polyline: np.ndarray, width: float, value: int) -> None:
     """Paint a band of ``width`` m centred on a polyline (thick polyline)."""
-    cv2.polylines(img, [_px(polyline)], False, int(value), thickness=max(1, int(round(width / MAP_RES))),
-                  lineType=cv2.LINE_8, shift=2)
+    cv2.polylines(
+        img,
+        [_px(polyline)],
+        False,
+        int(value),
+        thickness=max(1, int(round(width / MAP_RES))),
+        lineType=cv2.LINE_8,
+        shift=2,
+    )
 
 
 def _draw_quad(img: np.ndarray, corners: np.ndarray, value: int) -> None:
@@ -424,8 +438,8 @@ class _LayoutBuilder:
         n = self.surface.shape[0]
         if (lo < 0).any() or (hi >= n).any():
             return False
-        sub_s = self.surface[lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
-        sub_b = self.blocked[lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
+        sub_s = self.surface[lo[1] : hi[1] + 1, lo[0] : hi[0] + 1]
+        sub_b = self.blocked[lo[1] : hi[1] + 1, lo[0] : hi[0] + 1]
         mask = np.zeros(sub_s.shape, np.uint8)
         local = (corners_global / MAP_RES - lo) * 4.0
         cv2.fillConvexPoly(mask, np.round(local).astype(np.int32), 1, shift=2)
@@ -453,8 +467,11 @@ class _LayoutBuilder:
                 if self.free(corners):
                     color = _BUILDING_COLORS[r.integers(len(_BUILDING_COLORS))] * r.uniform(0.85, 1.1)
                     height = float(r.choice([r.uniform(4, 9), r.uniform(9, 24)], p=[0.4, 0.6]))
-                    self.scenery.append(building_object(center[0], center[1], h + np.pi / 2, frontage, depth, height,
-                                                        np.clip(color, 0, 1)))
+                    self.scenery.append(
+                        building_object(
+                            center[0], center[1], h + np.pi / 2, frontage, depth, height, np.clip(color, 0, 1)
+                        )
+                    )
                     self.block(corners)
                 s += frontage + r.uniform(1.5, 9.0)
             # trees on the terrain strip / verge
@@ -467,8 +484,9 @@ class _LayoutBuilder:
                 corners = _rect(p, 0.0, 0.8, 0.8)
                 if self.free(corners, margin_cells=3):
                     green = np.array([0.20, 0.38, 0.14]) * r.uniform(0.75, 1.25) + r.uniform(-0.03, 0.03, 3)
-                    self.scenery.append(tree_object(p[0], p[1], r.uniform(1.8, 3.2), crown, r.uniform(2.4, 4.5),
-                                                    np.clip(green, 0, 1)))
+                    self.scenery.append(
+                        tree_object(p[0], p[1], r.uniform(1.8, 3.2), crown, r.uniform(2.4, 4.5), np.clip(green, 0, 1))
+                    )
                     self.block(_rect(p, 0.0, 1.6 * crown, 1.6 * crown))
                 s += r.uniform(7.0, 16.0)
             # hedges
@@ -508,15 +526,24 @@ class _LayoutBuilder:
             pts = local_pts if direction == 1 else local_pts[::-1]
             off = -(0.5 * road.median + road.lanes * road.lane_width + 0.5 * road.parking)
             path = Path(self.frame.xy(offset_polyline(pts, off)))
-            lo, hi = (s_range if direction == 1 else (path.length - s_range[1], path.length - s_range[0]))
+            lo, hi = s_range if direction == 1 else (path.length - s_range[1], path.length - s_range[0])
             s = lo + r.uniform(0, 12)
             while s < hi:
                 category = "vehicle.car" if r.random() < 0.9 else "vehicle.truck"
                 size = _vehicle_size(category, r)
                 xy, h = path.pose(s + 0.5 * size[0])
                 if self._clear_of_zones(xy) and r.random() < 0.65:
-                    self.parked.append((category, float(xy[0]), float(xy[1]), float(h), size, "vehicle.parked",
-                                        int(r.integers(1 << 30))))
+                    self.parked.append(
+                        (
+                            category,
+                            float(xy[0]),
+                            float(xy[1]),
+                            float(h),
+                            size,
+                            "vehicle.parked",
+                            int(r.integers(1 << 30)),
+                        )
+                    )
                 s += size[0] + r.uniform(1.0, 9.0)
 
     def work_zone(self, road: Road, local_pts: np.ndarray, s_center: float) -> None:
@@ -534,18 +561,21 @@ class _LayoutBuilder:
         cone_path = Path(self.frame.xy(offset_polyline(pts, -(lane_edge + 0.35))))
         for s in np.arange(s0, s0 + length, r.uniform(2.5, 4.0)):
             xy, h = cone_path.pose(s)
-            self.parked.append(("movable_object.trafficcone", float(xy[0]), float(xy[1]), float(h),
-                                (0.41, 0.41, 1.0), None, 0))
+            self.parked.append(
+                ("movable_object.trafficcone", float(xy[0]), float(xy[1]), float(h), (0.41, 0.41, 1.0), None, 0)
+            )
         bar_path = Path(self.frame.xy(offset_polyline(pts, -(road.kerb + 0.45))))
         for s in np.arange(s0 + 1.0, s0 + length, 2.6):
             xy, h = bar_path.pose(s)
-            self.parked.append(("movable_object.barrier", float(xy[0]), float(xy[1]), float(h + np.pi / 2),
-                                (0.5, 2.4, 1.0), None, 0))
+            self.parked.append(
+                ("movable_object.barrier", float(xy[0]), float(xy[1]), float(h + np.pi / 2), (0.5, 2.4, 1.0), None, 0)
+            )
         if r.random() < 0.6:
             ppath = Path(self.frame.xy(offset_polyline(pts, -(lane_edge + 0.5 * road.parking))))
             xy, h = ppath.pose(s0 + length + 5.0)
-            self.parked.append(("vehicle.construction", float(xy[0]), float(xy[1]), float(h),
-                                (5.5, 2.3, 3.0), "vehicle.parked", 0))
+            self.parked.append(
+                ("vehicle.construction", float(xy[0]), float(xy[1]), float(h), (5.5, 2.3, 3.0), "vehicle.parked", 0)
+            )
         xy, _ = path0.pose(s0 + 0.5 * length)
         self.no_parking.append((xy, 0.5 * length + 12.0))
 
@@ -555,8 +585,17 @@ class _LayoutBuilder:
         base = xy + side * (road.kerb + road.sidewalk - 0.6) * normal
         for k in range(int(self.rng.integers(1, 4))):
             p = base + k * 0.8 * np.array([np.cos(h), np.sin(h)])
-            self.parked.append(("vehicle.bicycle", float(p[0]), float(p[1]), float(h + np.pi / 2),
-                                (1.7, 0.6, 1.1), "cycle.without_rider", 0))
+            self.parked.append(
+                (
+                    "vehicle.bicycle",
+                    float(p[0]),
+                    float(p[1]),
+                    float(h + np.pi / 2),
+                    (1.7, 0.6, 1.1),
+                    "cycle.without_rider",
+                    0,
+                )
+            )
 
     def signal(self, stop_local, heading_local: float, road: Road, group: int, far: float) -> None:
         """A traffic light for the approach whose stop line is at ``stop_local`` heading ``heading_local``.
@@ -569,8 +608,9 @@ class _LayoutBuilder:
         pole = base + right * (road.kerb + 0.6)
         head_lat = 0.5 * road.median + 0.5 * road.lanes * road.lane_width
         pole_g = self.frame.xy(pole)
-        obj, lamps = traffic_light_object(pole_g[0], pole_g[1], self.frame.heading(heading_local + np.pi),
-                                          head_offset=(road.kerb + 0.6) - head_lat)
+        obj, lamps = traffic_light_object(
+            pole_g[0], pole_g[1], self.frame.heading(heading_local + np.pi), head_offset=(road.kerb + 0.6) - head_lat
+        )
         self.heads.append(SignalHead(group, len(self.scenery), lamps))
         self.scenery.append(obj)
         self.no_parking.append((pole_g, 8.0))
@@ -624,10 +664,19 @@ def _line(x0, x1, y=0.0, step=1.0) -> np.ndarray:
 
 def _finish(b: _LayoutBuilder, ego_route: Route, signals, junction_local, description: str) -> StaticWorld:
     return StaticWorld(
-        layout=b.layout, ground=b.ground(), roads=b.roads, scenery=b.scenery, parked=b.parked,
-        vehicle_routes=b.vehicle_routes, ego_route=ego_route, walk_routes=b.walk_routes, signals=signals,
-        heads=b.heads, junction_center=None if junction_local is None else b.frame.xy(junction_local),
-        frame_yaw=b.frame.yaw, description=description,
+        layout=b.layout,
+        ground=b.ground(),
+        roads=b.roads,
+        scenery=b.scenery,
+        parked=b.parked,
+        vehicle_routes=b.vehicle_routes,
+        ego_route=ego_route,
+        walk_routes=b.walk_routes,
+        signals=signals,
+        heads=b.heads,
+        junction_center=None if junction_local is None else b.frame.xy(junction_local),
+        frame_yaw=b.frame.yaw,
+        description=description,
     )
 
 
@@ -665,19 +714,29 @@ def _straight(rng: np.random.Generator, travel: float) -> StaticWorld:
     _sidewalk_walks(b, road, local)
     y_sw = road.kerb + 0.5 * road.sidewalk
     for sign in (1.0, -1.0):
-        pts = np.array([[x_cross - 25.0, -sign * y_sw], [x_cross - 0.8, -sign * y_sw], [x_cross - 0.8, sign * y_sw],
-                        [x_cross - 25.0, sign * y_sw]])
-        dense = np.concatenate([Path(pts[i:i + 2]).pose(np.arange(0, np.linalg.norm(pts[i + 1] - pts[i]), 0.5))[0]
-                                for i in range(3)] + [pts[-1:]])
+        pts = np.array(
+            [
+                [x_cross - 25.0, -sign * y_sw],
+                [x_cross - 0.8, -sign * y_sw],
+                [x_cross - 0.8, sign * y_sw],
+                [x_cross - 25.0, sign * y_sw],
+            ]
+        )
+        dense = np.concatenate(
+            [Path(pts[i : i + 2]).pose(np.arange(0, np.linalg.norm(pts[i + 1] - pts[i]), 0.5))[0] for i in range(3)]
+            + [pts[-1:]]
+        )
         path = Path(b.frame.xy(dense))
         b.walk_routes.append(Route(path, stops=[(24.2 + (y_sw - road.kerb) - 0.3, 0)], walk=True))
     ego_lane = road.lanes - 1 if rng.random() < 0.5 else 0
-    ego = Route(Path(b.frame.xy(offset_polyline(local, road.lane_offset(ego_lane)))),
-                stops=[(float(stops[1] + half), 0)])
+    ego = Route(
+        Path(b.frame.xy(offset_polyline(local, road.lane_offset(ego_lane)))), stops=[(float(stops[1] + half), 0)]
+    )
     ego.start_s = float(start + half)  # type: ignore[attr-defined]
     _scenery(b, road, local, half, x_cross)
-    signals = SignalProgram(green_s=float(rng.uniform(8, 14)), offset_s=float(rng.uniform(0, 40)), groups=1,
-                            ped_s=float(rng.uniform(8, 12)))
+    signals = SignalProgram(
+        green_s=float(rng.uniform(8, 14)), offset_s=float(rng.uniform(0, 40)), groups=1, ped_s=float(rng.uniform(8, 12))
+    )
     desc = f"a straight {_lanes_words(road)} road with a signalised pedestrian crossing"
     return _finish(b, ego, signals, np.array([x_cross, 0.0]), desc)
 
@@ -702,8 +761,9 @@ def _curve(rng: np.random.Generator, travel: float) -> StaticWorld:
         b.vehicle_routes.append((route, road.lanes - 1 - lane))
     _sidewalk_walks(b, road, local)
     ego_lane = road.lanes - 1 if rng.random() < 0.5 else 0
-    ego = Route(Path(b.frame.xy(offset_polyline(local, road.lane_offset(ego_lane)))),
-                maneuver="left" if angle > 0 else "right")
+    ego = Route(
+        Path(b.frame.xy(offset_polyline(local, road.lane_offset(ego_lane)))), maneuver="left" if angle > 0 else "right"
+    )
     ego.start_s = float(120.0)  # type: ignore[attr-defined]
     ego.turn_span = (pre + 120.0 - 1.0, pre + 120.0 + abs(angle) * radius)
     _scenery(b, road, local, None, None)
@@ -753,15 +813,25 @@ def _intersection(rng: np.random.Generator, travel: float) -> StaticWorld:
                 exit_off = other.lane_offset(other.lanes - 1)
                 p_exit = np.array([exit_off, -box])  # exit road heads -y: its lane at offset o lies at x = o
                 conn = bezier(entry, 0.0, p_exit, -np.pi / 2)
-                pts = np.concatenate([_line(-half, -box - 1.0, off), conn, np.stack(
-                    [np.full(150, exit_off), -box - 1.0 - np.arange(150.0)], axis=1)])
+                pts = np.concatenate(
+                    [
+                        _line(-half, -box - 1.0, off),
+                        conn,
+                        np.stack([np.full(150, exit_off), -box - 1.0 - np.arange(150.0)], axis=1),
+                    ]
+                )
                 out.append((pts, "right", lane, half - stop, (half - box - 1.0, half - box + Path(conn).length)))
             if lane == 0:
                 exit_off = other.lane_offset(0)
                 p_exit = np.array([-exit_off, box])
                 conn = bezier(entry, 0.0, p_exit, np.pi / 2)
-                pts = np.concatenate([_line(-half, -box - 1.0, off), conn, np.stack(
-                    [np.full(150, -exit_off), box + 1.0 + np.arange(150.0)], axis=1)])
+                pts = np.concatenate(
+                    [
+                        _line(-half, -box - 1.0, off),
+                        conn,
+                        np.stack([np.full(150, -exit_off), box + 1.0 + np.arange(150.0)], axis=1),
+                    ]
+                )
                 out.append((pts, "left", lane, half - stop, (half - box - 1.0, half - box + Path(conn).length)))
         return [(pts @ rot.T, man, lane, stop_s, span) for pts, man, lane, stop_s, span in out]
 
@@ -789,8 +859,7 @@ def _intersection(rng: np.random.Generator, travel: float) -> StaticWorld:
     _scenery(b, road_a, local_a, half, 0.0, junction)
     _scenery(b, road_b, local_b, half, 0.0, junction)
     signals = SignalProgram(green_s=float(rng.uniform(9, 15)), offset_s=float(rng.uniform(0, 40)), groups=2)
-    desc = (f"a four-way signalised intersection of a {_lanes_words(road_a)} road and a "
-            f"{_lanes_words(road_b)} road")
+    desc = f"a four-way signalised intersection of a {_lanes_words(road_a)} road and a {_lanes_words(road_b)} road"
     return _finish(b, ego, signals, np.zeros(2), desc)
 
 
