@@ -58,7 +58,7 @@ setup(
         "scipy",
         "setuptools",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout", "ruff==0.17.6"]},
+    extras_require={"test": ["pytest", "pytest-timeout", "ruff==0.17.6", "colcon-common-extensions"]},
     zip_safe=True,
     maintainer="SparseOccVLA maintainers",
     maintainer_email="sparseoccvla@example.org",

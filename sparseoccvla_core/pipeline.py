@@ -364,6 +364,33 @@ class SparseOccVLAPipeline:
         self._last_stamp_ns = None
         self.resets += 1
 
+    def warmup(self) -> float:
+        """Run one step on a blank frame, then forget it: allocations and lazy initialisation happen here rather
+        than on the first real frame, whose latency would otherwise be several steps long.
+
+        The blank frame has six black images at ``cfg.image_size`` looking forward from the ego origin (any
+        geometry runs the same kernels).  Call it before the first frame: afterwards the pipeline has no history
+        (as after :meth:`reset`), and the answerable scene and the reset counter are those from before the call.
+
+        Returns:
+            Wall time of the warm-up step, s.
+        """
+        h, w = self.cfg.image_size
+        k = np.array([[w, 0.0, w / 2.0], [0.0, w, h / 2.0], [0.0, 0.0, 1.0]])
+        cam2ego = np.eye(4)
+        cam2ego[:3, :3] = [[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]  # optical (x right, z fwd) -> ego
+        cameras = [CameraFrame(name, np.zeros((h, w, 3), np.uint8), k, cam2ego) for name in CAMERA_NAMES]
+        frame = FrameInput(cameras, np.eye(4), (0.0, 0.0), (0.0, 0.0), 0.0, stamp_ns=0)
+        scene, resets = self._scene, self.resets
+        t0 = time.perf_counter()
+        self.step(frame)
+        elapsed = time.perf_counter() - t0
+        self.reset()
+        with self._scene_lock:
+            self._scene = scene
+        self.resets = resets
+        return elapsed
+
     def _reset_reason(self, frame: FrameInput) -> str:
         if self._last_stamp_ns is None:
             return ""

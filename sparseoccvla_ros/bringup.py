@@ -193,7 +193,7 @@ class Bringup:
                 node_count = (s.frames_published, s.sets_completed)
             # outputs only: /diagnostics keeps arriving every period and would never look quiet
             recorded = self.recorder.count_under("/output/") if self.recorder is not None else 0
-            return node_count, recorded, self.node._mailbox is None
+            return node_count, recorded, self.node.idle
 
         last, stable_since = snapshot(), time.monotonic()
         while time.monotonic() - start < self.max_linger_s and not self.stop_requested.is_set():
@@ -203,6 +203,18 @@ class Bringup:
                 last, stable_since = now, time.monotonic()
             elif time.monotonic() - stable_since >= self.linger_s:
                 return
+
+    def record_final_diagnostics(self, timeout_s: float = 2.0) -> None:
+        """Publish the node's diagnostics once more and wait until the recorder has them, so the recording ends
+        with the final counters (sets completed, dropped, synchronizer drops) rather than the last periodic ones."""
+        if self.recorder is None:
+            self.node.publish_diagnostics()
+            return
+        before = self.recorder.count_under("/diagnostics")
+        self.node.publish_diagnostics()
+        deadline = time.monotonic() + timeout_s
+        while self.recorder.count_under("/diagnostics") == before and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def stop(self) -> None:
         """Ask the player to stop and skip the linger (thread-safe, e.g. from a signal handler)."""
@@ -242,6 +254,7 @@ class Bringup:
                 return 1
             stats = self.play()
             self.wait_outputs_done()
+            self.record_final_diagnostics()
             s = self.node.stats
             print(
                 f"[drive] played {stats.published} messages in {stats.wall_s:.1f} s; node: {s.sets_completed} "

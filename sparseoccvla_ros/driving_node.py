@@ -84,7 +84,7 @@ from sparseoccvla_msgs.msg import DrivingPlan, OccupancyForecast
 from sparseoccvla_msgs.srv import AskScene
 
 from . import conversions as conv
-from .health import ERROR, OK, WARN, AlarmBoard, LogThrottle, input_age_s
+from .health import ERROR, OK, WARN, AlarmBoard, LogThrottle, StampGapCounter, input_age_s
 from .markers import result_to_markers
 from .node_parameters import DEFAULT_NUM_COMMANDS, PARAMETERS, descriptor
 from .synchronizer import (
@@ -170,6 +170,7 @@ class DrivingNode(Node):
         self._command = int(self._p["driving_command"])
         self._stop = threading.Event()
         self._mailbox: Optional[tuple[CameraSet, float]] = None
+        self._busy = False  # the inference thread is processing a set
         self._mailbox_cv = threading.Condition()
         self._last_published_stamp_ns: Optional[int] = None
         self._stamp_offset_ns: Optional[int] = None  # min(node clock at receipt - stamp): the stream's time base
@@ -196,6 +197,7 @@ class DrivingNode(Node):
             )
         self._camera_info: dict[str, tuple[np.ndarray, tuple[int, int], str]] = {}
         self._last_msg_time: dict[str, float] = {}
+        self._stamp_gaps = {cam: StampGapCounter() for cam in CAMERA_NAMES}  # frames lost before reaching us
 
         # --- input handling
         self._sync = CameraSetSynchronizer(
@@ -208,23 +210,10 @@ class DrivingNode(Node):
             max_age_s=float(self._p["odometry_history_s"]), max_gap_s=float(self._p["max_odometry_gap_s"])
         )
         group = MutuallyExclusiveCallbackGroup()
-        # Cameras: best effort (sensor data), depth 2 - the synchronizer keeps its own bounded queues and callbacks
-        # only store, so a deeper DDS queue would only deliver stale frames (docs/ros_conventions.md §4).
-        image_qos = QoSProfile(
-            reliability=QoSReliabilityPolicy.BEST_EFFORT,
-            history=QoSHistoryPolicy.KEEP_LAST,
-            depth=2,
-            durability=QoSDurabilityPolicy.VOLATILE,
-        )
-        image_type = CompressedImage if self._p["image_transport"] == "compressed" else Image
+        self._sensor_group = group
+        # Camera images are subscribed once the model is loaded (_subscribe_images): a player that waits for
+        # subscribers (sparseoccvla play) then starts when frames can be used, not while the model loads.
         for cam in CAMERA_NAMES:
-            self.create_subscription(
-                image_type,
-                f"~/input/{cam}/image",
-                lambda msg, cam=cam: self._on_image(cam, msg),
-                image_qos,
-                callback_group=group,
-            )
             self.create_subscription(
                 CameraInfo,
                 f"~/input/{cam}/camera_info",
@@ -263,7 +252,7 @@ class DrivingNode(Node):
         self._diag_lock = threading.Lock()
 
         self._diag_timer = self.create_timer(
-            float(self._p["diagnostics_period_s"]), self._publish_diagnostics, callback_group=group
+            float(self._p["diagnostics_period_s"]), self.publish_diagnostics, callback_group=group
         )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -393,6 +382,7 @@ class DrivingNode(Node):
             self._warn("no_stamp", f"{cam}: image without header.stamp ignored (publish real stamps)")
             return
         offset = self.get_clock().now().nanoseconds - stamp
+        self._stamp_gaps[cam].add(stamp)
         before = (self._sync.stats.late, self._sync.stats.resets)
         sets = self._sync.add(cam, stamp, msg)
         if self._sync.stats.resets > before[1]:
@@ -461,15 +451,20 @@ class DrivingNode(Node):
             self._model_status = (ERROR, f"model failed to load: {exc}")
             self.get_logger().error(f"could not load checkpoint '{self._p['checkpoint']}': {exc}")
             return
+        warmup_s = pipe.warmup()  # the first real frame would otherwise take several steps
         self._pipeline = pipe
+        self._subscribe_images()
         cfg = pipe.cfg
         self._model_status = (OK, f"model loaded ({cfg.num_queries} queries, {cfg.num_frames} frames, {pipe.device})")
-        self.get_logger().info(f"SparseOccVLA loaded from {self._p['checkpoint']} on {pipe.device}")
+        self.get_logger().info(
+            f"SparseOccVLA loaded from {self._p['checkpoint']} on {pipe.device} (warm-up step {warmup_s:.2f} s)"
+        )
         while not self._stop.is_set():
             with self._mailbox_cv:
                 if self._mailbox is None:
                     self._mailbox_cv.wait(timeout=0.1)
                 item, self._mailbox = self._mailbox, None
+                self._busy = item is not None
             if item is None:
                 continue
             try:
@@ -478,7 +473,37 @@ class DrivingNode(Node):
                 if self._stop.is_set():
                     return  # shutting down: handles may already be gone
                 self._warn("inference", f"frame dropped: {type(exc).__name__}: {exc}", ERROR)
-                self._publish_diagnostics()
+                self.publish_diagnostics()
+            finally:
+                self._busy = False
+
+    @property
+    def idle(self) -> bool:
+        """No camera set waiting for or in inference (a bringup waits for this before it stops recording)."""
+        with self._mailbox_cv:
+            return self._mailbox is None and not self._busy
+
+    def _subscribe_images(self) -> None:
+        """Subscribe the six camera image topics (called by the inference thread once the model is loaded).
+
+        Best effort (sensor data), depth 2: the synchronizer keeps its own bounded queues and the callbacks only
+        store, so a deeper DDS queue would only deliver stale frames (docs/ros_conventions.md §4).
+        """
+        image_qos = QoSProfile(
+            reliability=QoSReliabilityPolicy.BEST_EFFORT,
+            history=QoSHistoryPolicy.KEEP_LAST,
+            depth=2,
+            durability=QoSDurabilityPolicy.VOLATILE,
+        )
+        image_type = CompressedImage if self._p["image_transport"] == "compressed" else Image
+        for cam in CAMERA_NAMES:
+            self.create_subscription(
+                image_type,
+                f"~/input/{cam}/image",
+                lambda msg, cam=cam: self._on_image(cam, msg),
+                image_qos,
+                callback_group=self._sensor_group,
+            )
 
     def _lookup_odometry(self, stamp_ns: int) -> Any:
         """Odometry at the set stamp; waits briefly (<= max_odometry_gap_s) when odometry lags the cameras."""
@@ -550,7 +575,7 @@ class DrivingNode(Node):
     def _drop(self, kind: str, cset: CameraSet, exc: Exception, level: int) -> None:
         self._warn(kind, f"camera set at {cset.stamp_ns} ns dropped: {exc}", level)
         if level >= ERROR:
-            self._publish_diagnostics()
+            self.publish_diagnostics()
 
     def _process(self, pipe: SparseOccVLAPipeline, cset: CameraSet, t_ready: float) -> None:
         t0 = time.perf_counter()
@@ -654,11 +679,15 @@ class DrivingNode(Node):
                 "sync_late_messages": sync.late,
                 "sync_resets": sync.resets,
                 "ignored_before_clock": s.ignored_no_clock,
+                # camera sets lost before the synchronizer (DDS queue overwritten while busy), from stamp gaps
+                "frames_missed": max(g.missed for g in self._stamp_gaps.values()),
             }
             bad = dict(s.bad_input)
         values: dict[str, Any] = {**counters, **{f"bad_{k}": v for k, v in bad.items()}}
         prev, self._diag_snapshot = self._diag_snapshot, dict(counters)
-        new_drops = {k: counters[k] - prev.get(k, 0) for k in ("sets_dropped_behind", "sync_messages_dropped")}
+        new_drops = {
+            k: counters[k] - prev.get(k, 0) for k in ("sets_dropped_behind", "sync_messages_dropped", "frames_missed")
+        }
         if any(new_drops.values()):
             self._input_alarms.raise_alarm(
                 "drops",
@@ -704,7 +733,7 @@ class DrivingNode(Node):
         values["tf_static"] = "subscribed" if TFMessage is not None else "unavailable (tf2_msgs does not import)"
         return values
 
-    def _publish_diagnostics(self) -> None:
+    def publish_diagnostics(self) -> None:
         """Publish the model / inputs / inference statuses (timer, and at once after an ERROR from the worker)."""
         with self._diag_lock:
             try:

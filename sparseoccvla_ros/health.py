@@ -12,6 +12,7 @@ problem that happens once between two diagnostics periods is still reported, and
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 
@@ -169,3 +170,45 @@ __all__ = [
     "LogThrottle",
     "input_age_s",
 ]
+
+
+class StampGapCounter:
+    """Counts frames of one periodic stream that never arrived, from gaps in its header stamps.
+
+    A best-effort subscription with a shallow queue loses messages silently when the node is busy (DDS overwrites
+    the oldest sample; no event reports it).  A camera's stamps are periodic, so a gap of ``g`` against the stream's
+    period ``p`` (the median of its recent gaps) means ``round(g / p) - 1`` frames were lost.  Gaps above
+    ``max_gap_factor`` periods (a bag ending, a sensor restart) and stamps going backwards (a loop) start over.
+
+    Args:
+        window: recent gaps kept for the period estimate.
+        min_gaps: gaps seen before anything is counted (the period must be known first).
+        max_gap_factor: gaps longer than this many periods are a discontinuity, not lost frames.
+    """
+
+    def __init__(self, window: int = 16, min_gaps: int = 3, max_gap_factor: float = 10.0) -> None:
+        self._gaps: deque[int] = deque(maxlen=window)
+        self._last: Optional[int] = None
+        self.min_gaps, self.max_gap_factor = min_gaps, max_gap_factor
+        self.missed = 0
+
+    def add(self, stamp_ns: int) -> int:
+        """Record one stamp; returns the number of frames found missing just before it (also added to ``missed``)."""
+        last, self._last = self._last, stamp_ns
+        if last is None or stamp_ns <= last:
+            if last is not None and stamp_ns < last:
+                self._gaps.clear()  # time went backwards: a new time line
+            return 0
+        gap = stamp_ns - last
+        lost = 0
+        if len(self._gaps) >= self.min_gaps:
+            period = sorted(self._gaps)[len(self._gaps) // 2]
+            ratio = gap / period
+            if ratio > self.max_gap_factor:
+                self._gaps.clear()
+                return 0
+            lost = max(0, round(ratio) - 1)
+        if lost == 0:
+            self._gaps.append(gap)
+        self.missed += lost
+        return lost

@@ -70,3 +70,21 @@ def test_polled_alarms_show_no_count():
     for t in (0.0, 1.0, 2.0):  # re-raised at every report while the condition lasts
         board.raise_alarm("stale_input", WARN, "inputs stale", t, counted=False)
     assert board.summary(2.5, "ok") == (WARN, "inputs stale")
+
+
+def test_stamp_gap_counter_counts_lost_frames_and_restarts_on_discontinuities():
+    from sparseoccvla_ros.health import StampGapCounter
+
+    period = 500_000_000  # 2 Hz key frames, ns
+    g = StampGapCounter(min_gaps=3)
+    stamps = [i * period + jitter for i, jitter in enumerate([0, 3_000_000, -2_000_000, 1_000_000, 0])]
+    assert [g.add(s) for s in stamps] == [0] * 5 and g.missed == 0
+    # frames 5 and 6 never arrive, frame 7 does: two lost
+    assert g.add(7 * period) == 2 and g.missed == 2
+    assert g.add(8 * period) == 0
+    # a bag loop: time goes back, the period is learned again before anything is counted
+    assert g.add(0) == 0 and g.add(period) == 0 and g.add(2 * period) == 0
+    assert g.add(4 * period) == 0  # only 2 gaps known after the jump: the period is not known yet
+    assert g.add(5 * period) == 0 and g.add(7 * period) == 1 and g.missed == 3
+    # a pause far longer than the period (bag ended, sensor restarted) is a discontinuity, not lost frames
+    assert g.add(8 * period + 60 * period) == 0 and g.missed == 3

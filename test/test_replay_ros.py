@@ -738,9 +738,11 @@ def test_fast_replay_counts_drops_and_keeps_latency_bounded(checkpoint, calibrat
     assert published and set(published) <= set(stamps)
     assert published[-1] == stamps[-1] or int(values["sync_messages_dropped"]) > 0  # the newest set is processed
     completed, dropped = int(values["sets_completed"]), int(values["sets_dropped_behind"])
-    # a set that never completed lost an image (DDS queue or synchronizer under CPU load): counted, never silent
-    assert len(stamps) - completed <= int(values["sync_messages_dropped"])
-    if dropped or int(values["sync_messages_dropped"]):  # drops raise the inputs level, they are not "OK"
+    # a set that never completed lost images, in the synchronizer or before it (a DDS queue overwritten while the
+    # node was busy, found from gaps in the cameras' stamps): counted, never silent
+    lost = int(values["sync_messages_dropped"]) + int(values["frames_missed"])
+    assert len(stamps) - completed <= lost, values
+    if dropped or lost:  # drops raise the inputs level, they are not "OK"
         levels = [st.level for _, _, a in rec["diagnostics"] for st in a.status if st.name.endswith(": inputs")]
         assert max(int(x) for x in levels) >= 1, levels  # WARN or worse
     assert len(published) + dropped == completed
