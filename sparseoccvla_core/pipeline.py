@@ -370,7 +370,8 @@ class SparseOccVLAPipeline:
 
         The blank frame has six black images at ``cfg.image_size`` looking forward from the ego origin (any
         geometry runs the same kernels).  Call it before the first frame: afterwards the pipeline has no history
-        (as after :meth:`reset`), and the answerable scene and the reset counter are those from before the call.
+        (as after :meth:`reset`); the answerable scene, the counters and the diffusion noise generator are those
+        from before the call, so the outputs of the frames that follow are those of a pipeline never warmed up.
 
         Returns:
             Wall time of the warm-up step, s.
@@ -381,14 +382,16 @@ class SparseOccVLAPipeline:
         cam2ego[:3, :3] = [[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]  # optical (x right, z fwd) -> ego
         cameras = [CameraFrame(name, np.zeros((h, w, 3), np.uint8), k, cam2ego) for name in CAMERA_NAMES]
         frame = FrameInput(cameras, np.eye(4), (0.0, 0.0), (0.0, 0.0), 0.0, stamp_ns=0)
-        scene, resets = self._scene, self.resets
+        scene, resets, processed = self._scene, self.resets, self.frames_processed
+        noise_state = self._generator.get_state()  # the diffusion noise of the first real frame stays the same
         t0 = time.perf_counter()
         self.step(frame)
         elapsed = time.perf_counter() - t0
         self.reset()
         with self._scene_lock:
             self._scene = scene
-        self.resets = resets
+        self.resets, self.frames_processed = resets, processed
+        self._generator.set_state(noise_state)
         return elapsed
 
     def _reset_reason(self, frame: FrameInput) -> str:

@@ -7,8 +7,10 @@ The same nodes as ``ros2 launch sparseoccvla_ros driving.launch.py`` (full ROS 2
 way: the driving node reads ``config/driving.yaml`` (``--params-file``) and gets its input remaps from
 :func:`sparseoccvla_ros.replay.topics.node_remaps` - the one list the launch file uses too - through rclpy's
 command-line arguments (``Node(..., cli_args=["--ros-args", "--params-file", F, "-r", "~/input/...:=/..."])``).
-All three nodes share one :class:`~rclpy.executors.MultiThreadedExecutor`; the player paces the bag from its own
-thread.
+Each node is spun by its own :class:`~rclpy.executors.SingleThreadedExecutor` in its own thread, as the driving
+node spins its helper nodes (rclpy's ``MultiThreadedExecutor`` re-submits a waiting callback in a loop that holds
+the GIL, rclpy issue #1452, which starved inference under ``/clock`` traffic); the player paces the bag from its
+own thread.
 
 Order of events: the recorder and the node start; the player waits until the model is loaded and the node's
 inputs are subscribed (so no camera set is lost to loading or discovery), plays the bag, then the bringup waits
@@ -99,7 +101,7 @@ class Bringup:
         context: Any = None,
     ) -> None:
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rclpy.parameter import Parameter
 
         from .driving_node import DrivingNode
@@ -112,7 +114,7 @@ class Bringup:
         self.stop_requested = threading.Event()
         self.node = self.recorder = self.player = None
         self._player_node = self._recorder_node = None
-        self.executor = None
+        self.executors: list[Any] = []
         try:
             sim = [Parameter("use_sim_time", value=bool(use_sim_time))]
             params = params_file if params_file is not None else default_params_file()
@@ -139,21 +141,26 @@ class Bringup:
                 clock_hz=clock_hz if use_sim_time else 0.0,
                 progress=progress,
             )
-            self.executor = MultiThreadedExecutor(num_threads=4, context=self.context)
             for n in (self.node, self._player_node, self._recorder_node):
                 if n is not None:
-                    self.executor.add_node(n)
+                    executor = SingleThreadedExecutor(context=self.context)
+                    executor.add_node(n)
+                    self.executors.append(executor)
         except BaseException:
             self.close()
             raise
-        self._spin_thread = threading.Thread(target=self._spin, name="bringup-executor", daemon=True)
-        self._spin_thread.start()
+        self._spin_threads = [
+            threading.Thread(target=self._spin, args=(e,), name=f"bringup-executor-{i}", daemon=True)
+            for i, e in enumerate(self.executors)
+        ]
+        for t in self._spin_threads:
+            t.start()
 
-    def _spin(self) -> None:
+    def _spin(self, executor: Any) -> None:
         from rclpy.executors import ExternalShutdownException
 
         try:
-            self.executor.spin()
+            executor.spin()
         except (ExternalShutdownException, KeyboardInterrupt):
             pass
         except Exception as exc:  # noqa: BLE001 - a context torn down under the executor at Ctrl-C
@@ -165,13 +172,13 @@ class Bringup:
     def wait_ready(self) -> bool:
         """Until the model is loaded and the node subscribes to the bag's input topics (False on timeout/failure)."""
         deadline = time.monotonic() + self.wait_timeout_s
-        self.player._hold_clock(self.player.first_ns)  # sim-time nodes get a clock while they wait
+        self.player.hold_clock(self.player.first_ns)  # sim-time nodes get a clock while they wait
         while time.monotonic() < deadline and not self.player.stop_event.is_set():
-            level, text = self.node._model_status
+            level, text = self.node.model_status
             if level >= 2:  # ERROR: the checkpoint could not be loaded
                 self.node.get_logger().error(f"not playing the bag: {text}")
                 return False
-            if self.node._pipeline is not None:
+            if self.node.pipeline is not None:
                 break
             time.sleep(0.05)
         else:
@@ -230,8 +237,9 @@ class Bringup:
             self.player.close()
         if self.recorder is not None:
             self.recorder.close()
-        if self.executor is not None:
-            self.executor.shutdown(timeout_sec=5.0)
+        for executor in self.executors:
+            executor.shutdown(timeout_sec=5.0)
+        self.executors = []
         for n in (self.node, self._player_node, self._recorder_node):
             if n is not None:
                 try:
@@ -240,9 +248,9 @@ class Bringup:
                     pass
         self.node = self._player_node = self._recorder_node = None
         rclpy.try_shutdown(context=self.context)
-        thread = getattr(self, "_spin_thread", None)
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
+        for thread in getattr(self, "_spin_threads", []):
+            if thread is not threading.current_thread():
+                thread.join(timeout=5.0)
 
     def run(self) -> int:
         """wait_ready -> play -> wait_outputs_done -> close; returns the exit status."""

@@ -478,6 +478,16 @@ class DrivingNode(Node):
                 self._busy = False
 
     @property
+    def pipeline(self) -> Optional[SparseOccVLAPipeline]:
+        """The loaded pipeline (None while the model loads or after it failed to load)."""
+        return self._pipeline
+
+    @property
+    def model_status(self) -> tuple[int, str]:
+        """(diagnostic level, text) of the model: WARN while loading, OK once loaded, ERROR when loading failed."""
+        return self._model_status
+
+    @property
     def idle(self) -> bool:
         """No camera set waiting for or in inference (a bringup waits for this before it stops recording)."""
         with self._mailbox_cv:

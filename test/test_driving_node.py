@@ -182,7 +182,7 @@ def _publish_set(h, stamp_ns, rng, corrupt=None):
 
 def _connected(h):
     pubs_ok = all(p.get_subscription_count() > 0 for p in h.pubs.values())
-    return pubs_ok and h.node._pipeline is not None
+    return pubs_ok and h.node.pipeline is not None
 
 
 def test_node_end_to_end(harness):
@@ -192,7 +192,7 @@ def test_node_end_to_end(harness):
     _publish_set(h, STAMP_NS, rng)
     keys = ["occupancy", "forecast", "forecast_cloud", "plan", "path", "explanation", "markers"]
     assert h.wait(lambda: all(h.get(k) for k in keys), 60), f"missing outputs: {[k for k in keys if not h.get(k)]}"
-    cfg = h.node._pipeline.cfg
+    cfg = h.node.pipeline.cfg
 
     occ = h.get("occupancy")[0]
     assert conv.stamp_to_ns(occ.header.stamp) == STAMP_NS and occ.header.frame_id == "base_link"
@@ -321,7 +321,7 @@ def test_raw_images_and_sim_time(checkpoint, calibration):
                 msg.header.stamp, msg.header.frame_id = conv.ns_to_stamp(stamp_ns), cam
                 raw[cam].publish(msg)
 
-        ready = lambda: h.node._pipeline is not None and all(p.get_subscription_count() > 0 for p in raw.values())  # noqa: E731
+        ready = lambda: h.node.pipeline is not None and all(p.get_subscription_count() > 0 for p in raw.values())  # noqa: E731
         assert h.wait(ready, 60)
         publish(STAMP_NS)  # no /clock yet: now() == 0 -> ignored
         assert h.wait(lambda: h.node.stats.ignored_no_clock >= 7, 10)

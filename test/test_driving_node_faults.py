@@ -86,7 +86,7 @@ def statuses(h, suffix):
 
 def ready(h):
     assert h.wait(
-        lambda: h.node._pipeline is not None and all(p.get_subscription_count() > 0 for p in h.pubs.values()), 60
+        lambda: h.node.pipeline is not None and all(p.get_subscription_count() > 0 for p in h.pubs.values()), 60
     ), "node never became ready / subscribed"
 
 
@@ -209,7 +209,7 @@ def test_out_of_order_stamp_and_nan_odometry_are_each_logged(make_harness):
 
     command = h.probe.create_publisher(UInt8, "/sparseoccvla/driving_node/input/command", 10)
     assert h.wait(lambda: command.get_subscription_count() > 0, 10)
-    command.publish(UInt8(data=h.node._pipeline.cfg.num_commands))  # one past the model's commands
+    command.publish(UInt8(data=h.node.pipeline.cfg.num_commands))  # one past the model's commands
     # both within one throttle period: a per-kind throttle logs both (one shared throttle hid the second)
     assert h.wait(
         lambda: (

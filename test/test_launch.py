@@ -132,9 +132,16 @@ def test_rviz_topics_are_published_by_the_running_nodes(tmp_path):
             wire = rviz_remap.get(topic, topic)
             assert wire in published, f"RViz display '{display}' subscribes {wire}, which no node publishes"
             assert msgtype in published[wire], f"'{display}': {wire} carries {published[wire]}, RViz expects {msgtype}"
-        # and the node subscribes exactly the camera topics the player publishes (same remaps as the launch file)
-        subs = {name for name, _ in node.get_subscriber_names_and_types_by_node(node.get_name(), topics.NODE_NAMESPACE)}
-        assert {topics.image_topic(c) for c in topics.CAMERA_NAMES} <= subs
+        # and the node subscribes exactly the camera topics the player publishes (same remaps as the launch file),
+        # which it does once its model is loaded and warmed up
+        wanted = {topics.image_topic(c) for c in topics.CAMERA_NAMES}
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
+            subs = {n for n, _ in node.get_subscriber_names_and_types_by_node(node.get_name(), topics.NODE_NAMESPACE)}
+            if wanted <= subs:
+                break
+            time.sleep(0.1)
+        assert wanted <= subs, f"node subscriptions {sorted(subs)}"
         assert "rgb" in conv.OCCUPANCY_DTYPE.names  # what RViz's RGB8 colour transformer reads
         player.close()
     finally:

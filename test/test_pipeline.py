@@ -312,3 +312,17 @@ def test_history_interval_keeps_training_spacing(checkpoint):
     assert len(calls) == 5 and not r.sequence_reset  # every frame through the backbone once, no reset
     assert [c.stamp_ns for c in pipe._history] == [T0 + 200_000_000, T0 + 400_000_000]
     assert r.history_frames == 2  # the frame at 0.4 s saw the cached frames at 0.2 s and 0.0 s (spacing kept)
+
+
+def test_warmup_leaves_the_outputs_of_the_following_frames_unchanged(checkpoint):
+    cold = SparseOccVLAPipeline.from_pretrained(checkpoint, PipelineOptions(score_threshold=0.0))
+    warm = SparseOccVLAPipeline.from_pretrained(checkpoint, PipelineOptions(score_threshold=0.0))
+    assert warm.warmup() > 0
+    assert warm.frames_processed == 0 and warm.resets == 0 and warm.history_length == 0
+    assert warm.last_stamp_ns is None  # nothing to ask about until a real frame arrives
+    for i in range(2):
+        a = cold.step(_frame(cold.cfg, i, np.random.default_rng(i)))
+        b = warm.step(_frame(warm.cfg, i, np.random.default_rng(i)))
+        np.testing.assert_array_equal(a.occupancy.points, b.occupancy.points)
+        np.testing.assert_array_equal(a.plan.waypoints, b.plan.waypoints)
+        assert a.explanation == b.explanation and a.sequence_reset == b.sequence_reset

@@ -259,7 +259,7 @@ class BagPlayer:
         names = self.input_topics if required is None else required
         pubs = [self._topics[n].publisher for n in names if n in self._topics]
         deadline = time.monotonic() + timeout_s
-        self._hold_clock(self.first_ns)
+        self.hold_clock(self.first_ns)
         while not self.stop_event.is_set():
             missing = [p.topic_name for p in pubs if p.get_subscription_count() == 0]
             if not missing:
@@ -276,7 +276,7 @@ class BagPlayer:
 
     def wait_delay(self, delay_s: float) -> None:
         """Wait ``delay_s`` seconds (``/clock`` held at the first message's time)."""
-        self._hold_clock(self.first_ns)
+        self.hold_clock(self.first_ns)
         self._sleep(delay_s)
 
     def _sleep(self, seconds: float) -> None:
@@ -288,7 +288,7 @@ class BagPlayer:
             self.stop_event.wait(min(left, 0.05))
 
     # ------------------------------------------------------------------ /clock
-    def _hold_clock(self, bag_ns: int) -> None:
+    def hold_clock(self, bag_ns: int) -> None:
         with self._clock_lock:
             self._clock_anchor = None
             self._clock_ns = bag_ns
@@ -391,7 +391,7 @@ class BagPlayer:
         stats.interrupted = self.stop_event.is_set()
         stats.wall_s = time.monotonic() - t_begin
         end_ns = self.end_ns + (span * (stats.passes - 1) if self.loop_time == "shift" and stats.passes else 0)
-        self._hold_clock(end_ns)  # /clock stays at the end of the bag while the last outputs are recorded
+        self.hold_clock(end_ns)  # /clock stays at the end of the bag while the last outputs are recorded
         return stats
 
     def flush(self, timeout_s: float = 5.0) -> None:
