@@ -63,7 +63,9 @@ def _rot_to_wxyz(r: np.ndarray) -> tuple[float, float, float, float]:
     return tuple(q / np.linalg.norm(q))
 
 
-def write_nuscenes_style_bag(path: Path, frames: list[dict], cameras: dict[str, dict], tf_static: bool = True) -> Path:
+def write_nuscenes_style_bag(
+    path: Path, frames: list[dict], cameras: dict[str, dict], tf_static: bool = True, omit_images: tuple[str, ...] = ()
+) -> Path:
     """A rosbag2 MCAP bag in nuscenes2mcap conventions, written with rosbags' own ROS 2 type store.
 
     Args:
@@ -72,6 +74,7 @@ def write_nuscenes_style_bag(path: Path, frames: list[dict], cameras: dict[str, 
             "jpeg": {cam: bytes}}``.
         cameras: per camera ``{"K": 3x3, "cam2ego": 4x4, "width": int, "height": int}``.
         tf_static: write base_link -> camera transforms on /tf_static.
+        omit_images: cameras whose images are left out of the whole bag (their CameraInfo stays).
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import Stores, get_typestore
@@ -154,6 +157,8 @@ def write_nuscenes_style_bag(path: Path, frames: list[dict], cameras: dict[str, 
                     ),
                 )
                 w.write(conns[cam + "/info"], ns, ts.serialize_cdr(info, "sensor_msgs/msg/CameraInfo"))
+                if cam in omit_images:
+                    continue
                 img = T["sensor_msgs/msg/CompressedImage"](
                     header=header(ns, cam), format="jpeg", data=np.frombuffer(f["jpeg"][cam], dtype=np.uint8)
                 )
@@ -756,6 +761,21 @@ def test_fast_replay_counts_drops_and_keeps_latency_bounded(checkpoint, calibrat
     finite = [x for x in latencies if np.isfinite(x)]
     # one set in the mailbox at most: the latency is one inference (+ a wait for the worker), never a queue
     assert finite and max(finite) < 20.0, finite
+
+
+@pytest.mark.slow
+def test_camera_missing_from_the_whole_bag_is_diagnosed(checkpoint, calibration, tmp_path):
+    """A bag without one camera's images: no set completes, nothing is published, the node keeps running and its
+    inputs status names the silent camera at WARN."""
+    frames = synthetic_frames(4, seed=6)
+    bag = write_nuscenes_style_bag(tmp_path / "bag", frames, _synthetic_cameras(), omit_images=("CAM_BACK",))
+    b = _bringup(bag, checkpoint, tmp_path / "out", parameters=[f"calibration_file:={calibration}"])
+    assert b.run() == 0
+    rec = _read_outputs(tmp_path / "out")
+    assert not rec.get("plan") and not rec.get("occupancy")
+    assert int(_diag_values(rec)["sets_completed"]) == 0
+    inputs = [st for _, _, a in rec["diagnostics"] for st in a.status if st.name.endswith(": inputs")]
+    assert any(int(st.level) >= 1 and "CAM_BACK" in st.message for st in inputs), [st.message for st in inputs]
 
 
 @pytest.mark.slow
