@@ -8,8 +8,8 @@ exact stamps, ``/clock`` at 100 Hz when ``use_sim_time:=true``), the recorder ``
 outputs + /diagnostics to MCAP).  Every remap comes from ``sparseoccvla_ros.replay.topics`` (``node_remaps`` for
 the node, ``rviz_remaps`` for RViz2's compressed camera images), the same list the pip-only bringup
 ``sparseoccvla drive --bag BAG --checkpoint CKPT`` uses, and the node reads the same ``config/driving.yaml``.
-When the bag ends (and ``loop:=false``) the launch waits ``linger`` seconds for the last outputs to be recorded
-and shuts down; Ctrl-C stops every process (the recorder finalizes its bag).
+When the bag ends (and ``loop:=false``) the player stays up ``linger`` more seconds for the last outputs to be
+recorded, then the launch shuts down; Ctrl-C stops every process (the recorder finalizes its bag).
 """
 
 import os
@@ -23,7 +23,6 @@ from launch.actions import (
     LogInfo,
     OpaqueFunction,
     RegisterEventHandler,
-    TimerAction,
 )
 from launch.conditions import IfCondition
 from launch.event_handlers import OnProcessExit
@@ -78,18 +77,19 @@ def _launch_setup(context):
         play += ["--clock", "100"] if sim_time else []
         play += ["--loop"] if _flag(context, "loop") else []
         play += ["--delay", arg("play_delay")] if arg("play_delay") else []
+        if not _flag(context, "loop"):
+            # the player itself lingers after the bag (interruptible by Ctrl-C), so the launch can shut down the
+            # moment it exits; a launch-side timer started by the player's exit would outlive a Ctrl-C that races it
+            play += ["--linger", arg("linger")]
         player = ExecuteProcess(cmd=play, name="player", output="screen")
         actions.append(player)
         if not _flag(context, "loop"):
-            linger = float(arg("linger"))
 
             def bag_finished(event, launch_context):
-                if launch_context.is_shutdown or event.returncode != 0:
-                    return None  # Ctrl-C or a player error: launch is already stopping
-                return [
-                    LogInfo(msg=f"bag finished; shutting down in {linger} s (last outputs are being recorded)"),
-                    TimerAction(period=linger, actions=[EmitEvent(event=Shutdown(reason="bag finished"))]),
-                ]
+                if launch_context.is_shutdown:
+                    return None  # Ctrl-C: launch is already stopping
+                reason = "bag finished" if event.returncode == 0 else f"player exited with {event.returncode}"
+                return [LogInfo(msg=f"{reason}; shutting down"), EmitEvent(event=Shutdown(reason=reason))]
 
             actions.append(RegisterEventHandler(OnProcessExit(target_action=player, on_exit=bag_finished)))
     actions.append(

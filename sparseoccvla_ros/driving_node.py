@@ -846,6 +846,11 @@ def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"driving_node: {exc}")
         code = 1
+    except Exception:
+        # SIGINT between the rclpy.ok() check and the wait: rclpy's handler has already shut the context down and
+        # the wait set cannot be built (RCLError "the given context is not valid"): a normal stop, not a crash
+        if rclpy.ok():
+            raise
     finally:
         # a terminal's Ctrl-C reaches the whole process group and ros2 launch forwards a second SIGINT: ignore
         # further ones so no KeyboardInterrupt aborts the teardown (the node would exit -2 mid-destroy)

@@ -472,6 +472,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="extra wait after the subscribers matched, for the far side of discovery (default %(default)s)",
     )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="after the last message, stay up S more seconds (/clock held at the bag's end) so downstream nodes "
+        "finish and recorders write their last messages; Ctrl-C ends it at once (default %(default)s)",
+    )
     parser.add_argument("--topics", nargs="+", default=None, help="play only these topics")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -508,6 +516,8 @@ def run(args: argparse.Namespace) -> int:
             f"max lateness {stats.max_lag_s * 1e3:.0f} ms)",
             file=sys.stderr,
         )
+        if args.linger > 0 and not player.stop_event.is_set():
+            player.wait_delay(args.linger)  # interruptible: Ctrl-C sets stop_event
     except BagError as exc:
         print(f"sparseoccvla play: error: {exc}", file=sys.stderr)
         code = 2
