@@ -290,7 +290,8 @@ class DrivingNode(Node):
         except (ExternalShutdownException, KeyboardInterrupt):
             pass
         except Exception:  # noqa: BLE001 - rclpy may touch a destroyed guard condition while shutting down
-            if not self._stop.is_set():
+            # ... or build its wait set on a context a SIGINT has just shut down (RCLError): a stop, not a crash
+            if not self._stop.is_set() and self.context.ok():
                 raise
 
     def _move_clock_to_helper(self) -> None:

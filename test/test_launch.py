@@ -251,7 +251,7 @@ def test_ros2_launch_player_node_recorder_and_ctrl_c(colcon_install, tmp_path):
     cmd = (
         f"source {colcon_install}/setup.bash && export AMENT_PREFIX_PATH=$AMENT_PREFIX_PATH:{VENV} && "
         f"exec ros2 launch sparseoccvla_ros driving.launch.py checkpoint:={ckpt} bag:={bag} record:={out} "
-        f"rviz:=false play_delay:=8 linger:=120"
+        f"rviz:=false linger:=120"
     )
     env = _ros2_launch_env()
     ctx = rclpy.context.Context()
@@ -321,7 +321,7 @@ def test_ros2_launch_sim_time_exits_when_the_bag_ends(colcon_install, tmp_path):
     cmd = (
         f"source {colcon_install}/setup.bash && export AMENT_PREFIX_PATH=$AMENT_PREFIX_PATH:{VENV} && "
         f"exec ros2 launch sparseoccvla_ros driving.launch.py checkpoint:={ckpt} bag:={bag} record:={out} "
-        f"rviz:=false use_sim_time:=true play_delay:=8 linger:=4"
+        f"rviz:=false use_sim_time:=true linger:=4"
     )
     with open(tmp_path / "launch.log", "w") as log:
         proc = subprocess.Popen(

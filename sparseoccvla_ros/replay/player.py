@@ -279,6 +279,11 @@ class BagPlayer:
         self.hold_clock(self.first_ns)
         self._sleep(delay_s)
 
+    def linger(self, seconds: float) -> None:
+        """Stay up ``seconds`` after playing (``/clock`` keeps the bag-end time :meth:`play` left it at), so
+        downstream nodes finish and recorders write their last messages; returns early on stop."""
+        self._sleep(seconds)
+
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while not self.stop_event.is_set():
@@ -517,7 +522,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         if args.linger > 0 and not player.stop_event.is_set():
-            player.wait_delay(args.linger)  # interruptible: Ctrl-C sets stop_event
+            player.linger(args.linger)  # interruptible: Ctrl-C sets stop_event
     except BagError as exc:
         print(f"sparseoccvla play: error: {exc}", file=sys.stderr)
         code = 2

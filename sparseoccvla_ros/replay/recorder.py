@@ -18,6 +18,7 @@ Ctrl-C (or :meth:`BagRecorder.close`) finalizes the MCAP file.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 import time
@@ -229,6 +230,8 @@ def run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # a second SIGINT (ros2 launch forwards the terminal's Ctrl-C) must not abort finalizing the bag
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if recorder is not None:
             recorder.close()
             print(
