@@ -77,6 +77,8 @@ def _launch_setup(context):
         play += ["--clock", "100"] if sim_time else []
         play += ["--loop"] if _flag(context, "loop") else []
         play += ["--delay", arg("play_delay")] if arg("play_delay") else []
+        if arg("record"):  # the recorder subscribes the node's outputs: play once it has (no output is lost)
+            play += ["--wait-for-subscriber", f"{node_path}/output/plan"]
         if not _flag(context, "loop"):
             # the player itself lingers after the bag (interruptible by Ctrl-C), so the launch can shut down the
             # moment it exits; a launch-side timer started by the player's exit would outlive a Ctrl-C that races it

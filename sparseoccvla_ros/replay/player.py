@@ -47,7 +47,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from . import topics
 
@@ -249,9 +249,14 @@ class BagPlayer:
 
     # ------------------------------------------------------------------ waiting
     def wait_for_subscribers(
-        self, timeout_s: float, settle_s: float = 0.5, required: Optional[list[str]] = None
+        self,
+        timeout_s: float,
+        settle_s: float = 0.5,
+        required: Optional[list[str]] = None,
+        also: Sequence[str] = (),
     ) -> bool:
-        """Wait until each topic in ``required`` (default :attr:`input_topics`) has a matched subscription.
+        """Wait until each topic in ``required`` (default :attr:`input_topics`) has a matched subscription, and
+        each topic in ``also`` (any topic, e.g. an output a recorder must be subscribed to) has a subscriber.
 
         Returns:
             True when all matched before ``timeout_s``; False on timeout or stop (the caller plays anyway).
@@ -262,6 +267,7 @@ class BagPlayer:
         self.hold_clock(self.first_ns)
         while not self.stop_event.is_set():
             missing = [p.topic_name for p in pubs if p.get_subscription_count() == 0]
+            missing += [t for t in also if self.node.count_subscribers(t) == 0]
             if not missing:
                 self._sleep(settle_s)
                 return True
@@ -485,6 +491,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after the last message, stay up S more seconds (/clock held at the bag's end) so downstream nodes "
         "finish and recorders write their last messages; Ctrl-C ends it at once (default %(default)s)",
     )
+    parser.add_argument(
+        "--wait-for-subscriber",
+        action="append",
+        default=[],
+        metavar="TOPIC",
+        help="when waiting for subscribers, also wait until TOPIC has one (repeatable; e.g. the node's "
+        "output/plan, so a recorder is ready before the first frame)",
+    )
     parser.add_argument("--topics", nargs="+", default=None, help="play only these topics")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -511,7 +525,7 @@ def run(args: argparse.Namespace) -> int:
         )
         install_stop_signals(player.stop_event.set)
         if args.delay is None:
-            player.wait_for_subscribers(args.wait_timeout, args.settle)
+            player.wait_for_subscribers(args.wait_timeout, args.settle, also=args.wait_for_subscriber)
         else:
             player.wait_delay(args.delay)
         stats = player.play()
