@@ -49,6 +49,8 @@ setup(
         "mcap",
         "mcap-ros2-support",
         "pycocoevalcap",
+        # HERMES's METEOR (nltk.translate.meteor_score); WordNet 3.0 comes from the OS package wordnet-base (README)
+        "nltk==3.10.4",
         "opencv-python-headless",
         # strict JPEG decoding (libjpeg-turbo warnings such as "Corrupt JPEG data" become errors): driving_node
         "simplejpeg>=1.9",

@@ -111,7 +111,8 @@ class DrivingBatch:
         images: [B, F, V, 3, H, W] float32 RGB in [0, 1].
         intrinsics: [B, F, V, 3, 3] pinhole K for the (resized) image, pixels.
         cam2ego: [B, F, V, 4, 4] camera -> ego of that frame (camera: x right, y down, z forward).
-        ego2global: [B, F, 4, 4] ego pose of each frame in the global (map) frame.
+        ego2global: [B, F, 4, 4] float64 ego pose of each frame in the global (map) frame (global coordinates are ~1e3 m:
+            float32 would lose millimetres; the sampling casts the relative poses it needs).
         frame_valid: [B, F] bool; False where a past frame was padded.
         ego_state: [B, EGO_STATE_DIM] float32, see :data:`EGO_STATE_FIELDS`.
         command: [B] int64 driving command (0 left, 1 straight, 2 right).

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("sparseoccvla_ros.replay.player", "play a rosbag2 bag in real time (raw CDR, /clock, latched /tf_static)"),
     "record": ("sparseoccvla_ros.replay.recorder", "record the driving node's outputs (or any topics) to MCAP"),
     "drive": ("sparseoccvla_ros.bringup", "pip-only bringup: player + driving node + recorder in one process"),
+    "demo": ("sparseoccvla_ros.demo.command", "the main job: held-out scene -> ROS 2 replay + questions -> report"),
+    "bench": ("sparseoccvla_core.bench", "stage latency, the paper's efficiency ratios, node latency (table + JSON)"),
 }
 
 

@@ -22,6 +22,14 @@ from .data.qa import ACTION_QUESTION
 
 #: What the planner's diffusion decoder regresses (see ``SparseOccVLAConfig.plan_regression``).
 PLAN_REGRESSION_CHOICES: tuple[str, ...] = ("direct", "residual")
+#: Which GT supervises the encoder's current-frame occupancy (see ``SparseOccVLAConfig.occ_gt``).
+OCC_GT_CHOICES: tuple[str, ...] = ("current", "concat")
+#: Cost of a matched point pair in the occupancy / forecast Chamfer terms (see ``SparseOccVLAConfig.point_loss``).
+POINT_LOSS_CHOICES: tuple[str, ...] = ("l2", "smooth_l1")
+#: OPUS-T's per-class focal weights (Occ3D classes 0..16: others, barrier, bicycle, bus, car, construction vehicle,
+#: motorcycle, pedestrian, traffic cone, trailer, truck, driveable surface, other flat, sidewalk, terrain, manmade,
+#: vegetation): rare and object classes 5-10x the large surfaces (docs/reference_choices.md §3.2).
+OPUS_FOCAL_CLASS_WEIGHTS: tuple[float, ...] = (10, 5, 10, 5, 5, 10, 10, 5, 10, 5, 5, 1, 5, 1, 1, 2, 1)
 
 
 def _tuple(x: Any) -> tuple:
@@ -124,6 +132,17 @@ class SparseOccVLAConfig(PresetYamlMixin):
             centre plus this times the head output (OPUS / SparseWorld scale 0.5, [§2.4]).
         projection_min_depth: camera-frame depth (m) below which a projected point counts as behind the
             camera (OPUS 1e-5, [§2.2]).
+        occ_gt: GT of the encoder's occupancy loss (eq. 10): "current" (the current frame's labels; each query
+            set is scored against the scene it sees now, as SparseWorld scores its current-stamp queries) or
+            "concat" (current + future frames warped into the current frame, appendix A's extended-range GT;
+            it pulls current-frame points toward where moving objects will be).  The forecaster is always
+            supervised per future frame from the concatenated GT (appendix A).  Measurements: docs/experiments.md §2.
+        point_loss: cost of a matched point pair in the Chamfer terms: "l2" (squared distance, eq. 1) or
+            "smooth_l1" (OPUS: SmoothL1 per coordinate, beta ``point_loss_beta``), docs/experiments.md §3.
+        point_loss_beta: SmoothL1 transition, m (OPUS: 0.2).
+        point_loss_weight: weight of the Chamfer terms in eq. 10 / 11 (paper: 1; OPUS: 0.5 with SmoothL1).
+        focal_class_weights: per-class weights of the focal loss (17 semantic classes) or None (paper: none;
+            OPUS-T: :data:`OPUS_FOCAL_CLASS_WEIGHTS`).
         lambda_focal: weight of the focal loss (paper: 0.2).
         focal_alpha: focal loss alpha.
         focal_gamma: focal loss gamma.
@@ -170,7 +189,9 @@ class SparseOccVLAConfig(PresetYamlMixin):
         diffusion_trunc_timesteps: training noise t ~ U{0..trunc-1} (DiffusionDrive-nuScenes: 40).
         diffusion_infer_start_timestep: noise level added to anchors at inference (DiffusionDrive: 8).
         denoise_steps: DDIM steps at inference (paper: 2).
-        traj_norm_scale: (x, y) metres mapped to [-1, 1] for diffusion (config, not model code).
+        traj_norm_scale: (x, y) metres mapped to [-1, 1] for diffusion: 60 m = 3 s at 20 m/s, the fastest
+            nuScenes ego motion, so no real trajectory is clipped by the [-1, 1] clamps of the noisy input and of
+            the DDIM x0 (checkpoints keep the value they were trained with).
         plan_regression: what the diffusion decoder's head outputs: "direct" (the clean trajectory itself, in
             normalised units; paper sec. 3.3: the decoder "regress[es] the clean trajectories directly") or
             "residual" (an offset in metres added to the noisy input, DiffusionDrive's code) [§7.5].  Why
@@ -216,6 +237,11 @@ class SparseOccVLAConfig(PresetYamlMixin):
     point_offset_scale: float = 0.5
     projection_min_depth: float = 1e-5
     # --- losses (part 3) ---
+    occ_gt: str = "current"
+    point_loss: str = "l2"
+    point_loss_beta: float = 0.2
+    point_loss_weight: float = 1.0
+    focal_class_weights: Optional[tuple[float, ...]] = None
     lambda_focal: float = 0.2
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -261,7 +287,7 @@ class SparseOccVLAConfig(PresetYamlMixin):
     diffusion_trunc_timesteps: int = 40
     diffusion_infer_start_timestep: int = 8
     denoise_steps: int = 2
-    traj_norm_scale: tuple[float, float] = (30.0, 15.0)
+    traj_norm_scale: tuple[float, float] = (60.0, 20.0)
     plan_regression: str = "direct"
     plan_cls_weight: float = 1.0
     plan_reg_weight: float = 1.0
@@ -313,6 +339,19 @@ class SparseOccVLAConfig(PresetYamlMixin):
             raise ValueError(f"denoise_steps {self.denoise_steps} must be in [1, diffusion_infer_start_timestep + 1]")
         if self.plan_regression not in PLAN_REGRESSION_CHOICES:
             raise ValueError(f"plan_regression must be one of {PLAN_REGRESSION_CHOICES}, got {self.plan_regression!r}")
+        if self.occ_gt not in OCC_GT_CHOICES:
+            raise ValueError(f"occ_gt must be one of {OCC_GT_CHOICES}, got {self.occ_gt!r}")
+        if self.point_loss not in POINT_LOSS_CHOICES:
+            raise ValueError(f"point_loss must be one of {POINT_LOSS_CHOICES}, got {self.point_loss!r}")
+        if self.point_loss_beta <= 0 or self.point_loss_weight <= 0:
+            raise ValueError("point_loss_beta and point_loss_weight must be > 0")
+        if self.focal_class_weights is not None and len(self.focal_class_weights) != self.num_classes - 1:
+            raise ValueError(
+                f"focal_class_weights needs one weight per semantic class ({self.num_classes - 1}), "
+                f"got {len(self.focal_class_weights)}"
+            )
+        if any(v <= 0 for v in self.traj_norm_scale) or len(self.traj_norm_scale) != 2:
+            raise ValueError(f"traj_norm_scale must be two positive metre scales (x, y), got {self.traj_norm_scale}")
         if self.diffusion_trunc_timesteps > self.diffusion_train_timesteps:
             raise ValueError("diffusion_trunc_timesteps cannot exceed diffusion_train_timesteps")
         if self.num_frames < 1 or self.num_views < 1:

@@ -10,8 +10,10 @@
 * :func:`sigmoid_focal_loss` - the RetinaNet focal loss on sigmoid logits.
 * :func:`occupancy_losses` - eq. 10 without distillation: CD on every layer's point set (P_0 included) and
   focal loss on every decoded layer, each predicted point labelled by its nearest GT point.  Eq. 11 reuses it
-  once per forecast frame with ``include_p0=False``.  The paper states only the weight lambda_focal, so OPUS's
-  extra per-class and distance-to-centre weights are not applied (docs/reference_choices.md §3.2).
+  once per forecast frame with ``include_p0=False``.  The paper states only the weight lambda_focal; OPUS's
+  SmoothL1 point cost and per-class focal weights are config options (``point_loss``, ``focal_class_weights``,
+  docs/experiments.md §3 for the measurement behind the default checkpoint's choice); OPUS's distance-to-centre
+  and GT-side weights are not applied (docs/reference_choices.md §3.2).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ MASKED_SQ_NORM: float = 1e30
 #: against 2 x 2000) ~5x faster than the GEMM search, whose [chunk, D] scores and argmin were ~40 % of a tiny
 #: training step (benchmarks/bench_chamfer.py).  "gemm" keeps the search on the accelerator (no host copies).
 NN_METHODS: tuple[str, ...] = ("auto", "kdtree", "gemm")
+#: cost of a matched point pair in :func:`chamfer_distance` (``SparseOccVLAConfig.point_loss``): "l2" = the squared
+#: distance of paper eq. 1; "smooth_l1" = OPUS's point loss (SmoothL1 per coordinate, docs/reference_choices.md §3.1).
+POINT_LOSSES: tuple[str, ...] = ("l2", "smooth_l1")
 
 
 @dataclass
@@ -144,8 +149,13 @@ def chamfer_distance(
     reduction: str = "mean",
     max_chunk_elements: Optional[int] = None,
     nn_method: str = "auto",
+    distance: str = "l2",
+    beta: float = 0.2,
 ) -> ChamferResult:
     """Chamfer distance, paper eq. 1 (squared Euclidean nearest-neighbour distances, both directions).
+
+    With ``distance="smooth_l1"`` each matched pair costs OPUS's point loss instead: SmoothL1 (``beta``) per
+    coordinate, summed over x, y, z (docs/reference_choices.md §3.1); the matching is the same.
 
     Args:
         pred: [B, P, 3] (or [B, N, P, 3], flattened) predicted points, m.
@@ -156,12 +166,18 @@ def chamfer_distance(
             docs/reference_choices.md §3.1); "sum" - eq. 1 exactly.
         max_chunk_elements: memory bound of the GEMM nearest-neighbour search.
         nn_method: nearest-neighbour search, one of :data:`NN_METHODS` (see :func:`nearest_neighbors`).
+        distance: cost of a matched pair, one of :data:`POINT_LOSSES`: "l2" (squared distance, eq. 1) or
+            "smooth_l1" (OPUS).
+        beta: SmoothL1 transition point, m (OPUS: 0.2).
 
     Returns:
-        :class:`ChamferResult`; ``loss`` is differentiable w.r.t. ``pred``.
+        :class:`ChamferResult`; ``loss`` is differentiable w.r.t. ``pred``.  The ``*_sqdist`` fields are squared
+        distances whatever ``distance`` is.
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if distance not in POINT_LOSSES:
+        raise ValueError(f"distance must be one of {POINT_LOSSES}, got {distance!r}")
     if pred.dim() == 4:
         pred = pred.flatten(1, 2)  # [B, N, P, 3] -> [B, N*P, 3]
         if pred_mask is not None and pred_mask.dim() == 3:
@@ -180,9 +196,17 @@ def chamfer_distance(
     p2g_valid = pred_mask & has_gt[:, None]
     g2p_valid = gt_mask & has_pred[:, None]
     # Matched distances recomputed with gradients (memory O(P + G)).
-    d_p2g = ((pred - _gather_points(gt, p2g)) ** 2).sum(-1) * p2g_valid  # [B, P]
-    d_g2p = ((_gather_points(pred, g2p) - gt) ** 2).sum(-1) * g2p_valid  # [B, G]
-    sum_p2g, sum_g2p = d_p2g.sum(1), d_g2p.sum(1)
+    diff_p2g = pred - _gather_points(gt, p2g)  # [B, P, 3]
+    diff_g2p = _gather_points(pred, g2p) - gt  # [B, G, 3]
+    d_p2g = (diff_p2g**2).sum(-1) * p2g_valid  # [B, P]
+    d_g2p = (diff_g2p**2).sum(-1) * g2p_valid  # [B, G]
+    if distance == "l2":
+        cost_p2g, cost_g2p = d_p2g, d_g2p
+    else:
+        zero_p, zero_g = torch.zeros_like(diff_p2g), torch.zeros_like(diff_g2p)
+        cost_p2g = F.smooth_l1_loss(diff_p2g, zero_p, reduction="none", beta=beta).sum(-1) * p2g_valid
+        cost_g2p = F.smooth_l1_loss(diff_g2p, zero_g, reduction="none", beta=beta).sum(-1) * g2p_valid
+    sum_p2g, sum_g2p = cost_p2g.sum(1), cost_g2p.sum(1)
     if reduction == "mean":
         loss = sum_p2g / p2g_valid.sum(1).clamp(min=1) + sum_g2p / g2p_valid.sum(1).clamp(min=1)
     else:
@@ -254,7 +278,10 @@ def matched_class_focal_loss(
     labels = torch.gather(gt_labels, 1, pred_to_gt_idx.clamp(min=0))  # [B, P]
     # A label outside the semantic classes (free / padding) is an all-negative target row.
     onehot = F.one_hot(labels.clamp(0, c), c + 1)[..., :c].to(logits.dtype)  # [B, P, C]
-    per_point = sigmoid_focal_loss(logits, onehot, cfg.focal_alpha, cfg.focal_gamma, reduction="none").sum(-1)
+    per_logit = sigmoid_focal_loss(logits, onehot, cfg.focal_alpha, cfg.focal_gamma, reduction="none")
+    if cfg.focal_class_weights is not None:  # OPUS: one weight per class logit (docs/reference_choices.md §3.2)
+        per_logit = per_logit * per_logit.new_tensor(cfg.focal_class_weights)
+    per_point = per_logit.sum(-1)
     return (per_point * has).sum() / has.sum().clamp(min=1)
 
 
@@ -280,7 +307,8 @@ def occupancy_losses(
         include_p0: whether ``layer_points[0]`` is P_0 (CD only).
 
     Returns:
-        dict with ``cd`` = sum over point sets of the batch-mean CD (mean reduction), ``focal`` = sum over
+        dict with ``cd`` = ``cfg.point_loss_weight`` x the sum over point sets of the batch-mean point loss
+        (``cfg.point_loss``: squared-distance CD of eq. 1, or OPUS's SmoothL1; mean reduction), ``focal`` = sum over
         decoded layers of the matched-class focal loss - both *unweighted* - and ``total`` =
         cd + cfg.lambda_focal * focal (eq. 10 / 11 weighting).
     """
@@ -295,8 +323,8 @@ def occupancy_losses(
     focal_total = gt_points.new_zeros(())
     for i, pts in enumerate(layer_points):
         flat = pts.flatten(1, -2)  # [B, N*P, 3]
-        result = chamfer_distance(flat, gt_points, gt_mask)
-        cd_total = cd_total + result.loss.mean()
+        result = chamfer_distance(flat, gt_points, gt_mask, distance=cfg.point_loss, beta=cfg.point_loss_beta)
+        cd_total = cd_total + cfg.point_loss_weight * result.loss.mean()
         if i >= start:
             logits = layer_logits[i - start]
             flat_logits = logits.flatten(1, -2)  # [B, N*P, C]

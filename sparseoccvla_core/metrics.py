@@ -22,10 +22,15 @@ Pure numpy (plus pycocoevalcap for text); no model imports, so the ROS side and 
   Ego box: :class:`EgoBox` (4.084 m x 1.85 m, ST-P3 / VAD), yaw from the path's tangent.  Steps where the GT
   trajectory itself collides are not counted, the denominator stays the sample count (ST-P3).
 * **Understanding** (docs/reference_choices.md §8.4, HERMES protocol): :func:`caption_metrics` runs
-  pycocoevalcap's BLEU-1..4, ROUGE-L and CIDEr on the raw strings (no PTBTokenizer).  HERMES computes METEOR with NLTK's
-  ``meteor_score``, which needs NLTK's WordNet and Punkt data; those cannot be installed from a package
-  registry here, so METEOR is pycocoevalcap's Java METEOR 1.5 (``-l en -norm``, corpus-level score, the
-  coco-caption METEOR) - see :data:`METEOR_BACKEND`; its values are not identical to HERMES's NLTK METEOR.
+  pycocoevalcap's BLEU-1..4, ROUGE-L and CIDEr on the raw strings (no PTBTokenizer).  METEOR as HERMES computes
+  it: NLTK's ``meteor_score`` per pair (alpha 0.9, beta 3, gamma 0.5; exact, Porter-stem and WordNet-synonym
+  matches), averaged over the pairs, with WordNet 3.0 read offline from the system's ``wordnet-base`` package
+  (:mod:`sparseoccvla_core.wordnet`).  HERMES tokenizes with ``word_tokenize`` (Punkt sentence split, then the
+  Treebank word tokenizer); Punkt's model is download-only, so we run NLTK's Treebank word tokenizer on the whole
+  answer (``word_tokenize(..., preserve_line=True)``): only a period inside a multi-sentence answer can differ
+  ("stop. Then" keeps "stop." as one token).  pycocoevalcap's Java METEOR 1.5 (``-l en -norm``, corpus score,
+  the coco-caption METEOR) is reported beside it as ``METEOR_java`` when ``java`` is on PATH.
+  See :data:`METEOR_BACKEND`.
 * **nuScenes-QA** (docs/reference_choices.md §8.5): :func:`qa_accuracy`, exact match overall and per template type.
 * **Baselines** for the learning check: single-class occupancy, mean trajectory, constant velocity,
   majority answer.
@@ -46,6 +51,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
 from .batch import FREE_CLASS, OCC3D_CLASSES
 
@@ -61,8 +67,13 @@ FORECAST_SKIP_LAST: int = 7
 PLAN_HORIZONS_S: tuple[float, ...] = (1.0, 2.0, 3.0)
 PLAN_DT_S: float = 0.5
 PLAN_CONVENTIONS: tuple[str, ...] = ("stp3", "uniad")
-#: Which METEOR implementation :func:`caption_metrics` runs (stated in every table that reports METEOR).
-METEOR_BACKEND: str = "pycocoevalcap Java METEOR 1.5 (-l en -norm, corpus score), not HERMES's NLTK meteor_score"
+#: Which METEOR implementation :func:`caption_metrics` reports as 'METEOR' (stated in every table that reports it).
+METEOR_BACKEND: str = (
+    "NLTK meteor_score as HERMES (mean over pairs; WordNet 3.0 from wordnet-base; NLTK Treebank word tokens, "
+    "no Punkt sentence split)"
+)
+#: The second METEOR, 'METEOR_java' (when ``java`` is on PATH).
+JAVA_METEOR_BACKEND: str = "pycocoevalcap Java METEOR 1.5 (-l en -norm, corpus score)"
 #: Categories that are obstacles for the collision metric (ST-P3 / VAD: vehicles and pedestrians).
 COLLISION_CATEGORY_PREFIXES: tuple[str, ...] = ("vehicle.", "human.pedestrian.")
 
@@ -543,31 +554,39 @@ def _meteor_clean(s: str) -> str:
 
 
 def java_available() -> bool:
-    """True when a ``java`` executable is on PATH (pycocoevalcap's METEOR needs it)."""
+    """True when a ``java`` executable is on PATH (pycocoevalcap's Java METEOR needs it)."""
     return shutil.which("java") is not None
 
 
 def caption_metrics(
-    predictions: Sequence[str], references: Sequence[Union[str, Sequence[str]]], meteor: bool = True
+    predictions: Sequence[str],
+    references: Sequence[Union[str, Sequence[str]]],
+    meteor: bool = True,
+    java_meteor: Optional[bool] = None,
 ) -> dict:
     """Understanding metrics as HERMES scores OmniDrive-nuScenes (docs/reference_choices.md §8.4).
 
     pycocoevalcap BLEU-1..4, ROUGE-L and CIDEr(-D free, the coco "CIDEr") on the raw strings, each pair its own
-    id with a one-element list (no PTBTokenizer).  METEOR: see :data:`METEOR_BACKEND`.  CIDEr's IDF is computed
-    over the given corpus, so a single pair scores 0 (coco-caption #9).
+    id with a one-element list (no PTBTokenizer).  CIDEr's IDF is computed over the given corpus, so a single
+    pair scores 0 (coco-caption #9).  'METEOR' is HERMES's NLTK METEOR (:func:`nltk_meteor`, see
+    :data:`METEOR_BACKEND`); 'METEOR_java' is pycocoevalcap's Java METEOR 1.5 (:data:`JAVA_METEOR_BACKEND`).
 
     Args:
         predictions: [M] generated answers.
         references: [M] GT answer per prediction (a string, or a list of reference strings).
-        meteor: run METEOR (needs ``java``; False skips it and reports None).
+        meteor: compute METEOR.  NLTK METEOR needs the WordNet 3.0 database (``apt-get install wordnet-base``):
+            without it 'METEOR' is None and 'meteor_backend' says why.  False skips both METEORs.
+        java_meteor: also run the Java METEOR: None = when ``java`` is on PATH, True = always (RuntimeError
+            without java), False = never.  Ignored when ``meteor`` is False.
 
     Returns:
-        {'METEOR', 'ROUGE_L', 'CIDEr', 'BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4'} floats, 'num_pairs' int and
-        'meteor_backend' str.
+        {'METEOR', 'METEOR_java', 'ROUGE_L', 'CIDEr', 'BLEU-1', 'BLEU-2', 'BLEU-3', 'BLEU-4'} floats (the METEORs
+        None when not computed), 'num_pairs' int, 'meteor_backend' and 'meteor_java_backend' str (which
+        implementation ran, or why none did).
 
     Raises:
         ValueError: different lengths or no pairs.
-        RuntimeError: ``meteor=True`` without java.
+        RuntimeError: ``java_meteor=True`` without java.
     """
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -583,12 +602,64 @@ def caption_metrics(
     rouge, _ = Rouge().compute_score(gts, res)
     cider, _ = Cider().compute_score(gts, res)
     out = {f"BLEU-{n + 1}": float(bleu[n]) for n in range(4)}
-    out.update({"ROUGE_L": float(rouge), "CIDEr": float(cider), "METEOR": None})
+    out.update({"ROUGE_L": float(rouge), "CIDEr": float(cider), "METEOR": None, "METEOR_java": None})
+    out["meteor_backend"] = out["meteor_java_backend"] = "not computed"
     if meteor:
-        out["METEOR"] = _java_meteor(gts, res)
+        from .wordnet import load_wordnet, wordnet_unavailable_reason
+
+        wordnet = load_wordnet()
+        if wordnet is None:
+            out["meteor_backend"] = f"not computed: {wordnet_unavailable_reason()}"
+        else:
+            out["METEOR"] = nltk_meteor([res[i][0] for i in res], [gts[i] for i in gts], wordnet)
+            out["meteor_backend"] = METEOR_BACKEND
+        run_java = java_available() if java_meteor is None else java_meteor
+        if run_java:
+            out["METEOR_java"] = _java_meteor(gts, res)
+            out["meteor_java_backend"] = JAVA_METEOR_BACKEND
+        elif java_meteor is None:
+            out["meteor_java_backend"] = "not computed: no java runtime on PATH"
     out["num_pairs"] = len(predictions)
-    out["meteor_backend"] = METEOR_BACKEND if meteor else "not computed"
     return out
+
+
+def meteor_tokenize(text: str) -> list[str]:
+    """NLTK's Treebank word tokenizer on the whole string (``word_tokenize(text, preserve_line=True)``).
+
+    HERMES's ``word_tokenize`` first splits sentences with Punkt, whose model is a download; without it a
+    sentence-final period inside the text stays on its word ("stop. Then" -> ["stop.", "Then"]).
+    """
+    from nltk.tokenize import word_tokenize
+
+    return word_tokenize(str(text), preserve_line=True)
+
+
+def nltk_meteor(
+    predictions: Sequence[str], references: Sequence[Union[str, Sequence[str]]], wordnet: "WordNetCorpusReader"
+) -> float:
+    """HERMES's METEOR: mean over pairs of NLTK ``meteor_score`` (best over a pair's references).
+
+    Per pair (Lavie & Agarwal 2007, NLTK defaults alpha 0.9, beta 3, gamma 0.5): m unigrams aligned by exact,
+    Porter-stem, then WordNet-synonym match (lower-cased); P = m / len(hyp), R = m / len(ref),
+    F = P R / (0.9 P + 0.1 R), score = F (1 - 0.5 (chunks / m)^3), 0 when m = 0.
+
+    Args:
+        predictions: [M] generated answers.
+        references: [M] reference string (or list of strings) per prediction.
+        wordnet: NLTK WordNet reader (:func:`sparseoccvla_core.wordnet.load_wordnet`).
+
+    Returns:
+        the mean score, a fraction in [0, 1).
+    """
+    from nltk.translate.meteor_score import meteor_score
+
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"nltk_meteor needs matching non-empty lists ({len(predictions)} vs {len(references)})")
+    scores = [
+        meteor_score([meteor_tokenize(r) for r in _single(refs)], meteor_tokenize(p), wordnet=wordnet)
+        for p, refs in zip(predictions, references)
+    ]
+    return float(np.mean(scores))
 
 
 def _java_meteor(gts: Mapping[int, list[str]], res: Mapping[int, list[str]]) -> float:
@@ -596,7 +667,7 @@ def _java_meteor(gts: Mapping[int, list[str]], res: Mapping[int, list[str]]) -> 
     if not java_available():
         raise RuntimeError(
             "METEOR needs a Java runtime (pycocoevalcap runs meteor-1.5.jar): install one "
-            "(e.g. apt-get install default-jre-headless) or pass meteor=False / --no-meteor"
+            "(e.g. apt-get install default-jre-headless) or pass java_meteor=False"
         )
     from pycocoevalcap.meteor.meteor import Meteor
 

@@ -502,9 +502,10 @@ class SparseOccVLA(nn.Module):
 
         # 1-2. features and sparse occupancy queries
         enc = self.encode_scene(batch)
-        # 3. eq. 10 on the concatenated (extended-range) GT when the loader provides it (appendix A)
+        # 3. eq. 10 on the current frame's GT (cfg.occ_gt "current"), or on the concatenated extended-range GT
+        # (appendix A, "concat") when the loader provides it
         if uses_occupancy:
-            concat = batch.occ_concat_points is not None
+            concat = cfg.occ_gt == "concat" and batch.occ_concat_points is not None
             gt_points = batch.occ_concat_points if concat else batch.occ_points
             gt_labels = batch.occ_concat_labels if concat else batch.occ_labels
             gt_mask = batch.occ_concat_mask if concat else batch.occ_mask

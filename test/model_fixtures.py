@@ -101,8 +101,8 @@ def make_batch(
     k, cam2ego = _camera_rig(cfg)
     frame_dt = cfg.forecast_dt
 
-    ego2global = torch.eye(4).repeat(b, f, 1, 1)
-    ego2global[:, :, 0, 3] = -speed * frame_dt * torch.arange(f, dtype=torch.float32)  # past frames behind
+    ego2global = torch.eye(4, dtype=torch.float64).repeat(b, f, 1, 1)  # float64, as the dataset gives it
+    ego2global[:, :, 0, 3] = -speed * frame_dt * torch.arange(f, dtype=torch.float64)  # past frames behind
     ego_state = torch.zeros(b, EGO_STATE_DIM)
     ego_state[:, 0] = speed  # vx
     ego_state[:, 5] = speed  # speed

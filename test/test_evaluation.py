@@ -182,6 +182,8 @@ def _old_layout() -> dict:
             "METEOR": 0.388,
             "num_pairs": 7,
             "meteor_backend": M.METEOR_BACKEND,
+            "METEOR_java": None,
+            "meteor_java_backend": "not computed",
             "examples": [{"prediction": "a car", "reference": "a red car"}],
         },
         "nuscenes_qa": {
@@ -517,3 +519,29 @@ def test_eval_command_end_to_end(tiny_world_and_ckpt):
     assert all((out / p).stat().st_size > 5000 for p in pngs)
     # the file reads back into the result dataclasses and serialises to the same JSON
     assert E.EvalResults.from_dict(metrics).to_dict() == metrics
+    # acceptance rows: static-world forecast on the same 2 frames, command match and red-light facts on the 8
+    # planning samples (the synthetic world writes a scenario record per key frame), retrieval baseline on the
+    # same understanding pairs, per-class IoU table
+    assert bl["forecast_static_world"]["num_frames"] == 2 and set(bl["forecast_static_world"]) >= {"1s", "3s"}
+    assert pl["command_match"]["num_frames"] == 8 and np.sum(pl["command_match"]["confusion"]) == 8
+    assert sum(v["num_frames"] for v in pl["command_match"]["per_command"].values()) == 8
+    assert pl["red_light"]["num_scenario_frames"] == 8
+    assert bl["understanding_retrieval"]["num_pairs"] == und["num_pairs"]
+    assert "Current-frame occupancy per class" in md and "Baseline: static world" in md
+
+
+@pytest.mark.slow
+def test_eval_all_splits_with_statistics_from_another_root(tiny_world_and_ckpt):
+    data, ckpt, base = tiny_world_and_ckpt
+    out = base / "eval_all"
+    cmd = [sys.executable, "-m", "sparseoccvla_core.cli", "eval", "--ckpt", str(ckpt), "--data", str(data)]
+    cmd += ["--out", str(out), "--device", "cpu", "--split", "all", "--train-data", str(data), "--no-text", "--no-qa"]
+    cmd += ["--max-samples", "16", "--batch-size", "4", "--num-qualitative", "0", "--no-meteor"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    # both 14-frame scenes: the train scene's 14 frames first, then 2 of the val scene
+    assert metrics["split"] == "all" and metrics["num_samples"] == 16 and metrics["num_samples_in_split"] == 28
+    assert metrics["splits"] == {"train": 14, "val": 2} and metrics["train_data"] == str(data)
+    assert metrics["baselines"]["training_statistics"]["root"] == str(data)
+    assert metrics["occupancy"]["no_mask"]["num_frames"] == 16

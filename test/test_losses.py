@@ -190,3 +190,60 @@ def test_occupancy_losses_eq10_by_hand():
             cfg,
             include_p0=True,
         )
+
+
+def np_smooth_l1(d: np.ndarray, beta: float) -> np.ndarray:
+    a = np.abs(d)
+    return np.where(a < beta, 0.5 * a**2 / beta, a - 0.5 * beta)
+
+
+def test_opus_point_loss_and_class_weights_by_hand():
+    """point_loss "smooth_l1" (OPUS): SmoothL1 per coordinate over the same nearest-neighbour pairs, weighted by
+    point_loss_weight; focal_class_weights scale each class logit's focal term (issue 13 A2)."""
+    weights = tuple(float(w) for w in np.arange(1, 18))
+    cfg = SparseOccVLAConfig.tiny(
+        point_loss="smooth_l1", point_loss_beta=0.3, point_loss_weight=0.5, focal_class_weights=weights
+    )
+    rng = np.random.default_rng(7)
+    b, n, c = 2, 4, cfg.num_classes - 1
+    gt = rng.uniform(-3, 3, size=(b, 25, 3))
+    labels = rng.integers(0, c, size=(b, 25))
+    gmask = np.ones((b, 25), bool)
+    pts = [rng.uniform(-3, 3, size=(b, n, k, 3)) for k in (1, 3)]  # P_0, one decoded layer
+    logits = [rng.normal(size=(b, n, 3, c))]
+    out = occupancy_losses(
+        [torch.tensor(x) for x in pts],
+        [torch.tensor(x) for x in logits],
+        torch.tensor(gt),
+        torch.tensor(labels),
+        torch.tensor(gmask),
+        cfg,
+    )
+    cd_ref, focal_ref = 0.0, 0.0
+    for li, p in enumerate(pts):
+        per = []
+        for i in range(b):
+            flat = p[i].reshape(-1, 3)
+            d = ((flat[:, None] - gt[i][None]) ** 2).sum(-1)
+            p2g, g2p = d.argmin(1), d.argmin(0)
+            cost = (
+                np_smooth_l1(flat - gt[i][p2g], 0.3).sum(-1).mean()
+                + np_smooth_l1(flat[g2p] - gt[i], 0.3).sum(-1).mean()
+            )
+            per.append(cost)
+            if li == 1:
+                onehot = np.eye(c)[labels[i][p2g]]
+                focal = np_focal(logits[0][i].reshape(-1, c), onehot, cfg.focal_alpha, cfg.focal_gamma)
+                focal_ref += (focal * np.asarray(weights)).sum() / len(flat) / b
+        cd_ref += 0.5 * np.mean(per)
+    assert out["cd"].item() == pytest.approx(cd_ref, rel=1e-9)
+    assert out["focal"].item() == pytest.approx(focal_ref, rel=1e-9)
+
+
+def test_point_loss_options_are_validated():
+    with pytest.raises(ValueError, match="point_loss"):
+        SparseOccVLAConfig.tiny(point_loss="l1")
+    with pytest.raises(ValueError, match="focal_class_weights"):
+        SparseOccVLAConfig.tiny(focal_class_weights=(1.0, 2.0))
+    with pytest.raises(ValueError, match="occ_gt"):
+        SparseOccVLAConfig.tiny(occ_gt="future")

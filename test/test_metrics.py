@@ -299,13 +299,13 @@ def test_caption_metrics_match_pycocoevalcap_and_hand_numbers():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not M.java_available(), reason="pycocoevalcap's METEOR needs a java runtime")
+@pytest.mark.skipif(not M.java_available(), reason="pycocoevalcap's Java METEOR needs a java runtime")
 def test_meteor_matches_pycocoevalcap_java():
     from pycocoevalcap.meteor.meteor import Meteor
 
     preds = PREDS + ["line one\nline two ||| x"]  # newline / separator must not desynchronise the JVM
     refs = REFS + ["line one line two x"]
-    out = M.caption_metrics(preds, refs)
+    out = M.caption_metrics(preds, refs, java_meteor=True)
     ref_scorer = Meteor()
     try:
         expect, _ = ref_scorer.compute_score(
@@ -316,9 +316,9 @@ def test_meteor_matches_pycocoevalcap_java():
         ref_scorer.meteor_p.stdin.close()
         ref_scorer.meteor_p.kill()
         ref_scorer.meteor_p.wait()
-    assert out["METEOR"] == pytest.approx(expect, rel=1e-9)
-    assert 0.0 < out["METEOR"] < 1.0
-    assert "Java METEOR" in out["meteor_backend"]
+    assert out["METEOR_java"] == pytest.approx(expect, rel=1e-9)
+    assert 0.0 < out["METEOR_java"] < 1.0
+    assert out["meteor_java_backend"] == M.JAVA_METEOR_BACKEND
 
 
 # ----------------------------------------------------------------------------------------------- QA

@@ -373,3 +373,36 @@ def test_checkpoint_without_plan_regression_loads_with_the_residual_head(tmp_pat
     (tmp_path / "ckpt" / "config.yaml").write_text(yaml.safe_dump(written))
     legacy = SparseOccVLA.from_pretrained(tmp_path / "ckpt")
     assert legacy.cfg.plan_regression == "residual" and legacy.planner.decoder.residual
+
+
+@pytest.mark.parametrize("occ_gt", ["current", "concat"])
+def test_encoder_occupancy_supervision_follows_occ_gt(monkeypatch, tokenizer, occ_gt):
+    """Issue 13 A1: the encoder's eq.-10 loss uses the current frame's GT by default ("current"); appendix A's
+    concatenated GT (current + future frames warped into the current frame) only with occ_gt "concat"."""
+    import dataclasses
+
+    import sparseoccvla_core.model as model_module
+
+    cfg = SparseOccVLAConfig.tiny(occ_gt=occ_gt)
+    assert SparseOccVLAConfig.tiny().occ_gt == "current" and SparseOccVLAConfig.paper().occ_gt == "current"
+    base = make_batch(cfg, 2, seed=0, tokenizer=tokenizer)
+    concat = torch.cat([base.occ_points, base.occ_points + torch.tensor([5.0, 0.0, 0.0])], dim=1)
+    batch = dataclasses.replace(
+        base,
+        occ_concat_points=concat,
+        occ_concat_labels=base.occ_labels.repeat(1, 2),
+        occ_concat_mask=base.occ_mask.repeat(1, 2),
+    )
+    seen = []
+    real = model_module.occupancy_losses
+
+    def spy(layer_points, layer_logits, gt_points, *args, **kwargs):
+        seen.append(gt_points)
+        return real(layer_points, layer_logits, gt_points, *args, **kwargs)
+
+    monkeypatch.setattr(model_module, "occupancy_losses", spy)
+    torch.manual_seed(0)
+    SparseOccVLA(cfg, tokenizer=tokenizer)(batch, stage=1)
+    assert len(seen) == 1
+    expected = batch.occ_points if occ_gt == "current" else batch.occ_concat_points
+    assert torch.equal(seen[0], expected)

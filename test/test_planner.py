@@ -312,3 +312,37 @@ def test_direct_decoder_denoises_where_the_residual_one_keeps_the_noise():
         errors[regression] = float((denoised - gt).norm(dim=-1).mean())
     assert errors["direct"] < 0.5, errors
     assert errors["residual"] > 2 * errors["direct"], errors
+
+
+@pytest.mark.parametrize("scale, clipped", [((60.0, 20.0), False), ((30.0, 15.0), True)])
+def test_fast_trajectories_are_not_clipped(monkeypatch, scale, clipped):
+    """Issue 13 A3: a 20 m/s anchor (60 m in 3 s, the fastest nuScenes ego motion) reaches the decoder unclipped
+    with the default traj_norm_scale, in the noisy input of training and of every DDIM step; the old (30, 15) m
+    scale clipped it to 30 m."""
+    import sparseoccvla_core.planner as planner_module
+
+    cfg = SparseOccVLAConfig.tiny(traj_norm_scale=scale, denoise_steps=2)
+    assert SparseOccVLAConfig.tiny().traj_norm_scale == (60.0, 20.0)
+    torch.manual_seed(0)
+    planner = AnchorDiffusionPlanner(cfg).eval()
+    t = torch.arange(1, cfg.plan_horizon + 1, dtype=torch.float32) * cfg.plan_dt
+    fast = torch.stack([20.0 * t, 0.002 * (20.0 * t) ** 2], dim=-1)  # 20 m/s, gently curving (7 m at 60 m)
+    anchors = fast[None].repeat(cfg.num_anchors, 1, 1)
+    planner.set_anchors(anchors, torch.arange(cfg.num_anchors) // cfg.anchors_per_command)
+    monkeypatch.setattr(planner_module, "_randn", lambda shape, gen, device, dtype: torch.zeros(shape, dtype=dtype))
+    seen = []
+
+    class PerfectDecoder(torch.nn.Module):  # returns the clean trajectory, in metres
+        def forward(self, sample, timesteps, ctx):
+            seen.append((sample.clone(), timesteps.clone()))
+            return anchors[None].expand(sample.shape[0], -1, -1, -1)
+
+    planner.decoder = PerfectDecoder()
+    ctx = _context(planner, cfg)
+    planner.sample(ctx)
+    planner.loss(ctx, fast[None].repeat(2, 1, 1), torch.ones(2, cfg.plan_horizon, dtype=torch.bool))
+    alphas = planner.alphas_cumprod
+    for sample, steps in seen:  # zero noise: sqrt(a_t) x the normalised clean trajectory, one t per item
+        metres = sample * torch.tensor(scale) / alphas[steps].sqrt().view(-1, 1, 1, 1)
+        error = (metres - anchors).abs().max().item()
+        assert (error > 1.0) if clipped else (error < 1e-3), (steps, error)

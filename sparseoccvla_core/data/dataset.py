@@ -572,7 +572,7 @@ def collate(items: Sequence[DrivingItem], pad_token_id: int = 0) -> DrivingBatch
         images=images,
         intrinsics=torch.from_numpy(np.stack([it.intrinsics for it in items])),
         cam2ego=torch.from_numpy(np.stack([it.cam2ego for it in items])),
-        ego2global=torch.from_numpy(np.stack([it.ego2global for it in items]).astype(np.float32)),
+        ego2global=torch.from_numpy(np.stack([it.ego2global for it in items]).astype(np.float64)),
         frame_valid=torch.from_numpy(np.stack([it.frame_valid for it in items])),
         ego_state=torch.from_numpy(np.stack([it.ego_state for it in items])),
         command=torch.tensor([it.command for it in items], dtype=torch.int64),

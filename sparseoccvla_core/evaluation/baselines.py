@@ -2,23 +2,26 @@
 
 The baselines (scored by :class:`~sparseoccvla_core.evaluation.accumulator.MetricAccumulator` on the same frames
 and protocols as the model): occupancy "most frequent training class on the GT geometry", planning
-"training-set mean trajectory" and "constant velocity" (needs no statistics), QA "majority training answer".
-:func:`training_statistics` computes what they need from a training split: the mean of the full T-waypoint
-training trajectories, the class histogram of the training Occ3D labels (at most ``max_occ_frames`` evenly
-spaced frames) and the most frequent nuScenes-QA training answer.
+"training-set mean trajectory" and "constant velocity" (needs no statistics), QA "majority training answer",
+understanding "most frequent training answer to the same question" (retrieval), and forecasting "static world"
+(the model's own current occupancy moved by the GT ego motion; needs no statistics).
+:func:`training_statistics` computes what they need from a training split (of the evaluated root or of another
+one, ``sparseoccvla eval --train-data``): the mean of the full T-waypoint training trajectories, the class
+histogram of the training Occ3D labels (at most ``max_occ_frames`` evenly spaced frames), the most frequent
+nuScenes-QA training answer and, per OmniDrive understanding question text, its most frequent training answer.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 
 from .. import metrics as M
 from ..batch import FREE_CLASS, OCC3D_CLASSES
 from .ground_truth import load_nuscenes_qa_records
-from .scores import JsonDict, OccupancyScores, PlanScores, QAResult
+from .scores import ForecastResult, JsonDict, OccupancyScores, PlanScores, QAResult, UnderstandingResult
 
 if TYPE_CHECKING:
     from nuscenes.nuscenes import NuScenes
@@ -40,6 +43,12 @@ class TrainingStatistics:
         majority_answer: most frequent nuScenes-QA training answer (None without the file).
         num_qa: training questions counted.
         split: the split the statistics come from.
+        retrieval_answers: OmniDrive understanding question text -> its most frequent training answer (None
+            without OmniDrive training files).
+        retrieval_fallback: the most frequent training answer over all understanding questions (for questions
+            that never occur in training).
+        num_understanding_pairs: training question / answer pairs counted for the retrieval answers.
+        root: dataset root the statistics come from (None = the evaluated root).
     """
 
     mean_trajectory: Optional[np.ndarray]
@@ -49,6 +58,16 @@ class TrainingStatistics:
     majority_answer: Optional[str]
     num_qa: int
     split: str = "train"
+    retrieval_answers: Optional[dict[str, str]] = None
+    retrieval_fallback: Optional[str] = None
+    num_understanding_pairs: int = 0
+    root: Optional[str] = None
+
+    def retrieval_answer(self, question: str) -> Optional[str]:
+        """The retrieval baseline's answer: the most frequent training answer to ``question``, else the fallback."""
+        if self.retrieval_answers is None:
+            return None
+        return self.retrieval_answers.get(question, self.retrieval_fallback)
 
     def most_frequent_class(self) -> Optional[int]:
         """The occupancy baseline's class: the semantic class with most training voxels (None without labels)."""
@@ -106,7 +125,46 @@ def training_statistics(
         answers = [r.answer for recs in load_nuscenes_qa_records(qa_path).values() for r in recs]
         if answers:
             majority, n_qa = M.majority_answer(answers), len(answers)
-    return TrainingStatistics(mean, len(trajs), counts, n_occ, majority, n_qa, split)
+    retrieval, fallback, n_pairs = retrieval_answers(layout, split, [token for _, token in frames])
+    return TrainingStatistics(
+        mean, len(trajs), counts, n_occ, majority, n_qa, split, retrieval, fallback, n_pairs, str(layout.root)
+    )
+
+
+def retrieval_answers(
+    layout: "DatasetLayout", split: str, sample_tokens: Sequence[str], kinds: tuple[str, ...] = ("desc", "conv")
+) -> tuple[Optional[dict[str, str]], Optional[str], int]:
+    """The retrieval baseline's table: per OmniDrive question text, its most frequent answer in ``split``.
+
+    Read with the dataset's own OmniDrive reader (``sparseoccvla_core/data/qa.py`` ``OmniDriveQA``), the same
+    kinds the understanding metric asks (description + conversation, HERMES).  Answers are compared as raw strings;
+    ties go to the alphabetically first answer (``metrics.majority_answer``, deterministic).
+
+    Args:
+        layout: the dataset layout.
+        split: the training split name.
+        sample_tokens: key frames of that split.
+        kinds: OmniDrive kinds read.
+
+    Returns:
+        (question -> answer, overall most frequent answer, pairs counted); (None, None, 0) without OmniDrive files.
+    """
+    from ..data.layout import qa_split_name
+    from ..data.qa import OmniDriveQA
+
+    omni = OmniDriveQA(layout.omnidrive_root, qa_split_name(split))
+    if not omni.available:
+        return None, None, 0
+    by_question: dict[str, list[str]] = {}
+    every: list[str] = []
+    for token in sample_tokens:
+        for pair in omni.pairs(token, kinds):
+            by_question.setdefault(pair.question, []).append(pair.answer)
+            every.append(pair.answer)
+    if not every:
+        return None, None, 0
+    table = {q: M.majority_answer(a, normalize=False) for q, a in by_question.items()}
+    return table, M.majority_answer(every, normalize=False), len(every)
 
 
 # ============================================================================ results (metrics.json "baselines")
@@ -114,12 +172,18 @@ def training_statistics(
 
 @dataclass
 class TrainingSummary:
-    """What the baselines' training statistics were computed from."""
+    """What the baselines' training statistics were computed from (``root`` / ``num_understanding_pairs``
+    are written only when known, so older ``metrics.json`` files keep their layout)."""
 
     split: str
     num_trajectories: int
     num_occ_frames: int
     num_qa: int
+    num_understanding_pairs: Optional[int] = None
+    root: Optional[str] = None
+
+    def to_dict(self) -> JsonDict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -169,6 +233,37 @@ class MajorityAnswerBaseline:
 
 
 @dataclass
+class RetrievalBaseline:
+    """Understanding baseline: the most frequent training answer to the same question (``TrainingStatistics``).
+
+    Args:
+        scores: caption metrics of the retrieved answers on the model's question / reference pairs.
+        num_fallback: pairs whose question never occurs in training (answered with ``fallback_answer``).
+        num_training_questions: distinct training question texts.
+        fallback_answer: the overall most frequent training answer.
+    """
+
+    scores: UnderstandingResult
+    num_fallback: int
+    num_training_questions: int
+    fallback_answer: str
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "num_fallback": self.num_fallback,
+            "num_training_questions": self.num_training_questions,
+            "fallback_answer": self.fallback_answer,
+            **self.scores.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: JsonDict) -> "RetrievalBaseline":
+        return cls(
+            UnderstandingResult.from_dict(d), d["num_fallback"], d["num_training_questions"], d["fallback_answer"]
+        )
+
+
+@dataclass
 class BaselineResults:
     """The trivial baselines, scored on the same frames with the same protocols as the model.
 
@@ -182,16 +277,20 @@ class BaselineResults:
     planning_mean_trajectory: Optional[MeanTrajectoryBaseline] = None
     planning_constant_velocity: Optional[PlanScores] = None
     qa_majority_answer: Optional[MajorityAnswerBaseline] = None
+    forecast_static_world: Optional[ForecastResult] = None
+    understanding_retrieval: Optional[RetrievalBaseline] = None
 
     def to_dict(self) -> JsonDict:
         out: JsonDict = {"notes": list(self.notes)}
         if self.training_statistics is not None:
-            out["training_statistics"] = asdict(self.training_statistics)
+            out["training_statistics"] = self.training_statistics.to_dict()
         for name in (
             "occupancy_most_frequent_class",
             "planning_mean_trajectory",
             "planning_constant_velocity",
             "qa_majority_answer",
+            "forecast_static_world",
+            "understanding_retrieval",
         ):
             value = getattr(self, name)
             if value is not None:
@@ -210,4 +309,6 @@ class BaselineResults:
             planning_mean_trajectory=opt("planning_mean_trajectory", MeanTrajectoryBaseline.from_dict),
             planning_constant_velocity=opt("planning_constant_velocity", PlanScores.from_dict),
             qa_majority_answer=opt("qa_majority_answer", MajorityAnswerBaseline.from_dict),
+            forecast_static_world=opt("forecast_static_world", ForecastResult.from_dict),
+            understanding_retrieval=opt("understanding_retrieval", RetrievalBaseline.from_dict),
         )

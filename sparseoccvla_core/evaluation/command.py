@@ -2,6 +2,7 @@
 
 sparseoccvla eval --ckpt runs/stage3 --data data/synth --out runs/eval
 sparseoccvla eval --ckpt runs/stage3 --data /data/nuscenes --out runs/eval --device cuda --batch-size 4
+sparseoccvla eval --ckpt runs/stage3 --data data/heldout --split all --train-data data/synth --out runs/heldout
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="checkpoint folder (save_pretrained / a training stage's --out)")
     parser.add_argument("--data", required=True, help="dataset root (nuScenes dataroot or a synthetic world)")
     parser.add_argument("--out", required=True, help="output folder for metrics.json, metrics.md and the PNG plots")
-    parser.add_argument("--split", default=d.split, help="split to evaluate (default %(default)s)")
+    parser.add_argument(
+        "--split",
+        default=d.split,
+        help="split to evaluate, or 'all' = every split of --data (a held-out world) (default %(default)s)",
+    )
     parser.add_argument(
         "--train-split", default=d.train_split, help="split of the baselines' statistics (default %(default)s)"
+    )
+    parser.add_argument(
+        "--train-data",
+        default=None,
+        help="dataset root whose --train-split gives every baseline's statistics (class histogram, mean "
+        "trajectory, majority and retrieval answers) (default: --data)",
     )
     parser.add_argument("--version", default=None, help="nuScenes version folder (default: the only one under --data)")
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -31,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-text", action="store_true", help="skip the OmniDrive understanding metrics")
     parser.add_argument("--no-qa", action="store_true", help="skip nuScenes-QA")
-    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs java)")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (NLTK's and the Java one)")
     parser.add_argument(
         "--max-text-samples", type=int, default=None, help="key frames whose questions are asked (default: all)"
     )
@@ -66,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(
         split=args.split,
         train_split=args.train_split,
+        train_data=args.train_data,
         version=args.version,
         batch_size=args.batch_size,
         num_workers=args.num_workers,

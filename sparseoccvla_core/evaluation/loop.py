@@ -5,11 +5,14 @@
 For every key frame :meth:`SparseOccVLA.predict` gives the current occupancy, the forecast frames, the plan and the
 driving reasoning; this module reads the frame's ground truth (Occ3D labels, future agent boxes, questions) and
 hands both to :class:`~sparseoccvla_core.evaluation.accumulator.MetricAccumulator`, which computes the metrics.
-Understanding and nuScenes-QA questions are answered on the same cached scene prefix.
+Understanding and nuScenes-QA questions are answered on the same cached scene prefix.  ``--split all`` scores
+every split of the root in turn into one accumulator (a held-out world none of which was trained on);
+``--train-data`` takes the baselines' training statistics from another root's training split.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,10 +36,18 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from ..data.dataset import DrivingDataset
+    from ..data.layout import DatasetLayout
     from ..model import PredictOutput, SparseOccVLA
 
 #: HERMES scores the description and the conversation answers (docs/reference_choices.md §8.4).
 UNDERSTANDING_KINDS: tuple[str, ...] = ("desc", "conv")
+
+#: ``--split`` value that evaluates every split of the dataset root in turn.
+ALL_SPLITS: str = "all"
+
+#: Per-key-frame scenario facts of a synthetic world: ``<root>/scenario/<split>/<sample_token>.json``
+#: (written by ``sparseoccvla synth``, ``sparseoccvla_core/synthetic/generate.py`` ``SCENARIO_DIR``).
+SCENARIO_DIR: str = "scenario"
 
 
 @dataclass
@@ -44,8 +55,10 @@ class EvalOptions:
     """What ``evaluate`` runs.
 
     Args:
-        split: split to evaluate.
+        split: split to evaluate; ``"all"`` = every split of the root (train + val: a held-out world).
         train_split: split the baselines' statistics come from.
+        train_data: dataset root whose ``train_split`` gives the baselines' statistics (None = the evaluated
+            root), e.g. the training world when a separately generated world is evaluated.
         version: nuScenes version folder (None = the only one).
         batch_size: key frames per forward pass.
         num_workers: DataLoader workers.
@@ -54,7 +67,7 @@ class EvalOptions:
             need all).
         text: OmniDrive-nuScenes understanding metrics (generation; the slowest part).
         qa: nuScenes-QA accuracy.
-        meteor: compute METEOR (needs java).
+        meteor: compute METEOR (NLTK's needs WordNet, the Java one beside it needs java).
         max_text_samples: key frames whose questions are asked (None = all evaluated frames).
         max_questions_per_sample: cap on the understanding and on the nuScenes-QA questions per key frame, each
             (None = all).
@@ -68,6 +81,7 @@ class EvalOptions:
 
     split: str = "val"
     train_split: str = "train"
+    train_data: Optional[str] = None
     version: Optional[str] = None
     batch_size: int = 1
     num_workers: int = 0
@@ -111,6 +125,7 @@ class _Question:
     text: str
     reference: Optional[str] = None  # OmniDrive understanding answer
     qa: Optional[QARecord] = None  # nuScenes-QA record
+    kind: Optional[str] = None  # OmniDrive kind of an understanding question ("desc" / "conv")
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -174,6 +189,13 @@ class _SplitScorer:
     ) -> None:
         self.cfg, self.dataset, self.nusc, self.opt = model.cfg, dataset, nusc, opt
         self.acc, self.qual_idx, self.nqa = accumulator, qual_idx, nqa
+        planner_cmds = getattr(getattr(model, "planner", None), "anchor_commands", None)
+        self.anchor_commands = (
+            planner_cmds.detach().cpu().numpy().astype(np.int64) if planner_cmds is not None else None
+        )  # [K] command of each anchor (anchors are clustered per command)
+        from ..data.layout import qa_split_name
+
+        self.scenario_dir = dataset.layout.root / SCENARIO_DIR / qa_split_name(dataset.split)
         self.labels = LabelCache(dataset.layout)
         self.fc_steps = M.forecast_steps()  # future key frames +2 / +4 / +6
         self.qualitative: list[QualitativeFrame] = []
@@ -213,6 +235,8 @@ class _SplitScorer:
                     fut_lab.semantics,
                     out.forecast_scores[i][fk - 1],
                 )
+                # the static-world baseline on exactly these frames: the current prediction moved by GT ego motion
+                acc.add_static_forecast(h, pred_grid, scene.ego2global[fi], scene.ego2global[fi + k], fut_lab.semantics)
         # 3. planning: samples with a complete GT future; collision GT = future boxes from the devkit
         gt_traj = batch.gt_trajectory[i].float().cpu().numpy()
         gt_mask = batch.gt_trajectory_mask[i].cpu().numpy().astype(bool)
@@ -224,7 +248,17 @@ class _SplitScorer:
                 for s in range(1, cfg.plan_horizon + 1)
             ]
             boxes, box_mask = future_agent_boxes(self.nusc, fut_tokens, scene.ego2global[fi])
-        acc.add_plan(out.plan[i], gt_traj, gt_mask, batch.ego_state[i, :2], boxes, box_mask)  # (vx, vy), ego frame
+        acc.add_plan(
+            out.plan[i],
+            gt_traj,
+            gt_mask,
+            batch.ego_state[i, :2],  # (vx, vy), ego frame
+            boxes,
+            box_mask,
+            command=int(batch.command[i]),
+            planned_command=self._anchor_command(int(out.chosen_anchor[i])),
+            scenario=self._scenario(token),
+        )
         reasoning = out.reasoning[i] if out.reasoning is not None else None
         if reasoning is not None:
             acc.add_reasoning(token, reasoning)
@@ -250,6 +284,25 @@ class _SplitScorer:
             )
         return self._questions(token)
 
+    def _anchor_command(self, chosen: int) -> int:
+        """Command of the chosen anchor: the planner's ``anchor_commands``, else command-major blocks."""
+        if self.anchor_commands is not None and 0 <= chosen < len(self.anchor_commands):
+            return int(self.anchor_commands[chosen])
+        return chosen // self.cfg.anchors_per_command
+
+    def _scenario(self, token: str) -> Optional[dict]:
+        """The frame's scenario record (synthetic worlds), None when the root has none."""
+        path = self.scenario_dir / f"{token}.json"
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(record, dict) or "signal_ahead" not in record:
+            raise ValueError(f"{path}: expected a scenario record with 'signal_ahead'")
+        return record
+
     def _questions(self, token: str) -> list[_Question]:
         """4. this frame's questions (asked by the caller on one cached scene prefix)."""
         questions: list[_Question] = []
@@ -260,7 +313,7 @@ class _SplitScorer:
             self.n_text_frames += 1
             cap = self.opt.max_questions_per_sample  # per source, so both metrics get answers
             for pair in (omni.pairs(token, UNDERSTANDING_KINDS) if omni is not None else [])[:cap]:
-                questions.append(_Question(pair.question, reference=pair.answer))
+                questions.append(_Question(pair.question, reference=pair.answer, kind=pair.source))
             for rec in self.nqa.get(token, [])[:cap]:
                 questions.append(_Question(rec.question, qa=rec))
         return questions
@@ -271,11 +324,25 @@ class _SplitScorer:
             if q.qa is not None:
                 self.acc.add_qa(pred, q.qa.answer, q.qa.template_type, q.qa.num_hop)
             elif q.reference is not None:
-                self.acc.add_understanding(pred, q.reference)
+                self.acc.add_understanding(pred, q.reference, question=q.text, kind=q.kind)
+
+
+def dataset_splits(layout: "DatasetLayout") -> list[str]:
+    """The splits of a dataset root, in order: the keys of ``splits.json`` (synthetic worlds, custom roots), else
+    nuScenes' official train / val splits of the version (``mini_train`` / ``mini_val`` for v1.0-mini)."""
+    if layout.splits_file.is_file():
+        return [str(k) for k in json.loads(layout.splits_file.read_text())]
+    official = {"v1.0-trainval": ["train", "val"], "v1.0-mini": ["mini_train", "mini_val"], "v1.0-test": ["test"]}
+    if layout.version not in official:
+        raise ValueError(
+            f"--split {ALL_SPLITS}: no splits.json under {layout.root} and no official splits of "
+            f"{layout.version!r}; name one split"
+        )
+    return official[layout.version]
 
 
 def evaluate(model: "SparseOccVLA", data: str | Path, options: Optional[EvalOptions] = None) -> EvalReport:
-    """Run the paper's evaluation of ``model`` on a dataset split.
+    """Run the paper's evaluation of ``model`` on a dataset split (or on every split, ``split="all"``).
 
     Args:
         model: the model (moved to ``options.device`` here).
@@ -295,7 +362,7 @@ def evaluate(model: "SparseOccVLA", data: str | Path, options: Optional[EvalOpti
 
     from ..data.dataset import DatasetOptions, DrivingDataset, make_collate
     from ..data.frames import load_nuscenes
-    from ..data.layout import qa_split_name
+    from ..data.layout import qa_split_name, resolve_layout, split_scene_names
 
     opt = options or EvalOptions()
     cfg = model.cfg
@@ -304,63 +371,114 @@ def evaluate(model: "SparseOccVLA", data: str | Path, options: Optional[EvalOpti
     seconds: dict[str, float] = {"setup": 0.0, "predict": 0.0, "questions": 0.0, "scoring": 0.0, "metrics": 0.0}
     t0 = time.perf_counter()
 
-    # Setup: the split (occupancy GT is read here, as dense labels with masks, not by the loader), the devkit
-    # tables for the collision GT, the training statistics of the baselines.
+    # Setup: the split(s) (occupancy GT is read here, as dense labels with masks, not by the loader), the devkit
+    # tables for the collision GT, the training statistics of the baselines (of --train-data when given).
     ds_options = DatasetOptions(version=opt.version, load_occupancy=False, qa_choice="first")
-    dataset = DrivingDataset(data, opt.split, cfg, tokenizer=model.tokenizer, options=ds_options)
-    if len(dataset) == 0:
-        raise ValueError(f"split {opt.split!r} of {data} has no key frames")
-    layout = dataset.layout
-    n_eval = len(dataset) if opt.max_samples is None else min(opt.max_samples, len(dataset))
-    loader = DataLoader(
-        Subset(dataset, range(n_eval)),
-        batch_size=opt.batch_size,
-        shuffle=False,
-        num_workers=opt.num_workers,
-        collate_fn=make_collate(model.tokenizer),
-    )
+    layout = resolve_layout(data, opt.version)
     nusc = load_nuscenes(layout)
+    datasets: list[DrivingDataset] = []
+    if opt.split == ALL_SPLITS:
+        seen: set[str] = set()
+        for split in dataset_splits(layout):
+            names = [n for n in split_scene_names(layout, split) if n not in seen]
+            seen.update(names)
+            if not names:
+                continue
+            ds = DrivingDataset(
+                data, split, cfg, tokenizer=model.tokenizer, options=ds_options, scenes=names, nusc=nusc
+            )
+            if len(ds):
+                datasets.append(ds)
+    else:
+        ds = DrivingDataset(data, opt.split, cfg, tokenizer=model.tokenizer, options=ds_options, nusc=nusc)
+        datasets = [ds] if len(ds) else []
+    if not datasets:
+        raise ValueError(f"split {opt.split!r} of {data} has no key frames")
+    n_total = sum(len(ds) for ds in datasets)
+    n_eval = n_total if opt.max_samples is None else min(opt.max_samples, n_total)
     stats: Optional[TrainingStatistics] = None
     notes: list[str] = []
     if opt.baselines:
+        if opt.train_data is not None:
+            train_layout = resolve_layout(opt.train_data)
+            train_nusc = load_nuscenes(train_layout)
+        else:
+            train_layout, train_nusc = layout, nusc
         try:
             stats = training_statistics(
-                layout, nusc, opt.train_split, cfg.plan_horizon, opt.baseline_train_frames, dataset.plan_step
+                train_layout,
+                train_nusc,
+                opt.train_split,
+                cfg.plan_horizon,
+                opt.baseline_train_frames,
+                datasets[0].plan_step,
             )
         except ValueError as exc:  # e.g. no training split in this dataset
             notes.append(f"no training statistics: {exc}")
-    nqa_path = layout.nuscenes_qa_root / f"NuScenes_{qa_split_name(opt.split)}_questions.json"
-    nqa = load_nuscenes_qa_records(nqa_path) if (opt.qa and nqa_path.is_file()) else {}
-    qual_idx = _qualitative_indices(dataset, n_eval, opt.num_qualitative, cfg.plan_horizon)
-    scorer = _SplitScorer(model, dataset, nusc, opt, MetricAccumulator(cfg, stats), qual_idx, nqa)
+        if opt.train_data is not None:
+            notes.append(f"baselines' training statistics from {train_layout.root} (split {opt.train_split!r})")
+    accumulator = MetricAccumulator(cfg, stats)
+    # evaluated frames and qualitative frames of each split (the first n_eval frames over the splits in order)
+    plan: list[tuple["DrivingDataset", int, int]] = []
+    remaining, left_qual = n_eval, opt.num_qualitative
+    for d, ds in enumerate(datasets):
+        n_d = min(remaining, len(ds))
+        remaining -= n_d
+        share = left_qual if d == len(datasets) - 1 else round(opt.num_qualitative * n_d / max(n_eval, 1))
+        share = min(share, left_qual)
+        left_qual -= share
+        if n_d:
+            plan.append((ds, n_d, share))
     generator = torch.Generator(device=device).manual_seed(opt.seed)
     thr = {} if opt.score_threshold is None else {"score_threshold": opt.score_threshold}
     seconds["setup"] = time.perf_counter() - t0
 
-    index = 0
-    for batch in _progress(loader, n_eval, opt.batch_size):
+    scorers: list[_SplitScorer] = []
+    missing = 0
+    for dataset, n_d, n_qual in plan:
         t = time.perf_counter()
-        batch = batch.to(device)
-        out = model.predict(batch, generate_text=True, generator=generator, **thr)
-        seconds["predict"] += time.perf_counter() - t
-        t = time.perf_counter()
-        asked = [scorer.frame(index + i, i, batch, out) for i in range(batch.batch_size)]
-        seconds["scoring"] += time.perf_counter() - t
-        if any(asked):
+        nqa_path = layout.nuscenes_qa_root / f"NuScenes_{qa_split_name(dataset.split)}_questions.json"
+        nqa = load_nuscenes_qa_records(nqa_path) if (opt.qa and nqa_path.is_file()) else {}
+        qual_idx = _qualitative_indices(dataset, n_d, n_qual, cfg.plan_horizon)
+        scorer = _SplitScorer(model, dataset, nusc, opt, accumulator, qual_idx, nqa)
+        scorers.append(scorer)
+        loader = DataLoader(
+            Subset(dataset, range(n_d)),
+            batch_size=opt.batch_size,
+            shuffle=False,
+            num_workers=opt.num_workers,
+            collate_fn=make_collate(model.tokenizer),
+        )
+        seconds["setup"] += time.perf_counter() - t
+        index = 0
+        for batch in _progress(loader, n_d, opt.batch_size):
             t = time.perf_counter()
-            answers = answer_questions(model, batch, [[q.text for q in qs] for qs in asked], opt.max_new_tokens)
-            for qs, ans in zip(asked, answers):
-                scorer.answers(qs, ans)
-            seconds["questions"] += time.perf_counter() - t
-        index += batch.batch_size
+            batch = batch.to(device)
+            out = model.predict(batch, generate_text=True, generator=generator, **thr)
+            seconds["predict"] += time.perf_counter() - t
+            t = time.perf_counter()
+            asked = [scorer.frame(index + i, i, batch, out) for i in range(batch.batch_size)]
+            seconds["scoring"] += time.perf_counter() - t
+            if any(asked):
+                t = time.perf_counter()
+                answers = answer_questions(model, batch, [[q.text for q in qs] for qs in asked], opt.max_new_tokens)
+                for qs, ans in zip(asked, answers):
+                    scorer.answers(qs, ans)
+                seconds["questions"] += time.perf_counter() - t
+            index += batch.batch_size
+        missing += scorer.labels.missing
 
     t = time.perf_counter()
-    results = scorer.acc.finalize(
-        opt.split, n_eval, len(dataset), meteor=opt.meteor, missing_label_files=scorer.labels.missing, notes=notes
+    results = accumulator.finalize(
+        opt.split, n_eval, n_total, meteor=opt.meteor, missing_label_files=missing, notes=notes
     )
     seconds["metrics"] = time.perf_counter() - t
     results.seconds = {**seconds, "total": time.perf_counter() - t0}
-    return EvalReport(metrics=results, qualitative=scorer.qualitative)
+    if opt.split == ALL_SPLITS:
+        results.extra["splits"] = {ds.split: n_d for ds, n_d, _ in plan}
+    if opt.train_data is not None:
+        results.extra["train_data"] = str(opt.train_data)
+    return EvalReport(metrics=results, qualitative=[q for s in scorers for q in s.qualitative])
 
 
 def _qualitative_indices(dataset: "DrivingDataset", n_eval: int, k: int, horizon: int) -> set[int]:

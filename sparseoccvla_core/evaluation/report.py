@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .. import metrics as M
+from ..batch import FREE_CLASS, OCC3D_CLASSES
 from .plots import QualitativeFrame, plot_bev, plot_horizons
 from .results import EvalResults
 from .scores import OccupancyScores, PlanScores
@@ -36,10 +37,33 @@ def _understanding_table(results: EvalResults) -> list[str]:
         "| Method | Token | METEOR | ROUGE | CIDEr |",
         "|---|---|---|---|---|",
     ]
+    ret = results.baselines.understanding_retrieval
     if und is not None:
         lines.append(_row(MODEL_ROW, results.num_queries, *(_fmt(v, 3) for v in (und.meteor, und.rouge_l, und.cider))))
+        if ret is not None:
+            s = ret.scores
+            label = "Baseline: most frequent training answer to the question"
+            lines.append(_row(label, "-", *(_fmt(v, 3) for v in (s.meteor, s.rouge_l, s.cider))))
         bleu = ", ".join(_fmt(b, 3) for b in und.bleu)
         lines += ["", f"BLEU-1..4: {bleu} over {und.num_pairs} answers."]
+        java = f"{_fmt(und.meteor_java, 3)} ({und.meteor_java_backend})"
+        lines += ["", f"METEOR: {und.meteor_backend}. Java METEOR 1.5 beside it: {java}."]
+        if und.per_kind:
+            lines += ["", "| Question kind | Method | BLEU-4 | ROUGE | CIDEr | Answers |", "|---|---|---|---|---|---|"]
+            for kind in sorted(und.per_kind):
+                sources = [(MODEL_ROW, und.per_kind[kind])]
+                if ret is not None and kind in ret.scores.per_kind:
+                    sources.append(("Baseline: retrieval", ret.scores.per_kind[kind]))
+                for label, d in sources:
+                    cells = (_fmt(d["BLEU-4"], 3), _fmt(d["ROUGE_L"], 3), _fmt(d["CIDEr"], 3), d["num_pairs"])
+                    lines.append(_row(kind, label, *cells))
+        if ret is not None:
+            lines += [
+                "",
+                f"Retrieval baseline: {ret.num_training_questions} training question texts; {ret.num_fallback} "
+                f"answers fell back to `{ret.fallback_answer[:60]}`. Protocol: "
+                f"{results.protocol.get('understanding_retrieval', '-')}.",
+            ]
     else:
         lines.append(_row(MODEL_ROW, results.num_queries, "-", "-", "-"))
         lines += ["", "No OmniDrive-nuScenes description / conversation files for this split (or text evaluation off)."]
@@ -48,17 +72,23 @@ def _understanding_table(results: EvalResults) -> list[str]:
 
 def _forecasting_table(results: EvalResults) -> list[str]:
     fc = results.forecasting
-    mious = [fc.horizons[M.horizon_key(h)].miou for h in M.FORECAST_HORIZONS_S]
-    return [
+    lines = [
         "## Table 1 (right) - Occupancy forecasting, Occ3D-nuScenes",
         "",
         "| Method | mIoU 1s | 2s | 3s | Avg | IoU Avg |",
         "|---|---|---|---|---|---|",
-        _row(MODEL_ROW, *(_fmt(v) for v in mious), _fmt(fc.avg_miou), _fmt(fc.avg_geometry_iou)),
-        "",
-        f"Protocol: {results.protocol['forecasting']}; {fc.num_frames} current frames.",
-        "",
     ]
+    rows = [(MODEL_ROW, fc)]
+    static = results.baselines.forecast_static_world
+    if static is not None:
+        rows.append(("Baseline: static world (current occupancy moved by GT ego motion)", static))
+    for label, r in rows:
+        mious = [r.horizons[M.horizon_key(h)].miou for h in M.FORECAST_HORIZONS_S]
+        lines.append(_row(label, *(_fmt(v) for v in mious), _fmt(r.avg_miou), _fmt(r.avg_geometry_iou)))
+    lines += ["", f"Protocol: {results.protocol['forecasting']}; {fc.num_frames} current frames."]
+    if static is not None:
+        lines += ["", f"Static world: {results.protocol.get('forecast_static_world', '-')}."]
+    return lines + [""]
 
 
 def _occupancy_table(results: EvalResults) -> list[str]:
@@ -76,6 +106,26 @@ def _occupancy_table(results: EvalResults) -> list[str]:
     for label, cam, all_ in rows:
         lines.append(_row(label, *(_fmt(v) for v in (cam.miou, all_.miou, all_.geometry_iou))))
     return lines + ["", f"Protocol: {results.protocol['occupancy']}; {occ.no_mask.num_frames} frames.", ""]
+
+
+def _per_class_table(results: EvalResults) -> list[str]:
+    """Per-class IoU of the current frame (camera mask and none); '-' = class neither in the GT nor predicted."""
+    occ = results.occupancy
+    names = [n for c, n in enumerate(OCC3D_CLASSES) if c != FREE_CLASS]
+    names += [n for n in occ.no_mask.iou_per_class if n not in names]  # a non-Occ3D class set, if any
+    lines = [
+        "## Current-frame occupancy per class (IoU %)",
+        "",
+        "| Class | IoU (camera mask) | IoU (no mask) |",
+        "|---|---|---|",
+    ]
+    for name in names:
+        lines.append(
+            _row(name, _fmt(occ.camera_mask.iou_per_class.get(name)), _fmt(occ.no_mask.iou_per_class.get(name)))
+        )
+    lines.append(_row("**mIoU**", _fmt(occ.camera_mask.miou), _fmt(occ.no_mask.miou)))
+    protocol = results.protocol.get("occupancy_per_class", results.protocol["occupancy"])
+    return lines + ["", f"Protocol: {protocol}.", ""]
 
 
 def _planning_table(results: EvalResults) -> list[str]:
@@ -103,7 +153,43 @@ def _planning_table(results: EvalResults) -> list[str]:
             tag = "ST-P3 (default)" if conv == "stp3" else "UniAD"
             cells = [_fmt(l2.value(k)) for k in keys] + [_fmt(col.value(k)) for k in keys]
             lines.append(_row(label, tag, *cells))
-    return lines + ["", f"Protocol: {results.protocol['planning']}; {results.planning.num_samples} samples.", ""]
+    lines += ["", f"Protocol: {results.protocol['planning']}; {results.planning.num_samples} samples.", ""]
+    return lines + _command_lines(results) + _red_light_lines(results)
+
+
+def _command_lines(results: EvalResults) -> list[str]:
+    cm = results.planning.command_match
+    if cm is None:
+        return []
+    per = cm.per_command
+    lines = [
+        "## Planning - chosen anchor's command vs GT command",
+        "",
+        "| Method | Match (%) | " + " | ".join(f"GT {c} (%)" for c in per) + " |",
+        "|---|---|" + "---|" * len(per),
+        _row(MODEL_ROW, _fmt(cm.match_rate, 1), *(_fmt(v["match_rate"], 1) for v in per.values())),
+        _row("Frames", cm.num_frames, *(v["num_frames"] for v in per.values())),
+    ]
+    return lines + ["", f"Protocol: {results.protocol.get('command_match', '-')}.", ""]
+
+
+def _red_light_lines(results: EvalResults) -> list[str]:
+    rl = results.planning.red_light
+    if rl is None:
+        return []
+    lines = ["## Planning - red-light stop rate (synthetic worlds)", ""]
+    if rl.num_frames == 0:
+        lines.append(
+            f"No such frames: {rl.num_red} of {rl.num_scenario_frames} planning samples are at a red light, "
+            f"none where the GT ego stops (3-s displacement < {rl.threshold_m:g} m)."
+        )
+    else:
+        lines += [
+            "| Method | Frames (red, GT stops) | Plan stops | Stop rate (%) | Mean plan 3-s displacement (m) |",
+            "|---|---|---|---|---|",
+            _row(MODEL_ROW, rl.num_frames, rl.num_stopped, _fmt(rl.stop_rate, 1), _fmt(rl.mean_plan_displacement_m)),
+        ]
+    return lines + ["", f"Protocol: {results.protocol.get('red_light', '-')}.", ""]
 
 
 def _qa_table(results: EvalResults) -> list[str]:
@@ -139,7 +225,8 @@ def render_markdown(results: EvalResults, title: str = "SparseOccVLA evaluation"
         f"Split `{results.split}`: {results.num_samples} of {results.num_samples_in_split} key frames evaluated.",
         "",
     ]
-    for table in (_understanding_table, _forecasting_table, _occupancy_table, _planning_table, _qa_table):
+    tables = (_understanding_table, _forecasting_table, _occupancy_table, _per_class_table, _planning_table, _qa_table)
+    for table in tables:
         lines += table(results)
     lines += [f"Note: {note}" for note in results.baselines.notes]
     return "\n".join(lines).rstrip() + "\n"

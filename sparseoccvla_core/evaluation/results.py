@@ -18,7 +18,18 @@ import numpy as np
 
 from .. import metrics as M
 from .baselines import BaselineResults
-from .scores import JsonDict, OccupancyScores, PlanScores, QAResult
+from .scores import (  # noqa: F401  (ForecastResult, TextExample, UnderstandingResult re-exported)
+    ForecastResult,
+    JsonDict,
+    OccupancyScores,
+    PlanScores,
+    QAResult,
+    TextExample,
+    UnderstandingResult,
+)
+
+#: A plan (or a GT trajectory) "stops" when its 3-s displacement is below this, m (red-light metric).
+STOP_DISPLACEMENT_M: float = 2.0
 
 #: The unit of each kind of number in ``metrics.json``.
 UNITS: dict[str, str] = {
@@ -36,7 +47,7 @@ def protocol_text() -> dict[str, str]:
     return {
         "understanding": (
             "OmniDrive-nuScenes description + conversation answers (HERMES); pycocoevalcap BLEU/ROUGE-L/CIDEr on raw "
-            f"strings, no PTBTokenizer; METEOR: {M.METEOR_BACKEND}"
+            f"strings, no PTBTokenizer; METEOR: {M.METEOR_BACKEND}; beside it: {M.JAVA_METEOR_BACKEND}"
         ),
         "occupancy": (
             "Occ3D-nuScenes mIoU over classes 0..16, dataset-level 18x18 confusion; camera mask (official) and none"
@@ -53,6 +64,31 @@ def protocol_text() -> dict[str, str]:
             "pedestrian boxes of the same future key frame; steps where the GT trajectory collides are not counted"
         ),
         "nuscenes_qa": "exact match after lower-casing / whitespace / trailing-period normalisation",
+        "occupancy_per_class": (
+            "IoU of each Occ3D class from the same dataset-level confusion as the mIoU (camera mask and none); "
+            "'-' = the class is neither in the GT nor predicted on the scored voxels (undefined, left out of the mean)"
+        ),
+        "forecast_static_world": (
+            "static-world baseline: the model's own current-frame occupancy (its scored voxel grid, classes kept) "
+            "moved into each future key frame's ego frame with the GT ego poses (voxel centres through "
+            "inverse(ego2global_future) @ ego2global_current, float64), re-voxelised on the grid (voxels leaving it "
+            "dropped), scored on exactly the forecasting frames and labels above"
+        ),
+        "red_light": (
+            f"synthetic worlds only (scenario/<split>/<token>.json): planning samples (all 6 GT waypoints) with "
+            f"signal_ahead == 'red' whose GT 3-s displacement (norm of the 6th GT waypoint) < {STOP_DISPLACEMENT_M:g} m; "
+            f"the plan stops when its 3-s displacement < {STOP_DISPLACEMENT_M:g} m; rate = stopped / such frames"
+        ),
+        "command_match": (
+            "planning samples (all 6 GT waypoints): command of the chosen anchor (anchors are clustered per command, "
+            "the planner's anchor_commands) == GT driving command (0 left / 1 straight / 2 right from the lateral "
+            "offset of the last GT waypoint, 2 m threshold); percent overall and per GT command"
+        ),
+        "understanding_retrieval": (
+            "retrieval baseline: each understanding question answered with the most frequent answer to the same "
+            "question text in the training split's OmniDrive desc + conv files (ties alphabetical; the overall most "
+            "frequent training answer when the question never occurs in training); same metrics and pairs as the model"
+        ),
     }
 
 
@@ -83,35 +119,61 @@ class CurrentOccupancy:
         )
 
 
+# ============================================================================ planning
+
+
 @dataclass
-class ForecastResult:
-    """Forecasting mIoU per horizon (no camera mask).
+class RedLightResult:
+    """Red-light stopping (synthetic worlds): planning samples at a red signal where the GT ego stops.
 
     Args:
-        horizons: horizon key ("1s", ...) -> scores of that horizon.
-        avg_miou: mean of the horizons' mIoU (None when one is undefined), percent.
-        avg_geometry_iou: mean of the horizons' geometry IoU, percent.
-        num_frames: current frames of the protocol scored at the first horizon.
+        num_scenario_frames: planning samples that had a scenario record.
+        num_red: of those, samples with ``signal_ahead == "red"``.
+        num_frames: of those, samples whose GT 3-s displacement < ``threshold_m`` (the metric's frames).
+        num_stopped: of ``num_frames``, samples whose plan's 3-s displacement < ``threshold_m``.
+        stop_rate: ``num_stopped / num_frames`` in percent (None when there are no such frames).
+        mean_plan_displacement_m: mean 3-s displacement of the plan at those frames, m (None without frames).
+        threshold_m: the stop threshold, m.
     """
 
-    horizons: dict[str, OccupancyScores]
-    avg_miou: Optional[float]
-    avg_geometry_iou: Optional[float]
+    num_scenario_frames: int
+    num_red: int
     num_frames: int
+    num_stopped: int
+    stop_rate: Optional[float]
+    mean_plan_displacement_m: Optional[float]
+    threshold_m: float = STOP_DISPLACEMENT_M
 
     def to_dict(self) -> JsonDict:
-        out: JsonDict = {key: scores.to_dict() for key, scores in self.horizons.items()}
-        out.update(avg_miou=self.avg_miou, avg_geometry_iou=self.avg_geometry_iou, num_frames=self.num_frames)
-        return out
+        return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: JsonDict) -> "ForecastResult":
-        scalars = ("avg_miou", "avg_geometry_iou", "num_frames")
-        horizons = {k: OccupancyScores.from_dict(v) for k, v in d.items() if k not in scalars}
-        return cls(horizons, d["avg_miou"], d["avg_geometry_iou"], d["num_frames"])
+    def from_dict(cls, d: JsonDict) -> "RedLightResult":
+        return cls(**d)
 
 
-# ============================================================================ planning
+@dataclass
+class CommandMatchResult:
+    """Command of the chosen anchor vs the GT driving command.
+
+    Args:
+        num_frames: planning samples with both commands.
+        match_rate: percent of them whose commands agree (None without samples).
+        per_command: GT command name ("left", "straight", "right") -> {"num_frames", "match_rate" (% or None)}.
+        confusion: [3][3] counts, row = GT command, column = chosen anchor's command.
+    """
+
+    num_frames: int
+    match_rate: Optional[float]
+    per_command: dict[str, JsonDict]
+    confusion: list[list[int]]
+
+    def to_dict(self) -> JsonDict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: JsonDict) -> "CommandMatchResult":
+        return cls(**d)
 
 
 @dataclass
@@ -123,79 +185,45 @@ class PlanningResult:
         scores: L2 and collision (None when no sample was scored).
         ego_box: the ego footprint of the collision metric.
         collision_categories: category-name prefixes of the obstacles.
+        red_light: red-light stopping (None without scenario records; then absent from ``metrics.json``).
+        command_match: chosen anchor's command vs GT command (None when no command was given; absent then).
     """
 
     num_samples: int
     scores: Optional[PlanScores]
     ego_box: M.EgoBox = field(default_factory=M.EgoBox)
     collision_categories: tuple[str, ...] = M.COLLISION_CATEGORY_PREFIXES
+    red_light: Optional[RedLightResult] = None
+    command_match: Optional[CommandMatchResult] = None
 
     def to_dict(self) -> JsonDict:
         scores = self.scores.to_dict() if self.scores is not None else {"l2": None, "collision": None}
-        return {
+        out: JsonDict = {
             "num_samples": self.num_samples,
             "ego_box": asdict(self.ego_box),
             "collision_categories": list(self.collision_categories),
             **scores,
         }
+        if self.red_light is not None:
+            out["red_light"] = self.red_light.to_dict()
+        if self.command_match is not None:
+            out["command_match"] = self.command_match.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: JsonDict) -> "PlanningResult":
         scores = PlanScores.from_dict(d) if d["l2"] is not None else None
-        return cls(d["num_samples"], scores, M.EgoBox(**d["ego_box"]), tuple(d["collision_categories"]))
+        return cls(
+            d["num_samples"],
+            scores,
+            M.EgoBox(**d["ego_box"]),
+            tuple(d["collision_categories"]),
+            red_light=RedLightResult.from_dict(d["red_light"]) if d.get("red_light") else None,
+            command_match=CommandMatchResult.from_dict(d["command_match"]) if d.get("command_match") else None,
+        )
 
 
 # ============================================================================ language
-
-
-@dataclass
-class TextExample:
-    """One generated answer next to its reference."""
-
-    prediction: str
-    reference: str
-
-
-@dataclass
-class UnderstandingResult:
-    """OmniDrive-nuScenes understanding metrics (``metrics.caption_metrics``), fractions.
-
-    Args:
-        bleu: BLEU-1..4.
-        rouge_l: ROUGE-L.
-        cider: CIDEr (not x100).
-        meteor: METEOR (None when not computed).
-        num_pairs: prediction / reference pairs scored.
-        meteor_backend: which METEOR ran, or why none did.
-        examples: the first few pairs, for reading.
-    """
-
-    bleu: tuple[float, float, float, float]
-    rouge_l: float
-    cider: float
-    meteor: Optional[float]
-    num_pairs: int
-    meteor_backend: str
-    examples: list[TextExample] = field(default_factory=list)
-
-    def to_dict(self) -> JsonDict:
-        out: JsonDict = {f"BLEU-{n + 1}": b for n, b in enumerate(self.bleu)}
-        out.update({"ROUGE_L": self.rouge_l, "CIDEr": self.cider, "METEOR": self.meteor, "num_pairs": self.num_pairs})
-        out["meteor_backend"] = self.meteor_backend
-        out["examples"] = [asdict(e) for e in self.examples]
-        return out
-
-    @classmethod
-    def from_dict(cls, d: JsonDict) -> "UnderstandingResult":
-        return cls(
-            bleu=tuple(d[f"BLEU-{n}"] for n in range(1, 5)),  # type: ignore[arg-type]
-            rouge_l=d["ROUGE_L"],
-            cider=d["CIDEr"],
-            meteor=d["METEOR"],
-            num_pairs=d["num_pairs"],
-            meteor_backend=d["meteor_backend"],
-            examples=[TextExample(**e) for e in d.get("examples", [])],
-        )
 
 
 @dataclass

@@ -7,7 +7,7 @@ Each mirrors the dict one function of :mod:`sparseoccvla_core.metrics` returns (
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from .. import metrics as M
@@ -115,3 +115,95 @@ class QAResult:
     @classmethod
     def from_dict(cls, d: JsonDict) -> "QAResult":
         return cls(**d)
+
+
+@dataclass
+class ForecastResult:
+    """Forecasting mIoU per horizon (no camera mask).
+
+    Args:
+        horizons: horizon key ("1s", ...) -> scores of that horizon.
+        avg_miou: mean of the horizons' mIoU (None when one is undefined), percent.
+        avg_geometry_iou: mean of the horizons' geometry IoU, percent.
+        num_frames: current frames of the protocol scored at the first horizon.
+    """
+
+    horizons: dict[str, OccupancyScores]
+    avg_miou: Optional[float]
+    avg_geometry_iou: Optional[float]
+    num_frames: int
+
+    def to_dict(self) -> JsonDict:
+        out: JsonDict = {key: scores.to_dict() for key, scores in self.horizons.items()}
+        out.update(avg_miou=self.avg_miou, avg_geometry_iou=self.avg_geometry_iou, num_frames=self.num_frames)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: JsonDict) -> "ForecastResult":
+        scalars = ("avg_miou", "avg_geometry_iou", "num_frames")
+        horizons = {k: OccupancyScores.from_dict(v) for k, v in d.items() if k not in scalars}
+        return cls(horizons, d["avg_miou"], d["avg_geometry_iou"], d["num_frames"])
+
+
+@dataclass
+class TextExample:
+    """One generated answer next to its reference."""
+
+    prediction: str
+    reference: str
+
+
+@dataclass
+class UnderstandingResult:
+    """OmniDrive-nuScenes understanding metrics (``metrics.caption_metrics``), fractions.
+
+    Args:
+        bleu: BLEU-1..4.
+        rouge_l: ROUGE-L.
+        cider: CIDEr (not x100).
+        meteor: METEOR (None when not computed).
+        num_pairs: prediction / reference pairs scored.
+        meteor_backend: which METEOR ran, or why none did.
+        examples: the first few pairs, for reading.
+        meteor_java: pycocoevalcap's Java METEOR 1.5 beside it (None when not computed).
+        meteor_java_backend: which Java METEOR ran, or why none did.
+        per_kind: question kind ("desc", "conv") -> that kind's caption metrics without METEOR (BLEU-1..4,
+            ROUGE_L, CIDEr, num_pairs; CIDEr's document frequencies from that kind's references only); empty
+            when the kinds are unknown (then absent from ``metrics.json``).
+    """
+
+    bleu: tuple[float, float, float, float]
+    rouge_l: float
+    cider: float
+    meteor: Optional[float]
+    num_pairs: int
+    meteor_backend: str
+    examples: list[TextExample] = field(default_factory=list)
+    per_kind: dict[str, JsonDict] = field(default_factory=dict)
+    meteor_java: Optional[float] = None
+    meteor_java_backend: str = "not computed"
+
+    def to_dict(self) -> JsonDict:
+        out: JsonDict = {f"BLEU-{n + 1}": b for n, b in enumerate(self.bleu)}
+        out.update({"ROUGE_L": self.rouge_l, "CIDEr": self.cider, "METEOR": self.meteor, "num_pairs": self.num_pairs})
+        out["meteor_backend"] = self.meteor_backend
+        out.update({"METEOR_java": self.meteor_java, "meteor_java_backend": self.meteor_java_backend})
+        out["examples"] = [asdict(e) for e in self.examples]
+        if self.per_kind:
+            out["per_kind"] = {k: dict(v) for k, v in self.per_kind.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: JsonDict) -> "UnderstandingResult":
+        return cls(
+            bleu=tuple(d[f"BLEU-{n}"] for n in range(1, 5)),  # type: ignore[arg-type]
+            rouge_l=d["ROUGE_L"],
+            cider=d["CIDEr"],
+            meteor=d["METEOR"],
+            num_pairs=d["num_pairs"],
+            meteor_backend=d["meteor_backend"],
+            examples=[TextExample(**e) for e in d.get("examples", [])],
+            per_kind={k: dict(v) for k, v in d.get("per_kind", {}).items()},
+            meteor_java=d.get("METEOR_java"),
+            meteor_java_backend=d.get("meteor_java_backend", "not computed"),
+        )

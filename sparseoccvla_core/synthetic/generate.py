@@ -7,7 +7,8 @@ Per scene (independent of every other scene, seeded by ``SeedSequence([seed, sce
    JPEGs and the ``.pcd.bin`` sweep, compute the Occ3D labels and masks (:mod:`occupancy`);
 3. annotate every agent within ``ANNOTATION_RANGE`` m that the LiDAR or a camera sees (visibility bin from its
    visible pixels over its box's projected area);
-4. write the OmniDrive QA files and return the scene's nuScenes rows and nuScenes-QA items.
+4. write the OmniDrive QA files and the per-frame scenario facts (``scenario/``: signal ahead, ego behaviour) and
+   return the scene's nuScenes rows and nuScenes-QA items.
 
 The parent merges the scenes in index order and writes the tables, so output bytes do not depend on the
 number of worker processes.
@@ -469,6 +470,7 @@ def _scene_qa(cfg, index, world, frames, states, split, out: Path, rng) -> list:
         tok = f["sample_token"]
         for kind in ("desc", "conv", "vqa", "keywords"):
             write_json(out / "omnidrive" / kind / split / f"{tok}.json", od[kind])
+        write_json(out / SCENARIO_DIR / split / f"{tok}.json", scenario_record(states[k]))
         items.extend(nuscenes_qa(facts, tok, rng))
     return items
 
@@ -478,7 +480,22 @@ def _run_scene(args) -> dict:
     return generate_scene(cfg, index, Path(out))
 
 
-OUTPUTS = ("samples", "gts", "omnidrive", "nuscenes_qa", "maps", "splits.json")
+#: Per-key-frame scenario facts the simulator knows and nuScenes has no table for (signal ahead, ego behaviour):
+#: ``<root>/scenario/<split>/<sample_token>.json``, read by the evaluation's red-light metric.
+SCENARIO_DIR = "scenario"
+OUTPUTS = ("samples", "gts", "omnidrive", "nuscenes_qa", "maps", "scenario", "splits.json")
+
+
+def scenario_record(state) -> dict:
+    """JSON facts of one key frame: the next signal on the ego route (state, stop-line distance m) and ego behaviour."""
+    signal = state.signal_ahead
+    return {
+        "signal_ahead": signal[0] if signal else None,
+        "signal_distance_m": round(float(signal[1]), 3) if signal else None,
+        "ego_behavior": state.ego_behavior,
+        "ego_maneuver": state.ego_maneuver,
+        "ego_speed_mps": round(float(state.ego_speed), 4),
+    }
 
 
 def generate_dataset(
