@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("sparseoccvla_core.model_info", "parameters of the model per part and training stage (markdown)"),
     "train": ("sparseoccvla_core.training", "train one of the paper's three stages (sec. 4.2)"),
     "eval": ("sparseoccvla_core.evaluation", "the paper's metrics of a checkpoint on a split (Tables 1, 2, 5)"),
+    "export": ("sparseoccvla_core.export", "re-save a checkpoint with half-precision parameters (distribution)"),
     "bag": ("sparseoccvla_ros.replay.bag_writer", "nuScenes / synthetic scenes -> rosbag2 MCAP (+ GT topics)"),
     "eval-bag": ("sparseoccvla_ros.replay.eval_bag", "score a recording of the node's outputs against a GT bag"),
     "calibration": ("sparseoccvla_ros.replay.calibration_cmd", "camera calibration YAML from nuScenes tables or a bag"),

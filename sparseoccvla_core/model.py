@@ -653,11 +653,17 @@ class SparseOccVLA(nn.Module):
             reloaded |= {k for k in keys if k.startswith("distillation.teacher.")}
         return reloaded
 
-    def save_pretrained(self, directory: Union[str, Path]) -> Path:
+    def save_pretrained(self, directory: Union[str, Path], dtype: Optional[torch.dtype] = None) -> Path:
         """Write ``model.safetensors``, ``config.yaml`` and ``tokenizer/`` (no pickle).
 
         Weights that the config reloads from local paths (a base LLM from ``llm_path``, a CLIP teacher from
         ``clip_teacher_path``) are not duplicated; the anchors are buffers of the planner and are saved.
+
+        Args:
+            directory: output folder.
+            dtype: store the floating-point *parameters* in this dtype (``torch.float16`` halves the file of a
+                committed checkpoint); buffers (anchors, statistics) keep theirs.  :meth:`from_pretrained` loads
+                them into the model's own dtype (float32 on CPU).
         """
         from safetensors.torch import save_file
 
@@ -665,6 +671,7 @@ class SparseOccVLA(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         tensors, aliases, by_storage = {}, {}, {}
         state = self.state_dict()
+        parameters = {name for name, _ in self.named_parameters(remove_duplicate=False)}
         reloaded = self._reloaded_keys(list(state))
         for key, value in state.items():
             if key in reloaded:
@@ -674,7 +681,10 @@ class SparseOccVLA(nn.Module):
                 aliases[key] = by_storage[ident]
                 continue
             by_storage[ident] = key
-            tensors[key] = value.detach().contiguous().cpu()
+            value = value.detach()
+            if dtype is not None and key in parameters and value.is_floating_point():
+                value = value.to(dtype)
+            tensors[key] = value.contiguous().cpu()
         save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "aliases": json.dumps(aliases)})
         self.cfg.to_yaml(directory / CONFIG_FILE)
         if self.tokenizer is not None:

@@ -934,8 +934,15 @@ def _install_anchors(model: "SparseOccVLA", anchors_file: Optional[str], data_ro
     return source
 
 
-def dataset_options(tcfg: TrainConfig) -> "DatasetOptions":
-    """The loader options a training config implies (``DatasetOptions`` defaults otherwise)."""
+def dataset_options(
+    tcfg: TrainConfig, stage: Optional[int] = None, cfg: Optional[SparseOccVLAConfig] = None
+) -> "DatasetOptions":
+    """The loader options a training config implies (``DatasetOptions`` defaults otherwise).
+
+    Stage 1 with ``cfg.occ_gt == "current"`` reads no future Occ3D frames (only the forecaster and the concatenated
+    GT need them): six of the seven label files an item would read, ~80 % of its loading time on the default
+    checkpoint's data.
+    """
     from .data.dataset import DatasetOptions
 
     extra: dict[str, Any] = {
@@ -943,6 +950,7 @@ def dataset_options(tcfg: TrainConfig) -> "DatasetOptions":
         "augment": tcfg.augment,
         "seed": tcfg.seed,
         "occ_visibility": tcfg.occ_visibility,
+        "future_occupancy": not (stage == 1 and cfg is not None and cfg.occ_gt == "current"),
     }
     if tcfg.qa_sources is not None:
         extra["qa_sources"] = tuple(tcfg.qa_sources)
@@ -984,21 +992,24 @@ def run_stage(args: argparse.Namespace) -> StageState:
             )
         init = StageState.read(resume_from).init
         model = SparseOccVLA.from_pretrained(resume_from, config=given_cfg)
-        dataset = DrivingDataset(layout.root, tcfg.train_split, model.cfg, model.tokenizer, dataset_options(tcfg))
+        options = dataset_options(tcfg, stage, model.cfg)
+        dataset = DrivingDataset(layout.root, tcfg.train_split, model.cfg, model.tokenizer, options)
     else:
         check_fresh_out_dir(out)
         check_stage_order(stage, args.init)
         init = args.init
         if init is not None:
             model = SparseOccVLA.from_pretrained(init, config=given_cfg)
-            dataset = DrivingDataset(layout.root, tcfg.train_split, model.cfg, model.tokenizer, dataset_options(tcfg))
+            options = dataset_options(tcfg, stage, model.cfg)
+            dataset = DrivingDataset(layout.root, tcfg.train_split, model.cfg, model.tokenizer, options)
         else:
             if given_cfg is None:
                 raise ValueError(
                     "stage 1 from scratch needs --config (a model config YAML such as config/model_tiny.yaml)"
                 )
             # index the split once without text, train / load the tokenizer, then let the dataset encode text with it
-            dataset = DrivingDataset(layout.root, tcfg.train_split, given_cfg, None, dataset_options(tcfg))
+            options = dataset_options(tcfg, stage, given_cfg)
+            dataset = DrivingDataset(layout.root, tcfg.train_split, given_cfg, None, options)
             tokenizer = _build_tokenizer(given_cfg, dataset) if len(dataset) else None
             dataset.tokenizer = tokenizer
             model = SparseOccVLA(given_cfg, tokenizer)

@@ -331,3 +331,33 @@ def test_inspect_data_command(mini_nuscenes, capsys):
     out = capsys.readouterr().out
     assert "key_frames: 7" in out and "with_occ3d: 7" in out and "with_omnidrive: 1" in out
     assert "items/s" in out and "future_eval_points" in out
+
+
+def test_stage_1_reads_only_the_current_frame_labels(mini_nuscenes, monkeypatch):
+    """future_occupancy False (training stage 1 with occ_gt "current"): the item's current GT is the full
+    loader's, no future label file is read, and collate builds a batch without concatenated / future GT."""
+    from sparseoccvla_core import training
+    from sparseoccvla_core.data import dataset as dataset_module
+    from sparseoccvla_core.train_config import TrainConfig
+
+    cfg = SparseOccVLAConfig.tiny(num_frames=1)
+    full = DrivingDataset(mini_nuscenes.root, "train", cfg, None, DatasetOptions(**OCC_OPTS))
+    opts = DatasetOptions(**OCC_OPTS, future_occupancy=False)
+    current_only = DrivingDataset(mini_nuscenes.root, "train", cfg, None, opts)
+    reads = []
+    real = dataset_module.load_occ3d_labels
+    monkeypatch.setattr(dataset_module, "load_occ3d_labels", lambda path: reads.append(path) or real(path))
+    item = current_only[1]
+    assert len(reads) == 1
+    ref = full[1]
+    assert len(reads) > 1 and ref.occ_concat_points is not None
+    np.testing.assert_array_equal(item.occ_points, ref.occ_points)
+    np.testing.assert_array_equal(item.occ_labels, ref.occ_labels)
+    assert item.occ_concat_points is None and item.future_points is None
+    batch = collate([current_only[0], item])
+    batch.validate()
+    assert batch.occ_points is not None and batch.occ_concat_points is None and batch.future_points is None
+    tcfg = TrainConfig.tiny()
+    assert not training.dataset_options(tcfg, 1, cfg).future_occupancy
+    assert training.dataset_options(tcfg, 2, cfg).future_occupancy
+    assert training.dataset_options(tcfg, 1, SparseOccVLAConfig.tiny(occ_gt="concat")).future_occupancy

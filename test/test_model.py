@@ -406,3 +406,24 @@ def test_encoder_occupancy_supervision_follows_occ_gt(monkeypatch, tokenizer, oc
     assert len(seen) == 1
     expected = batch.occ_points if occ_gt == "current" else batch.occ_concat_points
     assert torch.equal(seen[0], expected)
+
+
+def test_half_precision_export_reloads_as_float32(model, batch, tmp_path):
+    """``sparseoccvla export``: parameters stored as float16 (about half the file), reloaded into float32; buffers
+    (the planner's anchors) bit-identical; predictions within float16 rounding of the source's."""
+    from sparseoccvla_core.export import export_checkpoint
+
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    info = export_checkpoint(src, tmp_path / "half")
+    full = (src / "model.safetensors").stat().st_size
+    assert info["bytes"] < 0.6 * full
+    assert 0 < info["max_abs_error"] < 1e-2
+    half = SparseOccVLA.from_pretrained(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in half.parameters())
+    assert torch.equal(half.planner.anchors, model.planner.anchors)
+    for (name, a), (_, b) in zip(model.named_parameters(), half.named_parameters()):
+        torch.testing.assert_close(b, a.detach().half().float(), rtol=0, atol=0, msg=name)
+    out_a = model.predict(batch, generator=torch.Generator().manual_seed(0))
+    out_b = half.predict(batch, generator=torch.Generator().manual_seed(0))
+    assert (out_a.plan - out_b.plan).abs().max() < 0.05

@@ -78,6 +78,9 @@ class DatasetOptions:
         nuscenes_qa_root: nuScenes-QA folder when not ``root/nuscenes_qa``.
         drivelm_file: a DriveLM-nuScenes JSON to use as a QA source ("drivelm").
         load_occupancy: read Occ3D GT (False for splits without labels, e.g. nuScenes test).
+        future_occupancy: also read the future frames' labels and build the concatenated and per-future-frame GT
+            (False: items carry the current frame's GT only, ``occ_concat_*`` and ``future_*`` None; training
+            stage 1 with ``occ_gt: current`` needs nothing else).
         occ_visibility: "none" (all labelled voxels, as OPUS / SparseWorld train), "camera" or "lidar".
         concat_range: range of the concatenated GT in ego metres (default SparseWorld's extended range,
             z-shifted like the Occ3D grid); must align with the voxel grid.
@@ -107,6 +110,7 @@ class DatasetOptions:
     nuscenes_qa_root: Optional[str] = None
     drivelm_file: Optional[str] = None
     load_occupancy: bool = True
+    future_occupancy: bool = True
     occ_visibility: str = "none"
     concat_range: tuple[float, float, float, float, float, float] = EXTENDED_RANGE_EGO  # type: ignore[assignment]
     max_gt_points: Optional[int] = None
@@ -470,6 +474,9 @@ class DrivingDataset(Dataset):
         cfg, opt = self.cfg, self.options
         t, step = cfg.forecast_frames, self.forecast_step
         cur_pts, cur_lab = self._frame_points(scene, i)
+        if not opt.future_occupancy:
+            cur_pts, cur_lab = self._subsample(cur_pts, cur_lab, rng)
+            return cur_pts, cur_lab, None, None, None, None, None, None
         future_idx = [i + (k + 1) * step for k in range(t)]
         frames = [(cur_pts, cur_lab)]
         to_current = [np.eye(4)]
@@ -591,6 +598,8 @@ def collate(items: Sequence[DrivingItem], pad_token_id: int = 0) -> DrivingBatch
         out["occ_points"], out["occ_labels"], out["occ_mask"] = _pad_points(
             [it.occ_points for it in items], [it.occ_labels for it in items]
         )
+        if any(it.occ_concat_points is None for it in items):  # current-frame GT only (future_occupancy False)
+            return _finish_collate(out, items, pad_token_id)
         out["occ_concat_points"], out["occ_concat_labels"], out["occ_concat_mask"] = _pad_points(
             [it.occ_concat_points for it in items], [it.occ_concat_labels for it in items]
         )
@@ -602,6 +611,11 @@ def collate(items: Sequence[DrivingItem], pad_token_id: int = 0) -> DrivingBatch
             out[f"{name}_points"] = p.view(b, t, -1, 3)  # [B, T, G, 3]
             out[f"{name}_labels"] = lab.view(b, t, -1)  # [B, T, G]
             out[f"{name}_mask"] = m.view(b, t, -1)  # [B, T, G]
+    return _finish_collate(out, items, pad_token_id)
+
+
+def _finish_collate(out: dict[str, Any], items: Sequence[DrivingItem], pad_token_id: int) -> DrivingBatch:
+    """Text fields of :func:`collate`, then the batch."""
     has_text = [it.qa_ids is not None for it in items]
     if any(has_text):
         if not all(has_text):
