@@ -36,7 +36,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, dtype: torch.dtype = to
     source.save_pretrained(out, dtype=dtype)
     reloaded = SparseOccVLA.from_pretrained(out)
     error = 0.0
-    for (name, a), (_, b) in zip(source.named_parameters(), reloaded.named_parameters()):
+    for a, b in zip(source.parameters(), reloaded.parameters()):
         error = max(error, float((a.detach() - b.detach()).abs().max())) if a.numel() else error
     return {"bytes": (Path(out) / WEIGHTS_FILE).stat().st_size, "max_abs_error": error}
 
