@@ -33,6 +33,9 @@ setup(
         (f"share/{PACKAGE_NAME}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE_NAME}/config", glob("config/*.yaml")),
         (f"share/{PACKAGE_NAME}/rviz", glob("rviz/*.rviz")),
+        # the committed default checkpoint (sparseoccvla_core/default_checkpoint.py finds it here after colcon build)
+        (f"share/{PACKAGE_NAME}/checkpoints/default", glob("checkpoints/default/*.*")),
+        (f"share/{PACKAGE_NAME}/checkpoints/default/tokenizer", glob("checkpoints/default/tokenizer/*")),
     ],
     python_requires=">=3.10",
     install_requires=[

@@ -1,6 +1,6 @@
 """Bring up SparseOccVLA on a full ROS 2 install: bag player, driving node, recorder and RViz2.
 
-    ros2 launch sparseoccvla_ros driving.launch.py checkpoint:=/path/to/ckpt bag:=/path/to/bag \
+    ros2 launch sparseoccvla_ros driving.launch.py bag:=/path/to/bag [checkpoint:=/path/to/ckpt] \
         [rate:=1.0] [use_sim_time:=true] [record:=/path/to/out_bag] [rviz:=true] [loop:=false]
 
 Without ``bag`` only the node (+ RViz2) starts, for live sensors.  The player is ``sparseoccvla play`` (raw CDR,
@@ -32,6 +32,13 @@ from launch_ros.actions import Node
 
 from launch import LaunchDescription
 from sparseoccvla_ros.replay import topics
+
+
+def _default_checkpoint(share):
+    from sparseoccvla_core.default_checkpoint import default_checkpoint, is_checkpoint
+
+    folder = default_checkpoint(share)
+    return str(folder) if is_checkpoint(folder) else ""
 
 
 def _flag(context, name):
@@ -120,8 +127,9 @@ def generate_launch_description():
             ),
             DeclareLaunchArgument(
                 "checkpoint",
-                default_value="",
-                description="checkpoint folder (save_pretrained); empty = the value in params_file",
+                default_value=_default_checkpoint(share),
+                description="checkpoint folder (save_pretrained); default: the committed checkpoints/default when "
+                "present; empty = the value in params_file",
             ),
             DeclareLaunchArgument("namespace", default_value="sparseoccvla"),
             DeclareLaunchArgument(

@@ -59,15 +59,16 @@ import numpy as np
 import torch
 
 from .config import SparseOccVLAConfig
+from .default_checkpoint import default_checkpoint
 from .model import SparseOccVLA
 from .pipeline import STAGES, CameraFrame, FrameInput, PipelineOptions, SparseOccVLAPipeline
 
 #: Default checkpoint: the repository's ``checkpoints/default/`` (``sparseoccvla train`` writes it there).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "default"
+DEFAULT_CHECKPOINT = default_checkpoint()
 #: Prefill lengths of the two baselines of ratio (a): HERMES's BEV tokens and OmniDrive's Q-Former queries.
 HERMES_BEV_TOKENS = 2500
 OMNIDRIVE_QFORMER_TOKENS = 513
-#: Targets of the ratios (the paper's efficiency claims as the issue states them).
+#: Targets of the ratios (the efficiency the paper claims, as the project tracks it: README, Benchmarks).
 TARGET_PREFILL_VS_HERMES = 3.0
 TARGET_STREAMING_BACKBONE = 6.0
 TARGET_ASK = 3.0

@@ -280,7 +280,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .replay.player import LOOP_TIME_MODES
 
     parser.add_argument("--bag", required=True, help="rosbag2 folder to play (e.g. from 'sparseoccvla bag')")
-    parser.add_argument("--checkpoint", required=True, help="model checkpoint folder (save_pretrained)")
+    from sparseoccvla_core.default_checkpoint import default_checkpoint
+
+    parser.add_argument(
+        "--checkpoint",
+        default=str(default_checkpoint()),
+        help="model checkpoint folder (save_pretrained; default: the committed checkpoints/default)",
+    )
     parser.add_argument(
         "--params-file", default=None, help="node parameters YAML (default: the package's config/driving.yaml)"
     )

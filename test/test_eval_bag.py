@@ -248,6 +248,13 @@ def test_perfect_predictions_score_perfectly(gt, tmp_path):
     rep = d["replay"]
     assert rep["missed"] == {"occupancy": 0, "forecast": 0, "plan": 0}
     assert rep["matched"]["plan"] == FRAMES and rep["unmatched_outputs"]["occupancy"] == 0
+    sizes = [len(f["occ"][0]) for f in frames]  # the recording publishes each frame's GT points
+    assert rep["occupancy_cloud"] == {
+        "clouds": FRAMES,
+        "empty": 0,
+        "min_points": min(sizes),
+        "median_points": pytest.approx(float(np.median(sizes))),
+    }
     assert d["reasoning_examples"][0]["reasoning"] == "frame 0: keep the lane"
     lat = rep["latency"]
     assert lat["clock"] == "sim-time"

@@ -42,11 +42,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
+from sparseoccvla_core.default_checkpoint import default_checkpoint
+
 from ..replay import topics
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-#: The repository's committed default checkpoint (issue: the default-checkpoint training).
-DEFAULT_CHECKPOINT = REPO_ROOT / "checkpoints" / "default"
+#: The repository's committed default checkpoint (README, "The default checkpoint"; scripts/train_default.sh).
+DEFAULT_CHECKPOINT = default_checkpoint()
 DEFAULT_SEED = 1000
 DEFAULT_FRAMES = 16
 DEFAULT_SIZE = (480, 270)

@@ -465,8 +465,11 @@ def evaluate_bags(gt_bag: str | Path, pred_bag: str | Path, node: str = DEFAULT_
     counts = {k: {"matched": 0, "missed": 0} for k in OUTPUT_KINDS}
     scored = {"occupancy": 0, "forecast_frames": 0, "plan": 0}
     missing_labels = 0
+    cloud_sizes: list[int] = []  # points of every recorded occupancy cloud (the node's score_threshold applied)
     for f in order:
         occ = pred.outputs["occupancy"].get(f.stamp_ns)
+        if occ is not None:
+            cloud_sizes.append(len(occ.data[0]))
         fc = pred.outputs["forecast"].get(f.stamp_ns)
         plan = pred.outputs["plan"].get(f.stamp_ns)
         for kind, o in (("occupancy", occ), ("forecast", fc), ("plan", plan)):
@@ -535,6 +538,12 @@ def evaluate_bags(gt_bag: str | Path, pred_bag: str | Path, node: str = DEFAULT_
         "scored": scored,
         "node_drop_counters": dropped or None,
         "latency": _latency(gt, pred),
+        "occupancy_cloud": {
+            "clouds": len(cloud_sizes),
+            "empty": sum(1 for n in cloud_sizes if n == 0),
+            "min_points": min(cloud_sizes) if cloud_sizes else None,
+            "median_points": float(np.median(cloud_sizes)) if cloud_sizes else None,
+        },
     }
     return results
 
@@ -556,6 +565,13 @@ def replay_markdown(replay: dict) -> str:
             f"| {k} | {replay['matched'][k]} | {replay['missed'][k]} | {replay['unmatched_outputs'][k]} | "
             f"{replay['duplicate_outputs'][k]} |"
         )
+    cloud = replay.get("occupancy_cloud")
+    if cloud and cloud["clouds"]:
+        lines += [
+            "",
+            f"Occupancy clouds: {cloud['clouds']} recorded, {cloud['empty']} empty, points per cloud min "
+            f"{cloud['min_points']}, median {cloud['median_points']:.0f} (after the node's score threshold).",
+        ]
     drops = replay.get("node_drop_counters")
     lines += [
         "",
