@@ -20,10 +20,12 @@ from typing import Callable, Optional, Sequence
 from .report import QuestionAnswer
 
 #: The default questions (free-form, as a user would ask them).
+#: Questions in the wording of the training data (the synthetic world's OmniDrive conversations and nuScenes-QA):
+#: a small LLM trained from scratch answers the questions it was trained on, not free paraphrases of them.
 DEFAULT_QUESTIONS: tuple[str, ...] = (
-    "What is the status of the traffic light?",
-    "How many cars are in front of the ego car?",
-    "What should the ego car do next?",
+    "Is there a traffic light controlling the ego vehicle's lane nearby?",
+    "What is directly in front of the ego vehicle in its lane?",
+    "How many moving cars are there?",
 )
 
 
