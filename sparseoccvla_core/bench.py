@@ -49,7 +49,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -627,7 +626,7 @@ def cuda_section(repeats: int, warmup: int, seed: int = 0) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+def run_bench(args: argparse.Namespace, node_section: Optional[NodeSection] = None) -> dict[str, Any]:
     """Every section of the module docstring; returns the JSON document."""
     if any(t < 1 for t in args.threads):
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -680,9 +679,11 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         report["ratios"] = ratios
     finally:
         torch.set_num_threads(initial_threads)
-    if args.node:
+    if args.node and node_section is None:
+        report["node"] = {"skipped": "no node section given (run_bench without sparseoccvla_ros)"}
+    elif args.node:
         _progress("node section (sparseoccvla drive over DDS)")
-        report["node"] = _node_section(args, model)
+        report["node"] = node_section(args, model)
     else:
         report["node"] = {"skipped": "--no-node"}
     if args.cuda and torch.cuda.is_available():
@@ -693,32 +694,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _node_section(args: argparse.Namespace, model: SparseOccVLA) -> dict[str, Any]:
-    """Section 3 through :mod:`sparseoccvla_ros.replay.bench_node` (skipped with the reason if rclpy is missing)."""
-    try:
-        import rclpy  # noqa: F401 - only probing that the ROS 2 Python client is installed
-    except ImportError as exc:
-        return {"skipped": f"rclpy is not importable ({exc}); source a ROS 2 install or pass --no-node"}
-    from sparseoccvla_ros.replay.bench_node import node_section
-
-    with tempfile.TemporaryDirectory(prefix="sparseoccvla-bench-") as tmp:
-        ckpt = args.ckpt if args.preset is None else None
-        if ckpt is None and args.preset is not None:
-            ckpt = Path(tmp) / "checkpoint"
-            model.save_pretrained(ckpt)
-        elif ckpt is None:
-            ckpt = DEFAULT_CHECKPOINT
-        return node_section(
-            checkpoint=Path(ckpt),
-            work_dir=Path(tmp),
-            rates=args.node_rates,
-            soak_minutes=args.soak_minutes,
-            bag=args.node_bag,
-            frames=args.node_frames,
-            image_size=args.node_image_size,
-            threads=max(args.threads),
-            sample_s=args.rss_sample_s,
-        )
+#: Section 3: ``f(args, model) -> dict`` (:func:`sparseoccvla_ros.replay.bench_node.bench_node_section`).
+NodeSection = Callable[[argparse.Namespace, SparseOccVLA], dict[str, Any]]
 
 
 def _progress(text: str) -> None:
@@ -869,7 +846,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, help="output JSON (default outputs/bench/<timestamp>.json)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, node_section: Optional[NodeSection] = None) -> int:
+    """The command (``sparseoccvla bench`` runs it through :mod:`sparseoccvla_ros.replay.bench_node`, which passes
+    the ROS node section; this package never imports ROS)."""
     if args.preset is None and args.ckpt is None and not DEFAULT_CHECKPOINT.is_dir():
         print(
             f"sparseoccvla bench: error: no checkpoint at {DEFAULT_CHECKPOINT}: train one, pass --ckpt DIR, "
@@ -878,7 +857,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        report = run_bench(args)
+        report = run_bench(args, node_section)
     except (FileNotFoundError, ValueError) as exc:
         print(f"sparseoccvla bench: error: {exc}", file=sys.stderr)
         return 2

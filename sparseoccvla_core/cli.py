@@ -31,7 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("sparseoccvla_ros.replay.recorder", "record the driving node's outputs (or any topics) to MCAP"),
     "drive": ("sparseoccvla_ros.bringup", "pip-only bringup: player + driving node + recorder in one process"),
     "demo": ("sparseoccvla_ros.demo.command", "the main job: held-out scene -> ROS 2 replay + questions -> report"),
-    "bench": ("sparseoccvla_core.bench", "stage latency, the paper's efficiency ratios, node latency (table + JSON)"),
+    "bench": (
+        "sparseoccvla_ros.replay.bench_node",
+        "stage latency, the paper's efficiency ratios, node latency (table + JSON)",
+    ),
 }
 
 

@@ -247,3 +247,49 @@ def node_section(
     soak_result = soak(bag_path, checkpoint, soak_minutes, threads, sample_s, work_dir / "soak.log")
     key_frames = next((r["key_frames"] for r in runs if "key_frames" in r), None)
     return {"bag": source, "key_frames": key_frames, "threads": threads, "rates": runs, "soak": soak_result}
+
+
+# ---------------------------------------------------------------------- the `sparseoccvla bench` command
+def bench_node_section(args, model) -> dict[str, Any]:
+    """Section 3 of :func:`sparseoccvla_core.bench.run_bench`: :func:`node_section` with the command's options
+    (skipped with the reason when rclpy is missing)."""
+    import tempfile
+
+    try:
+        import rclpy  # noqa: F401 - only probing that the ROS 2 Python client is installed
+    except ImportError as exc:
+        return {"skipped": f"rclpy is not importable ({exc}); source a ROS 2 install or pass --no-node"}
+    from sparseoccvla_core.bench import DEFAULT_CHECKPOINT
+
+    with tempfile.TemporaryDirectory(prefix="sparseoccvla-bench-") as tmp:
+        ckpt = args.ckpt if args.preset is None else None
+        if ckpt is None and args.preset is not None:
+            ckpt = Path(tmp) / "checkpoint"
+            model.save_pretrained(ckpt)
+        elif ckpt is None:
+            ckpt = DEFAULT_CHECKPOINT
+        return node_section(
+            checkpoint=Path(ckpt),
+            work_dir=Path(tmp),
+            rates=args.node_rates,
+            soak_minutes=args.soak_minutes,
+            bag=args.node_bag,
+            frames=args.node_frames,
+            image_size=args.node_image_size,
+            threads=max(args.threads),
+            sample_s=args.rss_sample_s,
+        )
+
+
+def add_arguments(parser) -> None:
+    """``sparseoccvla bench``'s options (:func:`sparseoccvla_core.bench.add_arguments`)."""
+    from sparseoccvla_core import bench
+
+    bench.add_arguments(parser)
+
+
+def run(args) -> int:
+    """``sparseoccvla bench``: the model sections of :mod:`sparseoccvla_core.bench` plus this module's node section."""
+    from sparseoccvla_core import bench
+
+    return bench.run(args, bench_node_section)
