@@ -23,8 +23,8 @@ from .report import QuestionAnswer
 #: Questions in the wording of the training data (the synthetic world's OmniDrive conversations and nuScenes-QA):
 #: a small LLM trained from scratch answers the questions it was trained on, not free paraphrases of them.
 DEFAULT_QUESTIONS: tuple[str, ...] = (
-    "Is there a traffic light controlling the ego vehicle's lane nearby?",
     "What is directly in front of the ego vehicle in its lane?",
+    "Are there any pedestrians around the ego vehicle?",
     "How many moving cars are there?",
 )
 
