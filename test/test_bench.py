@@ -67,6 +67,8 @@ def _ratio_entries(report: dict) -> list[tuple[dict, dict, dict]]:
     st = r["streaming"]
     out.append((st["ratios"]["backbone"], st["recompute"]["backbone"], st["cached"]["backbone"]))
     out.append((st["ratios"]["step"], st["recompute"]["step"], st["cached"]["step"]))
+    pb = st["paper_backbone"]
+    out.append((st["ratios"]["backbone_paper"], pb["recompute"], pb["cached"]))
     out.append((r["ask"]["ratios"]["ask"], r["ask"]["reencode"], r["ask"]["cached"]))
     return out
 
@@ -80,6 +82,7 @@ def test_bench_json_structure_and_ratio_consistency(checkpoint, tmp_path, capsys
     out = tmp_path / "bench.json"
     args = ["bench", "--ckpt", str(checkpoint), "--threads", "1", "2", "--repeats", "2", "--warmup", "1"]
     args += ["--stream-frames", "3", "--prefill-repeats", "2", "--ask-tokens", "3", "--no-node", "--no-cuda"]
+    args += ["--stream-paper-repeats", "2", "--stream-paper-image-size", "64", "96"]
     assert cli_main(args + TINY_LLM + ["--json", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
@@ -110,7 +113,7 @@ def test_bench_json_structure_and_ratio_consistency(checkpoint, tmp_path, capsys
     }
     assert "1 of 32 layers" in pre["llm"]  # the reduced depth is said
     entries = _ratio_entries(report)
-    assert len(entries) == 4 + 2 + 1
+    assert len(entries) == 4 + 3 + 1
     for entry, base, ours in entries:
         _check_stats(base, 2)
         assert entry["baseline"]["median_s"] == base["median_s"] and entry["ours"]["median_s"] == ours["median_s"]
@@ -121,6 +124,8 @@ def test_bench_json_structure_and_ratio_consistency(checkpoint, tmp_path, capsys
         assert f"{entry['ratio']:.2f}x" in printed
     st = report["ratios"]["streaming"]
     assert st["num_frames"] == 3 and st["outputs_match"] is True
+    pb = st["paper_backbone"]
+    assert pb["image_size"] == [64, 96] and pb["num_frames"] == 3 and "depths 3-4-6-3" in pb["backbone"]
     ask = report["ratios"]["ask"]
     assert ask["same_answers"] is True and ask["max_new_tokens"] == 3
     assert report["node"] == {"skipped": "--no-node"}
