@@ -143,6 +143,13 @@ class SparseOccVLAConfig(PresetYamlMixin):
         point_loss_weight: weight of the Chamfer terms in eq. 10 / 11 (paper: 1; OPUS: 0.5 with SmoothL1).
         focal_class_weights: per-class weights of the focal loss (17 semantic classes) or None (paper: none;
             OPUS-T: :data:`OPUS_FOCAL_CLASS_WEIGHTS`).
+        gt_miss_weight: weight, in the GT -> prediction point term, of a GT point whose nearest prediction is
+            farther than ``gt_miss_distance`` (paper: 1, i.e. unweighted; OPUS: 5 - it pulls points toward the
+            scene parts no prediction covers yet, such as objects above the ground), docs/experiments.md §5.
+        gt_miss_distance: that distance, m (OPUS: 0.2).
+        gt_rare_classes: classes whose GT points weigh at least ``gt_rare_weight`` in that term (paper: none;
+            OPUS: 0 others, 2 bicycle, 5 construction vehicle, 8 traffic cone).
+        gt_rare_weight: that weight (OPUS: 10).
         lambda_focal: weight of the focal loss (paper: 0.2).
         focal_alpha: focal loss alpha.
         focal_gamma: focal loss gamma.
@@ -180,6 +187,9 @@ class SparseOccVLAConfig(PresetYamlMixin):
         forecast_frames: future frames T (paper: 6 = 3 s at 2 Hz).
         forecast_dt: seconds between forecast frames.
         forecast_points_per_query: points each query decodes per forecast frame.
+        forecast_prior: "none" (paper: the heads place the future points) or "ego_static" (each step is a
+            residual on the previous step's occupancy moved by the constant-velocity ego motion, starting from the
+            encoder's points and classes; :mod:`sparseoccvla_core.forecaster`, docs/experiments.md §6).
         num_anchors: K planning anchors (paper: 18 = 3 commands x 6).
         num_commands: driving commands the anchors are clustered per (DiffusionDrive-nuScenes, [§7.1]).
         plan_horizon: waypoints per trajectory (6 at 0.5 s).
@@ -242,6 +252,10 @@ class SparseOccVLAConfig(PresetYamlMixin):
     point_loss_beta: float = 0.2
     point_loss_weight: float = 1.0
     focal_class_weights: Optional[tuple[float, ...]] = None
+    gt_miss_weight: float = 1.0
+    gt_miss_distance: float = 0.2
+    gt_rare_classes: tuple[int, ...] = ()
+    gt_rare_weight: float = 10.0
     lambda_focal: float = 0.2
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -277,6 +291,7 @@ class SparseOccVLAConfig(PresetYamlMixin):
     forecast_frames: int = 6
     forecast_dt: float = 0.5
     forecast_points_per_query: int = 112
+    forecast_prior: str = "none"
     # --- planner (part 7) ---
     num_anchors: int = 18
     num_commands: int = 3
@@ -345,6 +360,14 @@ class SparseOccVLAConfig(PresetYamlMixin):
             raise ValueError(f"point_loss must be one of {POINT_LOSS_CHOICES}, got {self.point_loss!r}")
         if self.point_loss_beta <= 0 or self.point_loss_weight <= 0:
             raise ValueError("point_loss_beta and point_loss_weight must be > 0")
+        if self.forecast_prior not in ("none", "ego_static"):
+            raise ValueError(f"forecast_prior must be 'none' or 'ego_static', got {self.forecast_prior!r}")
+        if self.gt_miss_weight <= 0 or self.gt_miss_distance < 0 or self.gt_rare_weight <= 0:
+            raise ValueError("gt_miss_weight and gt_rare_weight must be > 0 and gt_miss_distance >= 0")
+        if any(not 0 <= c < self.num_classes - 1 for c in self.gt_rare_classes):
+            raise ValueError(
+                f"gt_rare_classes must be semantic classes 0..{self.num_classes - 2}, got {self.gt_rare_classes}"
+            )
         if self.focal_class_weights is not None and len(self.focal_class_weights) != self.num_classes - 1:
             raise ValueError(
                 f"focal_class_weights needs one weight per semantic class ({self.num_classes - 1}), "

@@ -11,7 +11,15 @@
    around them and their class logits: the forecast occupancy of future frame t in that frame's ego frame.
 
 The forecaster layer is self-attention among the queries followed by an FFN (pre-norm); the paper only says "a
-shared forecaster", SparseWorld fuses an ego token and decodes with per-query heads.  Supervision (eq. 11):
+shared forecaster", SparseWorld fuses an ego token and decodes with per-query heads.
+
+``cfg.forecast_prior`` (default ``"none"``: the heads above as written).  With ``"ego_static"`` every step starts
+from the previous step's occupancy carried into the next ego frame: the query centres and their points (initially
+the encoder's decoded points and class logits, detached) are moved by the ego motion that the current ego state
+predicts over ``forecast_dt`` (constant velocity and yaw rate, :func:`constant_velocity_motion`), and the heads
+add residuals - a centre shift, point offsets and class logits - whose last layers start at zero.  An untrained
+forecaster then predicts a static world moved by the extrapolated ego motion, and training only has to learn
+what moves on its own and where the ego deviates from constant velocity (docs/experiments.md §6).  Supervision (eq. 11):
 Chamfer + focal per future frame through :func:`sparseoccvla_core.losses.occupancy_losses` against the
 concatenated GT transformed into that frame (``DrivingBatch.future_*``).
 """
@@ -19,6 +27,7 @@ concatenated GT transformed into that frame (``DrivingBatch.future_*``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -26,6 +35,49 @@ from torch import nn
 from .config import SparseOccVLAConfig
 from .connector import EgoStateEncoder, PointPositionalEncoding, normalize_points
 from .losses import occupancy_losses
+
+#: values of ``SparseOccVLAConfig.forecast_prior``.
+FORECAST_PRIORS: tuple[str, ...] = ("none", "ego_static")
+
+
+def constant_velocity_motion(ego_state: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ego motion over ``dt`` with constant velocity and yaw rate, in the ego frame at the start of the interval.
+
+    The yaw changes by ``psi = yaw_rate * dt``; the ego moves along the chord of the arc it drives: its velocity
+    ``(vx, vy) * dt`` rotated by ``psi / 2`` and shortened by ``sin(psi / 2) / (psi / 2)`` (exact for a
+    constant-rate turn).
+
+    Args:
+        ego_state: [B, 6] (vx, vy, ax, ay, yaw_rate, speed) in the current ego axes, SI units.
+        dt: seconds.
+    Returns:
+        (cos psi [B], sin psi [B], translation [B, 2] m) of the next ego frame in the current one.
+    """
+    psi = ego_state[:, 4] * dt
+    v = ego_state[:, 0:2] * dt * torch.sinc(psi / (2 * torch.pi))[:, None]  # torch.sinc(x) = sin(pi x) / (pi x)
+    c_half, s_half = torch.cos(psi / 2), torch.sin(psi / 2)
+    trans = torch.stack([c_half * v[:, 0] - s_half * v[:, 1], s_half * v[:, 0] + c_half * v[:, 1]], dim=-1)
+    return torch.cos(psi), torch.sin(psi), trans
+
+
+def into_next_frame(
+    points: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, trans: Optional[torch.Tensor]
+) -> torch.Tensor:
+    """Points of the current ego frame expressed in the next one: ``R(psi)^T (p_xy - t)``, z unchanged.
+
+    Args:
+        points: [B, ..., 3] m.
+        cos, sin: [B] of the yaw change psi.
+        trans: [B, 2] translation, or None to rotate only (offsets, directions).
+    Returns:
+        [B, ..., 3].
+    """
+    shape = (points.shape[0],) + (1,) * (points.dim() - 2)
+    c, s_ = cos.view(shape), sin.view(shape)
+    x, y = points[..., 0], points[..., 1]
+    if trans is not None:
+        x, y = x - trans[:, 0].view(shape), y - trans[:, 1].view(shape)
+    return torch.stack([c * x + s_ * y, -s_ * x + c * y, points[..., 2]], dim=-1)
 
 
 @dataclass
@@ -86,6 +138,11 @@ class OccupancyForecaster(nn.Module):
         self.centre_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 3))
         self.point_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 3 * self.num_points))
         self.class_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, self.num_classes * self.num_points))
+        self.prior = cfg.forecast_prior
+        if self.prior != "none":  # residual heads: an untrained forecaster returns the prior exactly
+            for head in (self.centre_head, self.point_head, self.class_head):
+                nn.init.zeros_(head[-1].weight)
+                nn.init.zeros_(head[-1].bias)
 
     def fuse(self, llm_tokens: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Eq. 6: ``Q_hat_o = Q_L + MLP([proj(T'_o), Q_L])``.
@@ -127,6 +184,8 @@ class OccupancyForecaster(nn.Module):
         query_points: torch.Tensor,
         ego_state: torch.Tensor,
         command: torch.Tensor,
+        current_points: Optional[torch.Tensor] = None,
+        current_logits: Optional[torch.Tensor] = None,
     ) -> ForecastOutput:
         """Forecast T future frames recursively.
 
@@ -136,11 +195,17 @@ class OccupancyForecaster(nn.Module):
             query_points: [B, N, 3] their centres P_L (current ego frame), m.
             ego_state: [B, EGO_STATE_DIM].
             command: [B] int64.
+            current_points: [B, N, P, 3] the encoder's decoded points (``forecast_prior`` "ego_static" only).
+            current_logits: [B, N, P, C] their class logits (same).
         Returns:
             :class:`ForecastOutput` with T entries.
         """
         x = self.fuse(llm_tokens, queries)
         ego = self.ego_encoder(ego_state, command)  # [B, 1, D]
+        if self.prior != "none":
+            if current_points is None or current_logits is None:
+                raise ValueError(f"forecast_prior {self.prior!r} needs the encoder's decoded points and logits")
+            return self._forward_prior(x, query_points, ego, ego_state, current_points, current_logits)
         centres = query_points
         out = ForecastOutput(points=[], logits=[], centres=[], queries=[])
         for t in range(1, self.cfg.forecast_frames + 1):
@@ -150,6 +215,41 @@ class OccupancyForecaster(nn.Module):
             out.logits.append(logits)
             out.centres.append(centres)
             out.queries.append(x)
+        return out
+
+    def _forward_prior(
+        self,
+        x: torch.Tensor,
+        centres: torch.Tensor,
+        ego: torch.Tensor,
+        ego_state: torch.Tensor,
+        current_points: torch.Tensor,
+        current_logits: torch.Tensor,
+    ) -> ForecastOutput:
+        """``forecast_prior == "ego_static"``: residual steps on the previous step's occupancy moved by the ego."""
+        b, n = centres.shape[:2]
+        p = current_points.shape[2]
+        idx = torch.linspace(0, p - 1, self.num_points, device=centres.device).round().long()  # P_f of the P points
+        offsets = (current_points[:, :, idx] - centres[:, :, None]).detach()  # [B, N, P_f, 3]
+        logits = current_logits[:, :, idx].detach()  # [B, N, P_f, C]
+        cos, sin, trans = constant_velocity_motion(ego_state.to(centres.dtype), self.cfg.forecast_dt)
+        centres = centres.detach()
+        out = ForecastOutput(points=[], logits=[], centres=[], queries=[])
+        for t in range(1, self.cfg.forecast_frames + 1):
+            centres = into_next_frame(centres, cos, sin, trans)  # the last step's queries, in frame t
+            offsets = into_next_frame(offsets, cos, sin, None)
+            time = centres.new_full((b, n, 1), t / self.cfg.forecast_frames)
+            coords = torch.cat([normalize_points(centres, self.cfg.point_cloud_range), time], dim=-1)  # [B, N, 4]
+            x = self.layer(x + self.embed_4d(coords) + ego)  # eq. 7, then the shared forecaster
+            new_centres = centres + self.centre_head(x)  # [B, N, 3]
+            new_offsets = offsets + self.point_head(x).view(b, n, self.num_points, 3)
+            step_logits = logits + self.class_head(x).view(b, n, self.num_points, self.num_classes)
+            out.points.append(new_centres[:, :, None] + new_offsets)
+            out.logits.append(step_logits)
+            out.centres.append(new_centres)
+            out.queries.append(x)
+            # the next step starts from this one (detached, as the centres of the plain recursion)
+            centres, offsets, logits = new_centres.detach(), new_offsets.detach(), step_logits.detach()
         return out
 
 

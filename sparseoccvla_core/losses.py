@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -151,6 +151,7 @@ def chamfer_distance(
     nn_method: str = "auto",
     distance: str = "l2",
     beta: float = 0.2,
+    gt_weights: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> ChamferResult:
     """Chamfer distance, paper eq. 1 (squared Euclidean nearest-neighbour distances, both directions).
 
@@ -169,6 +170,8 @@ def chamfer_distance(
         distance: cost of a matched pair, one of :data:`POINT_LOSSES`: "l2" (squared distance, eq. 1) or
             "smooth_l1" (OPUS).
         beta: SmoothL1 transition point, m (OPUS: 0.2).
+        gt_weights: None, or ``f(gt_to_pred_sqdist [B, G]) -> [B, G]`` weights of the GT -> prediction costs
+            (OPUS's GT weights, :func:`opus_gt_weights`); the term stays divided by the valid GT count.
 
     Returns:
         :class:`ChamferResult`; ``loss`` is differentiable w.r.t. ``pred``.  The ``*_sqdist`` fields are squared
@@ -206,6 +209,8 @@ def chamfer_distance(
         zero_p, zero_g = torch.zeros_like(diff_p2g), torch.zeros_like(diff_g2p)
         cost_p2g = F.smooth_l1_loss(diff_p2g, zero_p, reduction="none", beta=beta).sum(-1) * p2g_valid
         cost_g2p = F.smooth_l1_loss(diff_g2p, zero_g, reduction="none", beta=beta).sum(-1) * g2p_valid
+    if gt_weights is not None:
+        cost_g2p = cost_g2p * gt_weights(d_g2p.detach())
     sum_p2g, sum_g2p = cost_p2g.sum(1), cost_g2p.sum(1)
     if reduction == "mean":
         loss = sum_p2g / p2g_valid.sum(1).clamp(min=1) + sum_g2p / g2p_valid.sum(1).clamp(min=1)
@@ -218,6 +223,34 @@ def chamfer_distance(
         pred_to_gt_sqdist=d_p2g,
         gt_to_pred_sqdist=d_g2p,
     )
+
+
+def opus_gt_weights(gt_labels: torch.Tensor, cfg: SparseOccVLAConfig) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """OPUS's per-GT-point weights of the GT -> prediction point term, or None when the config leaves them at 1.
+
+    A GT point whose nearest prediction is farther than ``cfg.gt_miss_distance`` weighs ``cfg.gt_miss_weight``;
+    GT points of ``cfg.gt_rare_classes`` weigh at least ``cfg.gt_rare_weight``; every other point weighs 1.  (OPUS
+    applies both to camera-visible voxels; with ``occ_visibility: camera`` every training GT point is one.)
+
+    Args:
+        gt_labels: [B, G] int64 Occ3D labels of the GT points.
+        cfg: the four ``gt_*`` fields.
+
+    Returns:
+        ``f(gt_to_pred_sqdist [B, G]) -> weights [B, G]`` for :func:`chamfer_distance`.
+    """
+    if cfg.gt_miss_weight == 1.0 and not cfg.gt_rare_classes:
+        return None
+    rare = torch.zeros_like(gt_labels, dtype=torch.bool)
+    for c in cfg.gt_rare_classes:
+        rare |= gt_labels == c
+    miss_sq = cfg.gt_miss_distance**2
+
+    def weights(sqdist: torch.Tensor) -> torch.Tensor:
+        w = torch.where(sqdist > miss_sq, cfg.gt_miss_weight, 1.0).to(sqdist.dtype)
+        return torch.where(rare, w.clamp(min=cfg.gt_rare_weight), w)
+
+    return weights
 
 
 def sigmoid_focal_loss(
@@ -321,9 +354,12 @@ def occupancy_losses(
     start = 1 if include_p0 else 0
     cd_total = gt_points.new_zeros(())
     focal_total = gt_points.new_zeros(())
+    gt_weights = opus_gt_weights(gt_labels, cfg)
     for i, pts in enumerate(layer_points):
         flat = pts.flatten(1, -2)  # [B, N*P, 3]
-        result = chamfer_distance(flat, gt_points, gt_mask, distance=cfg.point_loss, beta=cfg.point_loss_beta)
+        result = chamfer_distance(
+            flat, gt_points, gt_mask, distance=cfg.point_loss, beta=cfg.point_loss_beta, gt_weights=gt_weights
+        )
         cd_total = cd_total + cfg.point_loss_weight * result.loss.mean()
         if i >= start:
             logits = layer_logits[i - start]

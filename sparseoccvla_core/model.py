@@ -400,7 +400,17 @@ class SparseOccVLA(nn.Module):
         """
         n = self.cfg.num_queries
         ego = ego_state.to(enc.queries.dtype)
-        return self.forecaster(prefix.hidden[:, :n], enc.queries, enc.query_points, ego, command)
+        if self.cfg.forecast_prior == "none":
+            return self.forecaster(prefix.hidden[:, :n], enc.queries, enc.query_points, ego, command)
+        return self.forecaster(
+            prefix.hidden[:, :n],
+            enc.queries,
+            enc.query_points,
+            ego,
+            command,
+            enc.layer_points[-1],
+            enc.layer_logits[-1],
+        )
 
     def planning_context(
         self,

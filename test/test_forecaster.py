@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,3 +132,57 @@ def test_forecast_loss_is_eq11_sum_over_frames(cfg):
     assert fc.point_head[0].weight.grad is not None
     with pytest.raises(ValueError, match="forecast_frames"):
         forecast_losses(out, pts[:, :2], labels[:, :2], mask[:, :2], cfg)
+
+
+# ------------------------------------------------------------------ forecast_prior "ego_static"
+def _ego_pose_np(vx, vy, yaw_rate, t, substeps=2000):
+    """Ego pose after t s of constant body-frame velocity and yaw rate, by fine numerical integration (numpy)."""
+    x = y = yaw = 0.0
+    h = t / substeps
+    for _ in range(substeps):
+        mid = yaw + 0.5 * yaw_rate * h
+        x += (np.cos(mid) * vx - np.sin(mid) * vy) * h
+        y += (np.sin(mid) * vx + np.cos(mid) * vy) * h
+        yaw += yaw_rate * h
+    return x, y, yaw
+
+
+def test_constant_velocity_motion_matches_integration():
+    from sparseoccvla_core.forecaster import constant_velocity_motion
+
+    ego = torch.tensor([[10.0, 0.0, 0.0, 0.0, 0.0, 10.0], [8.0, 0.5, 0.0, 0.0, 0.4, 8.0]], dtype=torch.float64)
+    cos, sin, trans = constant_velocity_motion(ego, 0.5)
+    assert trans[0].tolist() == pytest.approx([5.0, 0.0]) and cos[0].item() == 1.0 and sin[0].item() == 0.0
+    x, y, yaw = _ego_pose_np(8.0, 0.5, 0.4, 0.5)
+    assert trans[1].tolist() == pytest.approx([x, y], abs=1e-6)
+    assert (cos[1].item(), sin[1].item()) == pytest.approx((np.cos(yaw), np.sin(yaw)), abs=1e-12)
+
+
+def test_ego_static_prior_untrained_is_the_current_occupancy_moved_by_the_ego():
+    """An untrained forecaster with forecast_prior "ego_static" returns the encoder's points (every other one of
+    them here) and logits, expressed in each future ego frame of the constant-velocity ego motion; no gradient of the
+    forecast reaches the encoder's points or logits."""
+    cfg = SparseOccVLAConfig.tiny(num_queries=10, forecast_frames=3, forecast_points_per_query=4, forecast_prior="ego_static")
+    fc = OccupancyForecaster(cfg)
+    llm, queries, centres, _, command = _inputs(cfg)
+    ego = torch.tensor([[8.0, 0.5, 0.0, 0.0, 0.4, 8.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    g = torch.Generator().manual_seed(3)
+    cur_pts = (centres[:, :, None] + torch.randn(2, 10, 8, 3, generator=g)).requires_grad_()
+    cur_logits = torch.randn(2, 10, 8, cfg.num_classes - 1, generator=g).requires_grad_()
+    out = fc(llm, queries, centres, ego, command, cur_pts, cur_logits)
+    idx = [0, 2, 5, 7]  # round(linspace(0, 7, 4))
+    for t in range(1, 4):
+        for b in range(2):
+            x, y, yaw = _ego_pose_np(float(ego[b, 0]), float(ego[b, 1]), float(ego[b, 4]), 0.5 * t)
+            p = cur_pts[b, :, idx].detach().double().numpy()
+            dx, dy = p[..., 0] - x, p[..., 1] - y
+            want = np.stack([np.cos(yaw) * dx + np.sin(yaw) * dy, -np.sin(yaw) * dx + np.cos(yaw) * dy, p[..., 2]], -1)
+            np.testing.assert_allclose(out.points[t - 1][b].detach().numpy(), want, atol=1e-4)
+        assert torch.equal(out.logits[t - 1], cur_logits[:, :, idx].detach())
+    sum(o.sum() for o in out.points + out.logits).backward()
+    assert cur_pts.grad is None and cur_logits.grad is None
+    assert fc.point_head[-1].weight.grad is not None  # the residual heads do learn
+    with pytest.raises(ValueError, match="decoded points"):
+        fc(llm, queries, centres, ego, command)
+    with pytest.raises(ValueError, match="forecast_prior"):
+        SparseOccVLAConfig.tiny(forecast_prior="constant")

@@ -247,3 +247,46 @@ def test_point_loss_options_are_validated():
         SparseOccVLAConfig.tiny(focal_class_weights=(1.0, 2.0))
     with pytest.raises(ValueError, match="occ_gt"):
         SparseOccVLAConfig.tiny(occ_gt="future")
+
+
+def test_opus_gt_weights_by_hand():
+    """gt_miss_weight / gt_rare_classes (OPUS): a GT point farther than gt_miss_distance from its nearest prediction
+    weighs gt_miss_weight in the GT -> prediction term, rare-class GT points at least gt_rare_weight; the term is
+    still divided by the GT count, and the prediction -> GT term is unchanged."""
+    cfg = SparseOccVLAConfig.tiny(
+        point_loss="smooth_l1", gt_miss_weight=5.0, gt_miss_distance=0.5, gt_rare_classes=(2, 8), gt_rare_weight=10.0
+    )
+    rng = np.random.default_rng(11)
+    b, c = 2, cfg.num_classes - 1
+    gt = rng.uniform(-3, 3, size=(b, 30, 3))
+    labels = rng.integers(0, c, size=(b, 30))
+    labels[:, :4] = 2  # some rare points for sure
+    gmask = np.ones((b, 30), bool)
+    gmask[1, -5:] = False
+    pts = [rng.uniform(-3, 3, size=(b, 6, 4, 3))]
+    logits = [rng.normal(size=(b, 6, 4, c))]
+    args = ([torch.tensor(x) for x in pts], [torch.tensor(x) for x in logits], torch.tensor(gt))
+    out = occupancy_losses(*args, torch.tensor(labels), torch.tensor(gmask), cfg, include_p0=False)
+    ref = []
+    n_miss = 0
+    for i in range(b):
+        flat, g, lab = pts[0][i].reshape(-1, 3), gt[i][gmask[i]], labels[i][gmask[i]]
+        d = ((flat[:, None] - g[None]) ** 2).sum(-1)
+        p2g, g2p = d.argmin(1), d.argmin(0)
+        w = np.where(d.min(0) > 0.5**2, 5.0, 1.0)
+        n_miss += int((w == 5.0).sum())
+        w = np.where(np.isin(lab, (2, 8)), np.maximum(w, 10.0), w)
+        ref.append(
+            np_smooth_l1(flat - g[p2g], cfg.point_loss_beta).sum(-1).mean()
+            + (w * np_smooth_l1(flat[g2p] - g, cfg.point_loss_beta).sum(-1)).sum() / len(g)
+        )
+    assert 0 < n_miss < gmask.sum()  # both weights occur
+    assert out["cd"].item() == pytest.approx(cfg.point_loss_weight * np.mean(ref), rel=1e-9)
+    plain = occupancy_losses(
+        *args, torch.tensor(labels), torch.tensor(gmask), SparseOccVLAConfig.tiny(point_loss="smooth_l1"), include_p0=False
+    )
+    assert plain["cd"].item() < out["cd"].item()
+    with pytest.raises(ValueError, match="gt_rare_classes"):
+        SparseOccVLAConfig.tiny(gt_rare_classes=(17,))
+    with pytest.raises(ValueError, match="gt_miss_weight"):
+        SparseOccVLAConfig.tiny(gt_miss_weight=0.0)

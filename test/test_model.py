@@ -427,3 +427,35 @@ def test_half_precision_export_reloads_as_float32(model, batch, tmp_path):
     out_a = model.predict(batch, generator=torch.Generator().manual_seed(0))
     out_b = half.predict(batch, generator=torch.Generator().manual_seed(0))
     assert (out_a.plan - out_b.plan).abs().max() < 0.05
+
+
+def test_ego_static_forecast_prior_in_the_model(tokenizer):
+    """forecast_prior "ego_static": the untrained model's first forecast frame (0.5 s) is its current occupancy (points and
+    scores) moved by the constant-velocity ego motion; stage 3's forecast loss trains the forecaster's residual heads
+    and leaves the encoder's decoded points out of its graph."""
+    from sparseoccvla_core.forecaster import constant_velocity_motion, into_next_frame
+
+    cfg = SparseOccVLAConfig.tiny(forecast_prior="ego_static", forecast_points_per_query=8)  # = points_per_layer[-1]
+    torch.manual_seed(0)
+    m = SparseOccVLA(cfg, tokenizer=tokenizer)
+    batch = make_batch(cfg, 2, seed=1, tokenizer=tokenizer)
+    seen = {}
+    hooks = [
+        m.occupancy_encoder.register_forward_hook(lambda mod, a, o: seen.setdefault("enc", o)),
+        m.forecaster.register_forward_hook(lambda mod, a, o: seen.setdefault("fc", o)),
+    ]
+    m.predict(batch, generator=torch.Generator().manual_seed(0), score_threshold=0.0)
+    for h in hooks:
+        h.remove()
+    enc, fc = seen["enc"], seen["fc"]
+    cos, sin, trans = constant_velocity_motion(batch.ego_state, cfg.forecast_dt)
+    torch.testing.assert_close(fc.points[0], into_next_frame(enc.layer_points[-1], cos, sin, trans), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fc.logits[0], enc.layer_logits[-1])
+    m.set_stage(3)
+    losses = m(batch, 3)
+    assert torch.isfinite(losses["fore_cd"]) and losses["fore_cd"] > 0
+    (losses["fore_cd"] + losses["fore_focal"]).backward()
+    assert m.forecaster.point_head[-1].weight.grad.abs().sum() > 0
+    assert m.forecaster.class_head[-1].weight.grad.abs().sum() > 0
+    last = m.occupancy_encoder.layers[-1]  # its decoded points and logits enter the forecaster detached
+    assert all(p.grad is None for p in [*last.cls_head.parameters(), *last.reg_head.parameters()])
