@@ -26,6 +26,8 @@ PLAN_REGRESSION_CHOICES: tuple[str, ...] = ("direct", "residual")
 OCC_GT_CHOICES: tuple[str, ...] = ("current", "concat")
 #: Cost of a matched point pair in the occupancy / forecast Chamfer terms (see ``SparseOccVLAConfig.point_loss``).
 POINT_LOSS_CHOICES: tuple[str, ...] = ("l2", "smooth_l1")
+#: How the forecaster places future points (see ``SparseOccVLAConfig.forecast_prior``).
+FORECAST_PRIORS: tuple[str, ...] = ("none", "ego_static")
 #: OPUS-T's per-class focal weights (Occ3D classes 0..16: others, barrier, bicycle, bus, car, construction vehicle,
 #: motorcycle, pedestrian, traffic cone, trailer, truck, driveable surface, other flat, sidewalk, terrain, manmade,
 #: vegetation): rare and object classes 5-10x the large surfaces (docs/reference_choices.md §3.2).
@@ -360,8 +362,8 @@ class SparseOccVLAConfig(PresetYamlMixin):
             raise ValueError(f"point_loss must be one of {POINT_LOSS_CHOICES}, got {self.point_loss!r}")
         if self.point_loss_beta <= 0 or self.point_loss_weight <= 0:
             raise ValueError("point_loss_beta and point_loss_weight must be > 0")
-        if self.forecast_prior not in ("none", "ego_static"):
-            raise ValueError(f"forecast_prior must be 'none' or 'ego_static', got {self.forecast_prior!r}")
+        if self.forecast_prior not in FORECAST_PRIORS:
+            raise ValueError(f"forecast_prior must be one of {FORECAST_PRIORS}, got {self.forecast_prior!r}")
         if self.gt_miss_weight <= 0 or self.gt_miss_distance < 0 or self.gt_rare_weight <= 0:
             raise ValueError("gt_miss_weight and gt_rare_weight must be > 0 and gt_miss_distance >= 0")
         if any(not 0 <= c < self.num_classes - 1 for c in self.gt_rare_classes):

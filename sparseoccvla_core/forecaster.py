@@ -19,8 +19,9 @@ the encoder's decoded points and class logits, detached) are moved by the ego mo
 predicts over ``forecast_dt`` (constant velocity and yaw rate, :func:`constant_velocity_motion`), and the heads
 add residuals - a centre shift, point offsets and class logits - whose last layers start at zero.  An untrained
 forecaster then predicts a static world moved by the extrapolated ego motion, and training only has to learn
-what moves on its own and where the ego deviates from constant velocity (docs/experiments.md §6).  Supervision (eq. 11):
-Chamfer + focal per future frame through :func:`sparseoccvla_core.losses.occupancy_losses` against the
+what moves on its own and where the ego deviates from constant velocity (docs/experiments.md §6).
+
+Supervision (eq. 11): Chamfer + focal per future frame through :func:`sparseoccvla_core.losses.occupancy_losses` against the
 concatenated GT transformed into that frame (``DrivingBatch.future_*``).
 """
 
@@ -35,9 +36,6 @@ from torch import nn
 from .config import SparseOccVLAConfig
 from .connector import EgoStateEncoder, PointPositionalEncoding, normalize_points
 from .losses import occupancy_losses
-
-#: values of ``SparseOccVLAConfig.forecast_prior``.
-FORECAST_PRIORS: tuple[str, ...] = ("none", "ego_static")
 
 
 def constant_velocity_motion(ego_state: torch.Tensor, dt: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

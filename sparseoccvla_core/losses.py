@@ -225,7 +225,9 @@ def chamfer_distance(
     )
 
 
-def opus_gt_weights(gt_labels: torch.Tensor, cfg: SparseOccVLAConfig) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+def opus_gt_weights(
+    gt_labels: torch.Tensor, cfg: SparseOccVLAConfig
+) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
     """OPUS's per-GT-point weights of the GT -> prediction point term, or None when the config leaves them at 1.
 
     A GT point whose nearest prediction is farther than ``cfg.gt_miss_distance`` weighs ``cfg.gt_miss_weight``;

@@ -162,7 +162,9 @@ def test_ego_static_prior_untrained_is_the_current_occupancy_moved_by_the_ego():
     """An untrained forecaster with forecast_prior "ego_static" returns the encoder's points (every other one of
     them here) and logits, expressed in each future ego frame of the constant-velocity ego motion; no gradient of the
     forecast reaches the encoder's points or logits."""
-    cfg = SparseOccVLAConfig.tiny(num_queries=10, forecast_frames=3, forecast_points_per_query=4, forecast_prior="ego_static")
+    cfg = SparseOccVLAConfig.tiny(
+        num_queries=10, forecast_frames=3, forecast_points_per_query=4, forecast_prior="ego_static"
+    )
     fc = OccupancyForecaster(cfg)
     llm, queries, centres, _, command = _inputs(cfg)
     ego = torch.tensor([[8.0, 0.5, 0.0, 0.0, 0.4, 8.0], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])

@@ -283,7 +283,11 @@ def test_opus_gt_weights_by_hand():
     assert 0 < n_miss < gmask.sum()  # both weights occur
     assert out["cd"].item() == pytest.approx(cfg.point_loss_weight * np.mean(ref), rel=1e-9)
     plain = occupancy_losses(
-        *args, torch.tensor(labels), torch.tensor(gmask), SparseOccVLAConfig.tiny(point_loss="smooth_l1"), include_p0=False
+        *args,
+        torch.tensor(labels),
+        torch.tensor(gmask),
+        SparseOccVLAConfig.tiny(point_loss="smooth_l1"),
+        include_p0=False,
     )
     assert plain["cd"].item() < out["cd"].item()
     with pytest.raises(ValueError, match="gt_rare_classes"):
