@@ -167,13 +167,18 @@ class OccupancyForecaster(nn.Module):
             queries [B, N, D], centres [B, N, 3], points [B, N, P_f, 3], logits [B, N, P_f, C] of step t.
         """
         b, n = centres.shape[:2]
-        time = centres.new_full((b, n, 1), t / self.cfg.forecast_frames)  # t normalised to (0, 1]
-        coords = torch.cat([normalize_points(centres, self.cfg.point_cloud_range), time], dim=-1)  # [B, N, 4]
-        x = self.layer(queries + self.embed_4d(coords) + ego)  # eq. 7, then the shared forecaster
+        x = self._advance(queries, centres, ego, t)
         new_centres = centres + self.centre_head(x)  # [B, N, 3]
         offsets = self.point_head(x).view(b, n, self.num_points, 3)  # [B, N, P_f, 3] m
         logits = self.class_head(x).view(b, n, self.num_points, self.num_classes)  # [B, N, P_f, C]
         return x, new_centres, new_centres[:, :, None] + offsets, logits
+
+    def _advance(self, queries: torch.Tensor, centres: torch.Tensor, ego: torch.Tensor, t: int) -> torch.Tensor:
+        """Eq. 7 (4-D embedding of the centres and time, plus the ego term), then the shared layer: [B, N, D]."""
+        b, n = centres.shape[:2]
+        time = centres.new_full((b, n, 1), t / self.cfg.forecast_frames)  # t normalised to (0, 1]
+        coords = torch.cat([normalize_points(centres, self.cfg.point_cloud_range), time], dim=-1)  # [B, N, 4]
+        return self.layer(queries + self.embed_4d(coords) + ego)
 
     def forward(
         self,
@@ -236,9 +241,7 @@ class OccupancyForecaster(nn.Module):
         for t in range(1, self.cfg.forecast_frames + 1):
             centres = into_next_frame(centres, cos, sin, trans)  # the last step's queries, in frame t
             offsets = into_next_frame(offsets, cos, sin, None)
-            time = centres.new_full((b, n, 1), t / self.cfg.forecast_frames)
-            coords = torch.cat([normalize_points(centres, self.cfg.point_cloud_range), time], dim=-1)  # [B, N, 4]
-            x = self.layer(x + self.embed_4d(coords) + ego)  # eq. 7, then the shared forecaster
+            x = self._advance(x, centres, ego, t)
             new_centres = centres + self.centre_head(x)  # [B, N, 3]
             new_offsets = offsets + self.point_head(x).view(b, n, self.num_points, 3)
             step_logits = logits + self.class_head(x).view(b, n, self.num_points, self.num_classes)

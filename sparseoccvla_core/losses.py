@@ -243,9 +243,7 @@ def opus_gt_weights(
     """
     if cfg.gt_miss_weight == 1.0 and not cfg.gt_rare_classes:
         return None
-    rare = torch.zeros_like(gt_labels, dtype=torch.bool)
-    for c in cfg.gt_rare_classes:
-        rare |= gt_labels == c
+    rare = torch.isin(gt_labels, gt_labels.new_tensor(cfg.gt_rare_classes))
     miss_sq = cfg.gt_miss_distance**2
 
     def weights(sqdist: torch.Tensor) -> torch.Tensor:
