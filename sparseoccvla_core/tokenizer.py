@@ -12,12 +12,16 @@ Vicuna-based driving VLMs (OmniDrive, HERMES) use; a tokenizer with its own ``ch
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .batch import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+_warned_truncation = False  # encode_qa warns once per process when it cuts an answer
 
 SYSTEM_PROMPT = (
     "A chat between a curious user and an autonomous driving assistant. The assistant sees the scene "
@@ -144,8 +148,25 @@ def encode_qa(
         prompt_ids = prompt_ids[:1] + prompt_ids[len(prompt_ids) - keep + 1 :]
         budget = min_answer
     if len(answer_ids) > budget:
+        _warn_truncation(len(answer_ids), budget, max_tokens, question)
         answer_ids = answer_ids[: budget - 1] + [tokenizer.eos_token_id]
     return prompt_ids + answer_ids, [IGNORE_INDEX] * len(prompt_ids) + answer_ids
+
+
+def _warn_truncation(answer_len: int, budget: int, max_tokens: int, question: str) -> None:
+    """Say once per process that answers are being cut: the model then never learns (or says) their end."""
+    global _warned_truncation
+    if _warned_truncation:
+        return
+    _warned_truncation = True
+    logger.warning(
+        "an answer of %d tokens (with EOS) to %r was cut to %d to fit max_text_tokens = %d; the model never sees "
+        "the end of such answers: raise max_text_tokens (and max_new_tokens) in the model config (warned once)",
+        answer_len,
+        question[:60],
+        budget,
+        max_tokens,
+    )
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_value: int, length: Optional[int] = None) -> list[list[int]]:

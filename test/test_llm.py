@@ -208,3 +208,30 @@ def test_local_llm_path_loads_and_missing_path_is_clear(tmp_path, cfg, tokenizer
     assert torch.equal(w_saved, w_loaded)
     with pytest.raises(FileNotFoundError, match="llm_path .* is not a local folder"):
         SceneLanguageModel(SparseOccVLAConfig.tiny(llm_path=str(tmp_path / "nope")), len(tokenizer), tokenizer)
+
+
+def test_encode_qa_cuts_a_long_answer_keeps_eos_and_warns_once(tokenizer, caplog, monkeypatch):
+    import sparseoccvla_core.tokenizer as tok_mod
+
+    monkeypatch.setattr(tok_mod, "_warned_truncation", False)
+    question = "Can you provide a summary of the current driving scenario based on the input images?"
+    answer = " ".join(["The ego vehicle is driving at 9.9 m/s on a straight two-lane road."] * 6)
+    prompt_len = len(encode_qa(tokenizer, question, None, 10_000)[0])
+    full_ids, full_labels = encode_qa(tokenizer, question, answer, 10_000)
+    answer_len = len(full_ids) - prompt_len  # answer tokens + EOS
+    assert answer_len > 60
+    limit = prompt_len + 40  # answer budget 40 > limit // 4, so the question is kept whole
+    with caplog.at_level("WARNING", logger="sparseoccvla_core.tokenizer"):
+        ids, labels = encode_qa(tokenizer, question, answer, limit)
+        encode_qa(tokenizer, question, answer, limit)
+    assert len(ids) == len(labels) == limit
+    assert ids[:prompt_len] == full_ids[:prompt_len]
+    assert ids[prompt_len:-1] == full_ids[prompt_len : limit - 1]  # the answer's start, then EOS
+    assert ids[-1] == labels[-1] == tokenizer.eos_token_id
+    cut = [r for r in caplog.records if "max_text_tokens" in r.getMessage()]
+    assert len(cut) == 1 and f"{answer_len} tokens" in cut[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sparseoccvla_core.tokenizer"):
+        monkeypatch.setattr(tok_mod, "_warned_truncation", False)
+        ids, labels = encode_qa(tokenizer, question, answer, len(full_ids))  # fits exactly: nothing cut
+    assert ids == full_ids and labels == full_labels and not caplog.records
