@@ -3,8 +3,8 @@
     .venv/bin/python scripts/qa_probe.py CKPT DATA SPLIT [--every 20] [--question Q ...]
 
 For every ``--every``-th key frame of DATA's SPLIT, the scene is encoded once (``encode_scene`` ->
-``scene_tokens`` -> ``scene_prefix``, as ``sparseoccvla eval`` does) and each question is answered greedily
-(``answer_questions``).  Prints, per question, the answers with their counts and the probability of the first
+``scene_tokens`` -> ``scene_prefix``, as ``sparseoccvla eval`` does); on that one prefix each question is
+answered greedily (``SparseOccVLA.answer``) and its prompt is run once more for the first token's probabilities.  Prints, per question, the answers with their counts and the probability of the first
 token of " yes" / " no" at the answer position (min / max over frames): equal probabilities across questions and
 frames mean the answer ignores the question's object word and the scene.
 """
@@ -19,8 +19,6 @@ from torch.utils.data import DataLoader, Subset
 
 from sparseoccvla_core import SparseOccVLA
 from sparseoccvla_core.data.dataset import DrivingDataset, make_collate
-from sparseoccvla_core.evaluation.loop import answer_questions
-from sparseoccvla_core.tokenizer import encode_qa
 
 QUESTIONS = (
     "Are there any cars?",
@@ -50,16 +48,14 @@ def main() -> None:
     first = {w: tok(f" {w}", add_special_tokens=False)["input_ids"][0] for w in ("yes", "no")}
     answers = collections.defaultdict(collections.Counter)
     probs = collections.defaultdict(list)
+    prompts = {q: model.question_prompt(q) for q in questions}
     with torch.no_grad():
         for batch in loader:
             n = batch.images.shape[0]
-            for per_item in answer_questions(model, batch, [questions] * n, 8):
-                for q, a in zip(questions, per_item):
-                    answers[q][a] += 1
-            enc = model.encode_scene(batch)
-            prefix = model.scene_prefix(model.scene_tokens(enc), batch.ego_state, batch.command)
+            prefix = model.scene_prefix(model.scene_tokens(model.encode_scene(batch)), batch.ego_state, batch.command)
             for q in questions:
-                ids = torch.tensor([encode_qa(tok, q, None, model.cfg.llm_max_positions)[0]] * n)
+                answers[q].update(model.answer(prefix, [prompts[q]] * n, 8).texts)
+                ids = torch.tensor([prompts[q]] * n)
                 hidden = model.llm.run_text(prefix, ids, torch.ones_like(ids))
                 p = torch.softmax(model.llm.lm_head(hidden[:, -1]).float(), -1)
                 probs[q].append(p[:, [first["yes"], first["no"]]])
