@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/training_curves.py RUN_DIR --data DATA --out curves.png [--epochs 1 4 7 ...]
 
-``RUN_DIR`` holds the stage folders ``s1``, ``s2``, ``s3`` written by ``sparseoccvla train`` (as
-``scripts/train_default.sh`` lays them out).  Wall time is the sum of the per-update ``seconds`` column of each
+``RUN_DIR`` holds the stage folders ``s1``, ``s2``, ``s3`` written by ``sparseoccvla train`` and, between
+stages 1 and 2, ``s1_text`` written by ``sparseoccvla pretrain-llm`` (as ``scripts/train_default.sh`` lays them
+out; its per-epoch text NLL is plotted with its own wall time).  Wall time is the sum of the per-update ``seconds`` column of each
 stage's ``losses.csv`` (stages back to back, data loading included, checkpoint writing and start-up excluded).
 Held-out metrics come from the per-epoch checkpoints (``<stage>/checkpoints/epoch_NNN``) evaluated with
 ``sparseoccvla eval``'s code on the first ``--max-samples`` key frames of DATA's val split (scenes never trained
@@ -18,7 +19,8 @@ import csv
 import json
 from pathlib import Path
 
-STAGES = ("s1", "s2", "s3")
+STAGES = ("s1", "s1_text", "s2", "s3")
+TEXT_STEP = "s1_text"  # sparseoccvla pretrain-llm between stages 1 and 2 (its text_loss.csv: one row per epoch)
 LOSS_COLUMNS = ("occ_cd", "occ_focal", "distill", "lm", "fore_cd", "fore_focal", "plan_cls", "plan_l1", "loss")
 
 
@@ -26,6 +28,16 @@ def read_losses(run: Path) -> dict[str, dict[str, list[float]]]:
     """Per stage: wall minutes since the run began (end of each update) and each loss column (NaN where empty)."""
     out, offset = {}, 0.0
     for stage in STAGES:
+        if stage == TEXT_STEP:
+            path = run / stage / "text_loss.csv"
+            if path.is_file():
+                rows = list(csv.DictReader(path.open()))
+                cols = {c: [float("nan")] * len(rows) for c in LOSS_COLUMNS}
+                cols["text_nll"] = [float(r["train_nll"]) for r in rows]
+                cols["epoch"] = [int(r["epoch"]) for r in rows]
+                out[stage] = {"minutes": [offset + float(r["wall_s"]) / 60.0 for r in rows], **cols}
+                offset = out[stage]["minutes"][-1]
+            continue
         path = run / stage / "losses.csv"
         if not path.is_file():
             continue
@@ -90,6 +102,10 @@ def plot(losses: dict, evals: dict, out: Path, title: str) -> None:
     labelled = set()
     window = 25
     for stage, s in losses.items():
+        if stage == TEXT_STEP:  # one point per epoch, no smoothing
+            ax.plot(s["minutes"], s["text_nll"], "o-", color="C8", lw=1.0, ms=3, label="lm, text only (per answer)")
+            ax.axvline(s["minutes"][-1], color="0.6", ls=":", lw=0.8)
+            continue
         for col in LOSS_COLUMNS:
             values = s[col]
             pairs = [(m, v) for m, v in zip(s["minutes"], values) if v == v]
@@ -149,10 +165,10 @@ def plot(losses: dict, evals: dict, out: Path, title: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="folder with s1/, s2/, s3/")
+    parser.add_argument("run", type=Path, help="folder with s1/, s2/, s3/ (and s1_text/ from pretrain-llm)")
     parser.add_argument("--data", type=Path, required=True, help="dataset root of the run (its val split is scored)")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
-    parser.add_argument("--s1-epochs", type=int, nargs="*", default=[1, 4, 7, 10, 14])
+    parser.add_argument("--s1-epochs", type=int, nargs="*", default=[1, 4, 8])
     parser.add_argument("--s2-epochs", type=int, nargs="*", default=[2])
     parser.add_argument("--s3-epochs", type=int, nargs="*", default=[2, 4, 6])
     parser.add_argument("--max-samples", type=int, default=40, help="val key frames per evaluation")

@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "anchors": ("sparseoccvla_core.data.anchors", "K-means planning anchors per driving command + dataset statistics"),
     "info": ("sparseoccvla_core.model_info", "parameters of the model per part and training stage (markdown)"),
     "train": ("sparseoccvla_core.training", "train one of the paper's three stages (sec. 4.2)"),
+    "pretrain-llm": (
+        "sparseoccvla_core.text_pretraining",
+        "train a random-init LLM on the training text before stage 2",
+    ),
     "eval": ("sparseoccvla_core.evaluation", "the paper's metrics of a checkpoint on a split (Tables 1, 2, 5)"),
     "export": ("sparseoccvla_core.export", "re-save a checkpoint with half-precision parameters (distribution)"),
     "bag": ("sparseoccvla_ros.replay.bag_writer", "nuScenes / synthetic scenes -> rosbag2 MCAP (+ GT topics)"),

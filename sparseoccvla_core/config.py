@@ -28,6 +28,8 @@ OCC_GT_CHOICES: tuple[str, ...] = ("current", "concat")
 POINT_LOSS_CHOICES: tuple[str, ...] = ("l2", "smooth_l1")
 #: How the forecaster places future points (see ``SparseOccVLAConfig.forecast_prior``).
 FORECAST_PRIORS: tuple[str, ...] = ("none", "ego_static")
+#: How eq. 5 averages the NLL of a text stream over a batch (see ``SparseOccVLAConfig.lm_mean``).
+LM_MEAN_CHOICES: tuple[str, ...] = ("token", "answer")
 #: OPUS-T's per-class focal weights (Occ3D classes 0..16: others, barrier, bicycle, bus, car, construction vehicle,
 #: motorcycle, pedestrian, traffic cone, trailer, truck, driveable surface, other flat, sidewalk, terrain, manmade,
 #: vegetation): rare and object classes 5-10x the large surfaces (docs/reference_choices.md §3.2).
@@ -182,6 +184,10 @@ class SparseOccVLAConfig(PresetYamlMixin):
             [§5.1]; the paper names only r and alpha).
         max_text_tokens: longest prompt + answer kept by the tokenizer.
         max_new_tokens: longest generated answer / explanation.
+        lm_mean: how eq. 5 averages a text stream's NLL over a batch: "token" (every answer token of the batch
+            counts once, the usual causal-LM loss) or "answer" (each answer's token mean, then the mean over the
+            batch's answers, so a 90-token description and a one-word nuScenes-QA answer weigh the same;
+            docs/experiments.md §9).
         plan_question: the driving-decision prompt of the plan text stream: the dataset trains the reasoning as its
             answer and every inference path (``predict``, the pipeline, the ROS node, the evaluation) asks it, so a
             checkpoint records the prompt it was trained with (HERMES' action question, ``data/qa.py``; checkpoints
@@ -288,6 +294,7 @@ class SparseOccVLAConfig(PresetYamlMixin):
     lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     max_text_tokens: int = 512
     max_new_tokens: int = 64
+    lm_mean: str = "token"
     plan_question: str = ACTION_QUESTION
     # --- forecaster (part 6) ---
     forecast_frames: int = 6
@@ -358,6 +365,8 @@ class SparseOccVLAConfig(PresetYamlMixin):
             raise ValueError(f"plan_regression must be one of {PLAN_REGRESSION_CHOICES}, got {self.plan_regression!r}")
         if self.occ_gt not in OCC_GT_CHOICES:
             raise ValueError(f"occ_gt must be one of {OCC_GT_CHOICES}, got {self.occ_gt!r}")
+        if self.lm_mean not in LM_MEAN_CHOICES:
+            raise ValueError(f"lm_mean must be one of {LM_MEAN_CHOICES}, got {self.lm_mean!r}")
         if self.point_loss not in POINT_LOSS_CHOICES:
             raise ValueError(f"point_loss must be one of {POINT_LOSS_CHOICES}, got {self.point_loss!r}")
         if self.point_loss_beta <= 0 or self.point_loss_weight <= 0:

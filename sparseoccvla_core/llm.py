@@ -254,6 +254,32 @@ class SceneLanguageModel(nn.Module):
         logits = self.lm_head(text_hidden[:, :-1][keep])  # [M, vocab]
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum"), count
 
+    def lm_loss(self, text_hidden: torch.Tensor, labels: torch.Tensor, mean: str = "token") -> torch.Tensor:
+        """Eq. 5 of a text stream, averaged over the batch's answer tokens (``mean="token"``) or per answer, then
+        over the answers that have a label (``mean="answer"``).  Zero (with a graph) when nothing is labelled.
+
+        Args:
+            text_hidden: [B, L, H] hidden states of a text stream (from :meth:`run_text`).
+            labels: [B, L] as in :meth:`lm_loss_terms`.
+            mean: "token" or "answer" (``SparseOccVLAConfig.lm_mean``).
+        """
+        if mean == "token":
+            nll, count = self.lm_loss_terms(text_hidden, labels)
+            return nll / max(1, count)
+        if mean != "answer":
+            raise ValueError(f"mean must be 'token' or 'answer', got {mean!r}")
+        targets = labels[:, 1:]  # [B, L-1]
+        keep = targets != IGNORE_INDEX
+        per_row = keep.sum(dim=1)  # [B]
+        if int(per_row.sum()) == 0:
+            return text_hidden.sum() * 0.0
+        logits = self.lm_head(text_hidden[:, :-1][keep])  # [M, vocab]
+        nll = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # [M]
+        rows = keep.nonzero()[:, 0]  # [M] row of each labelled token
+        row_sum = nll.new_zeros(labels.shape[0]).index_add(0, rows, nll)  # [B]
+        answered = per_row > 0
+        return (row_sum[answered] / per_row[answered].to(nll.dtype)).mean()
+
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(

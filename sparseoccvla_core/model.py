@@ -534,14 +534,13 @@ class SparseOccVLA(nn.Module):
             prefix = self.scene_prefix(tokens, batch.ego_state, batch.command)
             # Eq. 5 is averaged per stream, then summed: pooling the tokens of both streams would let the long
             # planning-reasoning answers outweigh the short QA answers (a few tokens) by an order of magnitude.
+            # Within a stream, cfg.lm_mean "answer" also weighs each item's answer equally.
             lm = prefix.hidden.sum() * 0.0
             if batch.qa_input_ids is not None:
                 qa_hidden = self.llm.run_text(prefix, batch.qa_input_ids, batch.qa_attention_mask)
-                qa_nll, qa_count = self.llm.lm_loss_terms(qa_hidden, batch.qa_labels)
-                lm = lm + qa_nll / max(1, qa_count)
+                lm = lm + self.llm.lm_loss(qa_hidden, batch.qa_labels, cfg.lm_mean)
             plan_hidden = self.llm.run_text(prefix, batch.plan_input_ids, batch.plan_attention_mask)
-            plan_nll, plan_count = self.llm.lm_loss_terms(plan_hidden, batch.plan_labels)
-            losses["lm"] = lm + plan_nll / max(1, plan_count)
+            losses["lm"] = lm + self.llm.lm_loss(plan_hidden, batch.plan_labels, cfg.lm_mean)
             # 7. forecasting from T'_o (LLM states at the occupancy positions) and Q_L
             forecast = self.forecast(prefix, enc, batch.ego_state, batch.command)
             fore = forecast_losses(forecast, batch.future_points, batch.future_labels, batch.future_mask, cfg)

@@ -545,3 +545,34 @@ def test_eval_all_splits_with_statistics_from_another_root(tiny_world_and_ckpt):
     assert metrics["splits"] == {"train": 14, "val": 2} and metrics["train_data"] == str(data)
     assert metrics["baselines"]["training_statistics"]["root"] == str(data)
     assert metrics["occupancy"]["no_mask"]["num_frames"] == 16
+
+
+def test_qa_question_prior_baseline_answers_each_question_with_its_training_answer():
+    """Per question text, the most frequent training answer; an unseen question gets the overall majority."""
+    stats = E.TrainingStatistics(
+        None, 0, None, 0, "no", 5, "train", qa_question_answers={"Are there any cars?": "yes", "How many cars?": "2"}
+    )
+    acc = E.MetricAccumulator(_tiny_cfg(), stats)
+    rows = (  # (prediction, answer, type, question)
+        ("no", "yes", "exist", "Are there any cars?"),  # prior "yes": right
+        ("no", "no", "exist", "Are there any cars?"),  # prior "yes": wrong
+        ("2", "3", "count", "How many cars?"),  # prior "2": wrong
+        ("no", "no", "exist", "Are there any trucks?"),  # unseen: majority "no", right
+    )
+    for pred, ans, kind, question in rows:
+        acc.add_qa(pred, ans, kind, 0, question=question)
+    res = acc.finalize("val", num_samples=1, meteor=False)
+    prior = res.baselines.qa_question_prior
+    assert prior.accuracy.overall == pytest.approx(50.0) and prior.accuracy.per_type == {
+        "exist": pytest.approx(200 / 3),
+        "count": 0.0,
+    }
+    assert (prior.num_fallback, prior.num_training_questions) == (1, 2)
+    assert res.baselines.qa_majority_answer.accuracy.overall == pytest.approx(50.0)  # "no" on all four
+    again = E.EvalResults.from_dict(json.loads(json.dumps(res.to_dict())))
+    assert again.baselines.qa_question_prior == prior
+    assert "most frequent training answer to the same question (no scene) | 50.0 |" in E.render_markdown(res)
+    # without question texts the baseline is not computed (it would answer blind)
+    acc2 = E.MetricAccumulator(_tiny_cfg(), stats)
+    acc2.add_qa("no", "no", "exist", 0)
+    assert acc2.finalize("val", num_samples=1, meteor=False).baselines.qa_question_prior is None

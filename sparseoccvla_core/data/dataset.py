@@ -505,7 +505,12 @@ class DrivingDataset(Dataset):
         return cur_pts, cur_lab, g_pts, g_lab, fut_pts, fut_lab, ev_pts, ev_lab
 
     # ------------------------------------------------------------------ text
-    def _texts(self, scene: SceneFrames, i: int, wp, wp_valid, rng) -> tuple[Optional[QAPair], Optional[str]]:
+    def frame_texts(
+        self, scene: SceneFrames, i: int, wp: Optional[np.ndarray] = None, wp_valid: Optional[np.ndarray] = None
+    ) -> tuple[list[QAPair], Optional[str]]:
+        """Every understanding pair of key frame ``i`` of ``scene`` from the configured ``qa_sources``, and its
+        planning-reasoning text (None when the frame has none).  ``wp`` / ``wp_valid`` are computed when the
+        ``planning`` source needs them and they are not given."""
         opt, token = self.options, scene.sample_tokens[i]
         pairs: list[QAPair] = []
         if self._omni_kinds and self.omnidrive.available:
@@ -514,11 +519,32 @@ class DrivingDataset(Dataset):
         dl = self.drivelm.get(token) if "drivelm" in opt.qa_sources else None
         if dl is not None:
             pairs += dl.pairs
-        if "planning" in opt.qa_sources and bool(np.all(wp_valid)):
-            pairs.append(QAPair(PLANNING_QUESTION, planning_answer(wp), "planning"))
+        if "planning" in opt.qa_sources:
+            if wp is None or wp_valid is None:
+                wp, wp_valid = self._waypoints(scene, i)
+            if bool(np.all(wp_valid)):
+                pairs.append(QAPair(PLANNING_QUESTION, planning_answer(wp), "planning"))
         plan = self.omnidrive.plan_text(token) if self.omnidrive.available else None
         if plan is None and dl is not None:
             plan = dl.plan_text
+        return pairs, plan
+
+    def text_pairs(self) -> list[tuple[str, str]]:
+        """(question, answer) of every understanding pair and every planning-reasoning text of the split, in key-frame
+        order, duplicates kept (their frequency is the split's): the text a training stage draws its eq.-5 targets
+        from.  The planning reasoning comes as ``(cfg.plan_question, text)``."""
+        out: list[tuple[str, str]] = []
+        for scene in self.scenes:
+            for i in range(len(scene)):
+                pairs, plan = self.frame_texts(scene, i)
+                out += [(p.question, p.answer) for p in pairs]
+                if plan:
+                    out.append((self.cfg.plan_question, plan))
+        return out
+
+    def _texts(self, scene: SceneFrames, i: int, wp, wp_valid, rng) -> tuple[Optional[QAPair], Optional[str]]:
+        opt, token = self.options, scene.sample_tokens[i]
+        pairs, plan = self.frame_texts(scene, i, wp, wp_valid)
         if opt.require_text and (not pairs or plan is None):
             raise FileNotFoundError(
                 f"sample {token} ({scene.name}) has no {'QA pair' if not pairs else 'plan text'} in "

@@ -32,6 +32,7 @@ from .baselines import (
     ClassBaseline,
     MajorityAnswerBaseline,
     MeanTrajectoryBaseline,
+    QuestionPriorBaseline,
     RetrievalBaseline,
     TrainingStatistics,
     TrainingSummary,
@@ -145,6 +146,7 @@ class MetricAccumulator:
         self._qa_answer: list[str] = []
         self._qa_type: list[str] = []
         self._qa_hop: list[int] = []
+        self._qa_question: list[Optional[str]] = []
         self._reasoning: list[ReasoningExample] = []
 
     # ------------------------------------------------------------------ occupancy
@@ -364,8 +366,17 @@ class MetricAccumulator:
         self._text_question.append(None if question is None else str(question))
         self._text_kind.append(None if kind is None else str(kind))
 
-    def add_qa(self, prediction: str, answer: str, template_type: str = "unknown", num_hop: int = 0) -> None:
-        """One nuScenes-QA answer and its GT (template type and hop count for the per-type accuracies)."""
+    def add_qa(
+        self,
+        prediction: str,
+        answer: str,
+        template_type: str = "unknown",
+        num_hop: int = 0,
+        question: Optional[str] = None,
+    ) -> None:
+        """One nuScenes-QA answer and its GT (template type and hop count for the per-type accuracies; the question
+        text for the per-question baseline, which is computed only when every question has one)."""
+        self._qa_question.append(None if question is None else str(question))
         self._qa_pred.append(str(prediction))
         self._qa_answer.append(str(answer))
         self._qa_type.append(str(template_type))
@@ -550,4 +561,12 @@ class MetricAccumulator:
         if stats.majority_answer is not None and self._qa_answer:
             accuracy = self._qa_scores([stats.majority_answer] * len(self._qa_answer))
             out.qa_majority_answer = MajorityAnswerBaseline(stats.majority_answer, accuracy)
+        questions = self._qa_question
+        if stats.qa_question_answers is not None and questions and all(q is not None for q in questions):
+            prior = [stats.qa_prior_answer(q) for q in questions]
+            out.qa_question_prior = QuestionPriorBaseline(
+                self._qa_scores(prior),
+                sum(q not in stats.qa_question_answers for q in questions),
+                len(stats.qa_question_answers),
+            )
         return out

@@ -2,13 +2,14 @@
 
 The baselines (scored by :class:`~sparseoccvla_core.evaluation.accumulator.MetricAccumulator` on the same frames
 and protocols as the model): occupancy "most frequent training class on the GT geometry", planning
-"training-set mean trajectory" and "constant velocity" (needs no statistics), QA "majority training answer",
+"training-set mean trajectory" and "constant velocity" (needs no statistics), QA "majority training answer" and
+"most frequent training answer to the same question" (a per-question prior: it sees the question, not the scene),
 understanding "most frequent training answer to the same question" (retrieval), and forecasting "static world"
 (the model's own current occupancy moved by the GT ego motion; needs no statistics).
 :func:`training_statistics` computes what they need from a training split (of the evaluated root or of another
 one, ``sparseoccvla eval --train-data``): the mean of the full T-waypoint training trajectories, the class
 histogram of the training Occ3D labels (at most ``max_occ_frames`` evenly spaced frames), the most frequent
-nuScenes-QA training answer and, per OmniDrive understanding question text, its most frequent training answer.
+nuScenes-QA training answer (overall and per question text) and, per OmniDrive understanding question text, its most frequent training answer.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class TrainingStatistics:
         retrieval_fallback: the most frequent training answer over all understanding questions (for questions
             that never occur in training).
         num_understanding_pairs: training question / answer pairs counted for the retrieval answers.
+        qa_question_answers: nuScenes-QA question text -> its most frequent (normalised) training answer (None
+            without the file); questions never asked in training get ``majority_answer``.
         root: dataset root the statistics come from (None = the evaluated root).
     """
 
@@ -62,6 +65,14 @@ class TrainingStatistics:
     retrieval_fallback: Optional[str] = None
     num_understanding_pairs: int = 0
     root: Optional[str] = None
+    qa_question_answers: Optional[dict[str, str]] = None
+
+    def qa_prior_answer(self, question: str) -> Optional[str]:
+        """The per-question QA baseline's answer: the most frequent training answer to ``question``, else the
+        overall majority answer (None without nuScenes-QA training questions)."""
+        if self.qa_question_answers is None:
+            return None
+        return self.qa_question_answers.get(question, self.majority_answer)
 
     def retrieval_answer(self, question: str) -> Optional[str]:
         """The retrieval baseline's answer: the most frequent training answer to ``question``, else the fallback."""
@@ -119,15 +130,30 @@ def training_statistics(
         n_occ = len(pick)
     else:
         n_occ = 0
-    majority, n_qa = None, 0
+    majority, n_qa, per_question = None, 0, None
     qa_path = layout.nuscenes_qa_root / f"NuScenes_{qa_split_name(split)}_questions.json"
     if qa_path.is_file():
-        answers = [r.answer for recs in load_nuscenes_qa_records(qa_path).values() for r in recs]
-        if answers:
-            majority, n_qa = M.majority_answer(answers), len(answers)
+        records = [r for recs in load_nuscenes_qa_records(qa_path).values() for r in recs]
+        if records:
+            majority, n_qa = M.majority_answer([r.answer for r in records]), len(records)
+            by_question: dict[str, list[str]] = {}
+            for r in records:
+                by_question.setdefault(r.question, []).append(r.answer)
+            per_question = {q: M.majority_answer(a) for q, a in by_question.items()}
     retrieval, fallback, n_pairs = retrieval_answers(layout, split, [token for _, token in frames])
     return TrainingStatistics(
-        mean, len(trajs), counts, n_occ, majority, n_qa, split, retrieval, fallback, n_pairs, str(layout.root)
+        mean,
+        len(trajs),
+        counts,
+        n_occ,
+        majority,
+        n_qa,
+        split,
+        retrieval,
+        fallback,
+        n_pairs,
+        str(layout.root),
+        per_question,
     )
 
 
@@ -233,6 +259,34 @@ class MajorityAnswerBaseline:
 
 
 @dataclass
+class QuestionPriorBaseline:
+    """nuScenes-QA baseline: for every question, the most frequent training answer to the same question text.
+
+    It reads the question and never the scene, so it is what a model reaches from the question templates alone.
+
+    Args:
+        accuracy: its accuracy on the model's questions.
+        num_fallback: questions never asked in training (answered with the overall majority answer).
+        num_training_questions: distinct training question texts.
+    """
+
+    accuracy: QAResult
+    num_fallback: int
+    num_training_questions: int
+
+    def to_dict(self) -> JsonDict:
+        return {
+            "accuracy": self.accuracy.to_dict(),
+            "num_fallback": self.num_fallback,
+            "num_training_questions": self.num_training_questions,
+        }
+
+    @classmethod
+    def from_dict(cls, d: JsonDict) -> "QuestionPriorBaseline":
+        return cls(QAResult.from_dict(d["accuracy"]), d["num_fallback"], d["num_training_questions"])
+
+
+@dataclass
 class RetrievalBaseline:
     """Understanding baseline: the most frequent training answer to the same question (``TrainingStatistics``).
 
@@ -277,6 +331,7 @@ class BaselineResults:
     planning_mean_trajectory: Optional[MeanTrajectoryBaseline] = None
     planning_constant_velocity: Optional[PlanScores] = None
     qa_majority_answer: Optional[MajorityAnswerBaseline] = None
+    qa_question_prior: Optional[QuestionPriorBaseline] = None
     forecast_static_world: Optional[ForecastResult] = None
     understanding_retrieval: Optional[RetrievalBaseline] = None
 
@@ -289,6 +344,7 @@ class BaselineResults:
             "planning_mean_trajectory",
             "planning_constant_velocity",
             "qa_majority_answer",
+            "qa_question_prior",
             "forecast_static_world",
             "understanding_retrieval",
         ):
@@ -309,6 +365,7 @@ class BaselineResults:
             planning_mean_trajectory=opt("planning_mean_trajectory", MeanTrajectoryBaseline.from_dict),
             planning_constant_velocity=opt("planning_constant_velocity", PlanScores.from_dict),
             qa_majority_answer=opt("qa_majority_answer", MajorityAnswerBaseline.from_dict),
+            qa_question_prior=opt("qa_question_prior", QuestionPriorBaseline.from_dict),
             forecast_static_world=opt("forecast_static_world", ForecastResult.from_dict),
             understanding_retrieval=opt("understanding_retrieval", RetrievalBaseline.from_dict),
         )

@@ -322,7 +322,7 @@ class _SplitScorer:
         """Record the generated answers of one frame against their references."""
         for q, pred in zip(questions, answers):
             if q.qa is not None:
-                self.acc.add_qa(pred, q.qa.answer, q.qa.template_type, q.qa.num_hop)
+                self.acc.add_qa(pred, q.qa.answer, q.qa.template_type, q.qa.num_hop, question=q.text)
             elif q.reference is not None:
                 self.acc.add_understanding(pred, q.reference, question=q.text, kind=q.kind)
 

@@ -211,6 +211,15 @@ def _qa_table(results: EvalResults) -> list[str]:
             + " | ".join(_fmt(acc.per_type.get(t), 1) for t in types)
             + " |"
         )
+    prior = results.baselines.qa_question_prior
+    if prior is not None:
+        acc = prior.accuracy
+        lines.append(
+            "| Baseline: most frequent training answer to the same question (no scene) | "
+            + f"{_fmt(acc.overall, 1)} | "
+            + " | ".join(_fmt(acc.per_type.get(t), 1) for t in types)
+            + " |"
+        )
     return lines + ["", f"Protocol: {results.protocol['nuscenes_qa']}; {qa.count} questions.", ""]
 
 
