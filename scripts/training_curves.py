@@ -105,6 +105,7 @@ def plot(losses: dict, evals: dict, out: Path, title: str) -> None:
         if stage == TEXT_STEP:  # one point per epoch, no smoothing
             ax.plot(s["minutes"], s["text_nll"], "o-", color="C8", lw=1.0, ms=3, label="lm, text only (per answer)")
             ax.axvline(s["minutes"][-1], color="0.6", ls=":", lw=0.8)
+            ax.text(s["minutes"][0], 1.02, "text", transform=ax.get_xaxis_transform(), fontsize=9)
             continue
         for col in LOSS_COLUMNS:
             values = s[col]
