@@ -52,7 +52,7 @@ setup(
         "mcap",
         "mcap-ros2-support",
         "pycocoevalcap",
-        # HERMES's METEOR (nltk.translate.meteor_score); WordNet 3.0 comes from the OS package wordnet-base (README)
+        # HERMES's METEOR (nltk.translate.meteor_score); WordNet 3.0 comes from the OS package wordnet-base (docs/install.md §1)
         "nltk==3.10.4",
         "opencv-python-headless",
         # strict JPEG decoding (libjpeg-turbo warnings such as "Corrupt JPEG data" become errors): driving_node

@@ -68,7 +68,7 @@ DEFAULT_CHECKPOINT = default_checkpoint()
 #: Prefill lengths of the two baselines of ratio (a): HERMES's BEV tokens and OmniDrive's Q-Former queries.
 HERMES_BEV_TOKENS = 2500
 OMNIDRIVE_QFORMER_TOKENS = 513
-#: Targets of the ratios (the efficiency the paper claims, as the project tracks it: README, Benchmarks).
+#: Targets of the ratios (the efficiency the paper claims, as the project tracks it: docs/benchmarks.md §1).
 TARGET_PREFILL_VS_HERMES = 3.0
 TARGET_STREAMING_BACKBONE = 6.0
 TARGET_ASK = 3.0

@@ -1,4 +1,4 @@
-"""Where the committed default checkpoint lives (README, "The default checkpoint"; ``scripts/train_default.sh``).
+"""Where the committed default checkpoint lives (docs/training.md §2; ``scripts/train_default.sh``).
 
 The repository commits it at ``checkpoints/default/`` beside the Python packages.  A source checkout or an editable
 install (``scripts/install.sh``) finds it there; a colcon install also copies it into the ROS package's share folder
@@ -26,7 +26,7 @@ def is_checkpoint(folder: Path) -> bool:
 def default_checkpoint(share_dir: Optional[str | Path] = None) -> Path:
     """The default checkpoint folder: the source tree's, else the installed share folder's (``share_dir`` = the
     ROS package share directory when known).  Returns the source-tree path when neither exists, so error messages
-    name the place the README documents."""
+    name the place docs/training.md §2 documents."""
     candidates = [REPO_CHECKPOINT]
     if share_dir is not None:
         candidates.append(Path(share_dir) / "checkpoints" / "default")

@@ -1,4 +1,4 @@
-"""ROS messages <-> SparseOccVLA core types.  The only module that knows both (see the README's node section).
+"""ROS messages <-> SparseOccVLA core types.  The only module that knows both (docs/design.md §2).
 
 Inputs:
 

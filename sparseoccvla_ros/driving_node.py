@@ -37,7 +37,7 @@ the cameras and the missing part.
 
 Diagnostics (``/diagnostics``, statuses ``<node>: model | inputs | inference``): every problem raises an alarm
 of its own kind with a fixed level, held for ``diagnostics_hold_s`` after it last happened
-(:mod:`.health`); the README's node section lists the levels.
+(:mod:`.health`); docs/ros_node.md §7 lists the levels.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class _Stats:
 
 
 class DrivingNode(Node):
-    """SparseOccVLA driving node (topics, parameters and threads: see the module docstring and README).
+    """SparseOccVLA driving node (topics, parameters and threads: see the module docstring and docs/ros_node.md).
 
     Args:
         node_name: node name (default ``driving_node``).

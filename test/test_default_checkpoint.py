@@ -4,7 +4,7 @@ A guard against a refactor silently breaking the model code the checkpoint was t
 a synthetic scene from a seed the training world never used (``scripts/train_default.sh`` trains on seed 0) is
 scored with ``sparseoccvla eval``'s code, and the checkpoint must beat the baselines computed on that very scene
 (which favours the baselines: they see its class histogram, trajectories and answers).  The acceptance figures
-on the full held-out set are in the README ("The default checkpoint").
+on the full held-out set are in docs/training.md §2.2.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def test_default_checkpoint_is_committed_and_loads():
 
     for name in ("model.safetensors", "config.yaml", "tokenizer"):
         assert (DEFAULT_CHECKPOINT / name).exists(), (
-            f"{DEFAULT_CHECKPOINT / name} missing (README: the default checkpoint)"
+            f"{DEFAULT_CHECKPOINT / name} missing (docs/training.md §2: the default checkpoint)"
         )
     assert (DEFAULT_CHECKPOINT / "model.safetensors").stat().st_size <= 25 * 2**20
     from sparseoccvla_core.default_checkpoint import default_checkpoint

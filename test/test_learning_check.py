@@ -21,7 +21,7 @@ with a few large queries, and 8192 points cover a useful share of the ~12k camer
 synthetic frame), GT capped at 2000 points per set (Chamfer cost), occupancy supervised on the camera-visible
 voxels (what the official camera-masked mIoU scores), and the understanding stream drawn from nuScenes-QA.
 Stage 1 runs 24 epochs: with 16, occupancy after stage 1 was below the baseline for seeds 0 and 1 alike, and seed 1
-still failed after stage 3 (2.85 % vs 2.94 %); with 24 both seeds pass (README, learning check).  The tiny
+still failed after stage 3 (2.85 % vs 2.94 %); with 24 both seeds pass (docs/training.md §3).  The tiny
 LLM is random (no ``llm_path``), so stage 3 trains its base weights too (``train_llm_base: true``; the paper's
 LoRA-only rule protects a pretrained LLM, a random one has nothing to protect; with LoRA only, earlier runs answered
 every question with the planning-reasoning sentence, 0 %).  Occupancy assertions use the camera-masked mIoU, for the
@@ -95,7 +95,7 @@ def summarise(metrics: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # ~13-15 min alone on 2 cores (README); pytest.ini's 900 s hang guard is for the rest
+@pytest.mark.timeout(1800)  # ~13-15 min alone on 2 cores (docs/training.md §3); pytest.ini's 900 s hang guard is for the rest
 def test_tiny_model_beats_trivial_baselines(tmp_path):
     from sparseoccvla_core.cli import main
 

@@ -1,7 +1,7 @@
 """The training / evaluation dataset: one item per nuScenes key frame, batched into a ``DrivingBatch``.
 
 ``DrivingDataset(root, split, cfg, tokenizer)`` reads a nuScenes-format dataset (real nuScenes + Occ3D +
-OmniDrive / nuScenes-QA, or the synthetic world; README "Data") and yields :class:`DrivingItem`;
+OmniDrive / nuScenes-QA, or the synthetic world; docs/data.md §1) and yields :class:`DrivingItem`;
 :func:`collate` pads and stacks items into :class:`~sparseoccvla_core.batch.DrivingBatch` (every field and
 convention is documented there)::
 

@@ -1,6 +1,6 @@
 """Where a driving dataset lives on disk: the root, its nuScenes version folder, the label / QA folders, splits.
 
-The layout (the same for real nuScenes and for the synthetic world, see the README "Data" section)::
+The layout (the same for real nuScenes and for the synthetic world, see docs/data.md §1)::
 
     DIR/<version>/{scene,sample,sample_data,...}.json     nuScenes tables (nuscenes-devkit loads them)
     DIR/samples/CAM_*/*.jpg, DIR/sweeps/CAM_*/*.jpg       camera images (paths as in sample_data.filename)

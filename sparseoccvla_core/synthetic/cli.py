@@ -4,7 +4,7 @@
     sparseoccvla synth --out /tmp/tiny --scenes 1 --frames 6 --width 352 --height 198   # seconds, for tests
 
 The result loads with ``nuscenes.nuscenes.NuScenes(version="v1.0-synth", dataroot=OUT)`` and with the project's
-loaders (same layout as real nuScenes + Occ3D + OmniDrive + nuScenes-QA); see README "Synthetic world".
+loaders (same layout as real nuScenes + Occ3D + OmniDrive + nuScenes-QA); see docs/data.md §4.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from sparseoccvla_core.default_checkpoint import default_checkpoint
 
 from ..replay import topics
 
-#: The repository's committed default checkpoint (README, "The default checkpoint"; scripts/train_default.sh).
+#: The repository's committed default checkpoint (docs/training.md §2; scripts/train_default.sh).
 DEFAULT_CHECKPOINT = default_checkpoint()
 DEFAULT_SEED = 1000
 DEFAULT_FRAMES = 16
@@ -94,7 +94,7 @@ def resolve_checkpoint(ckpt: Optional[str | Path]) -> Path:
 
     Raises:
         DemoError: the folder (or its ``config.yaml`` / ``model.safetensors``) is missing; the message names the
-        path and the README's training commands.
+        path and the training commands of docs/training.md §1.
     """
     from sparseoccvla_core.model import CONFIG_FILE, WEIGHTS_FILE
 
@@ -104,8 +104,8 @@ def resolve_checkpoint(ckpt: Optional[str | Path]) -> Path:
         which = "the default checkpoint" if not ckpt else "the checkpoint"
         raise DemoError(
             f"{which} {path} is missing {', '.join(missing)}. Give a checkpoint folder with --ckpt DIR (written by "
-            "'sparseoccvla train', e.g. runs/stage3), or train one with the commands in README.md section "
-            "'Training (paper sec. 4.2)' (sparseoccvla synth -> anchors -> train --stage 1/2/3)"
+            "'sparseoccvla train', e.g. runs/stage3), or train one with the commands in docs/training.md "
+            "§1 (sparseoccvla synth -> anchors -> train --stage 1/2/3)"
             + (f" and copy the final stage to {DEFAULT_CHECKPOINT}" if not ckpt else "")
         )
     return path
