@@ -234,7 +234,7 @@ def test_missing_default_checkpoint_names_the_path_and_the_training_commands(tmp
     with pytest.raises(DemoError) as exc:
         resolve_checkpoint(tmp_path / "nope")
     text = str(exc.value)
-    assert str(tmp_path / "nope") in text and "config.yaml" in text and "Training" in text
+    assert str(tmp_path / "nope") in text and "config.yaml" in text and "docs/training.md §1" in text
 
 
 def test_select_frames_every_kth_plus_question_frames():
