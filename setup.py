@@ -26,7 +26,11 @@ setup(
     packages=find_packages(
         include=["sparseoccvla_core", "sparseoccvla_core.*", "sparseoccvla_ros", "sparseoccvla_ros.*"]
     ),
-    package_data={"sparseoccvla_core": ["resources/*", "synthetic/*.json"]},
+    package_data={
+        "sparseoccvla_core": ["resources/*", "synthetic/*.json"],
+        # the demo report's Jinja2 templates (sparseoccvla_ros/demo/report.py)
+        "sparseoccvla_ros": ["demo/templates/*.j2"],
+    },
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE_NAME}"]),
         (f"share/{PACKAGE_NAME}", ["package.xml"]),
@@ -59,6 +63,8 @@ setup(
         "simplejpeg>=1.9",
         "tqdm",
         "matplotlib",
+        # the demo report's HTML / markdown templates (autoescaped HTML)
+        "Jinja2>=3.0",
         "pyyaml",
         "scipy",
         "setuptools",

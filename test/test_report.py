@@ -244,3 +244,60 @@ def test_select_frames_every_kth_plus_question_frames():
     assert select_frames(40, 10) == [0, 4, 8, 12, 16, 20, 24, 28, 32, 36]
     assert select_frames(40, 10, include=[5, 39, 99]) == [0, 4, 5, 8, 12, 16, 20, 24, 28, 32, 36, 39]
     assert select_frames(0, 5) == []
+
+
+def test_questions_are_escaped_and_shown_once_each(tmp_path):
+    """The Q&A block (one template macro) escapes questions, answers and errors in the HTML, keeps them verbatim in
+    the markdown, and shows each question once: under its key frame, or under "Other questions"."""
+    frame = _frame(2, with_outputs=False)
+    about = QuestionAnswer("Is the <b>light</b> red & green?", "No, it's <green>.", True, "", 0.1, 0.2, 2, 2)
+    about.scene_stamp_ns = frame.stamp_ns
+    frame.questions = [about]
+    failed = QuestionAnswer("Who's there?", "", False, "timeout <after 5 s>", 0.0, 5.0, None, None)
+    data = ReportData(
+        run="escape-run",
+        created="today",
+        source="a <script>alert(1)</script> source",
+        checkpoint="ckpt",
+        pc_range=PC,
+        voxel_size=VOXEL,
+        key_frames=1,
+        frames=[frame],
+        results=None,
+        questions=[about, failed],
+    )
+    html_path, md_path = write_report(data, tmp_path / "out")
+    page = html_path.read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>light</b>" not in page and "Is the &lt;b&gt;light&lt;/b&gt; red &amp; green?" in page
+    assert "&lt;green&gt;" in page and "timeout &lt;after 5 s&gt;" in page
+    assert page.count('<div class="qa">') == 2 and page.count("Other questions") == 1
+    assert page.index("Is the &lt;b&gt;") < page.index('id="metrics"')  # under its key frame
+    md = md_path.read_text()
+    assert md.count("- **Q:** ") == 2 and "Is the <b>light</b> red & green?" in md and "No, it's <green>." in md
+    assert "_no answer: timeout <after 5 s>_" in md and "### Other questions" in md
+    for table in ("Occupancy (current frame, Occ3D)", "Latency"):  # no eval results: the tables say so
+        assert table in page
+    assert page.count("not available") >= 4
+
+
+def test_report_templates_are_package_data():
+    """The templates ship with the package (setup.py package_data), so an installed (non-editable) package renders."""
+    import ast
+    from importlib.resources import files
+
+    from sparseoccvla_ros.demo.report import TEMPLATES
+
+    templates = files("sparseoccvla_ros.demo") / "templates"
+    for name in TEMPLATES.values():
+        assert (templates / name).is_file(), name
+    setup = ast.parse((Path(__file__).resolve().parents[1] / "setup.py").read_text())
+    package_data = next(
+        kw.value
+        for node in ast.walk(setup)
+        if isinstance(node, ast.Call)
+        for kw in node.keywords
+        if kw.arg == "package_data"
+    )
+    patterns = ast.literal_eval(package_data)["sparseoccvla_ros"]
+    assert "demo/templates/*.j2" in patterns

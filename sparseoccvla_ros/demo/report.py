@@ -10,16 +10,20 @@ QA, latency), the per-stage timing chart of the node and how to open the recordi
 BEV panels are top-down in the ego frame of the panel's key frame (x forward = up, y left = left, metres, ego at
 the origin; docs/frames_and_units.md), coloured with :data:`sparseoccvla_core.batch.OCC3D_COLORS`.  Section ids
 of the HTML are :data:`SECTIONS` (a test checks each is present and every referenced image exists).
+
+The pages are Jinja2 templates shipped with the package (``templates/report.html.j2``, autoescaped, and
+``templates/report.md.j2``); this module computes the figures, the tables and the values they show.
 """
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import jinja2
 import numpy as np
 
 from sparseoccvla_core import metrics as M
@@ -45,6 +49,8 @@ CAMERA_GRID: tuple[tuple[str, ...], ...] = (
 )
 THUMB_WIDTH = 320
 IMAGES_DIR = "images"
+#: The report templates (package data of ``sparseoccvla_ros.demo``).
+TEMPLATES = {"html": "report.html.j2", "md": "report.md.j2"}
 
 
 # ============================================================================ data
@@ -582,10 +588,36 @@ def write_report(data: ReportData, out_dir: str | Path, progress=None) -> tuple[
     horizons = Path(data.eval_dir) / "horizons.png" if data.eval_dir is not None else None
     tables = metric_tables(data)
     links, help_lines = recording_help(data, out)
+    context = {
+        "data": data,
+        "summary": _summary_rows(data),
+        "frames": [(f, {k: _rel(p, out) for k, p in paths.items()}) for f, paths in zip(data.frames, frame_paths)],
+        "unplaced": [q for q in data.questions if not any(q in f.questions for f in data.frames)],
+        "tables": tables,
+        "horizons": _rel(horizons, out) if horizons is not None and horizons.is_file() else None,
+        "timing": _rel(timing, out),
+        "links": links,
+        "help_lines": help_lines,
+    }
     html_path, md_path = out / "report.html", out / "report.md"
-    html_path.write_text(_html(data, out, frame_paths, tables, timing, horizons, links, help_lines))
-    md_path.write_text(_markdown(data, out, frame_paths, tables, timing, horizons, links, help_lines))
+    html_path.write_text(_templates().get_template(TEMPLATES["html"]).render(context))
+    md_path.write_text(_templates().get_template(TEMPLATES["md"]).render(context))
     return html_path, md_path
+
+
+@lru_cache(maxsize=1)
+def _templates() -> jinja2.Environment:
+    """The report's templates: HTML autoescaped (every value is text, never markup), markdown as is."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("sparseoccvla_ros.demo", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), disabled_extensions=("md.j2",)),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.globals["qa_text"] = _qa_text
+    return env
 
 
 def _summary_rows(data: ReportData) -> list[tuple[str, str]]:
@@ -609,124 +641,3 @@ def _summary_rows(data: ReportData) -> list[tuple[str, str]]:
     if data.phases_s:
         rows.append(("wall time", ", ".join(f"{k} {v:.1f} s" for k, v in data.phases_s.items())))
     return rows
-
-
-def _html(data, out, frame_paths, tables, timing, horizons, links, help_lines) -> str:
-    e = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>SparseOccVLA demo - {e(data.run)}</title>",
-        "<style>",
-        "body{font-family:system-ui,sans-serif;margin:1.2em auto;max-width:1360px;color:#222;padding:0 1em}",
-        "h1{margin-bottom:.2em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:1.6em}",
-        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:14px}",
-        "th{background:#f3f3f3}td.num{text-align:right}.frame{border:1px solid #ddd;border-radius:6px;",
-        "padding:.6em 1em;margin:1em 0}.row{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}",
-        "img{max-width:100%;border:1px solid #eee}.note{color:#555;font-size:13px}.qa{margin:.3em 0}",
-        ".expl{background:#f7f7f2;padding:.4em .7em;border-left:3px solid #cc9;white-space:pre-wrap}",
-        "code{background:#f3f3f3;padding:0 3px}",
-        "</style></head><body>",
-        f"<h1>SparseOccVLA demo - {e(data.run)}</h1>",
-        f'<p class="note">{e(data.created)}</p>',
-        '<h2 id="summary">Summary</h2><table>',
-        *(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _summary_rows(data)),
-        "</table>",
-        '<p>Contents: <a href="#frames">key frames</a> | <a href="#metrics">metrics</a> | '
-        '<a href="#timing">timing</a> | <a href="#recording">recording</a></p>',
-        '<h2 id="frames">Key frames</h2>',
-        '<p class="note">BEV panels: top-down in the key frame\'s ego frame, x forward up, y left to the left, metres, '
-        "ego (black box) at the origin; forecasts in each future key frame's own ego frame.</p>",
-    ]
-    for frame, paths in zip(data.frames, frame_paths):
-        rel = {k: e(_rel(p, out)) for k, p in paths.items()}
-        parts += [
-            f'<div class="frame" id="frame-{frame.index}"><h3>Key frame {frame.index} - {e(frame.scene)} '
-            f'<span class="note">stamp {frame.stamp_ns} ns</span></h3>',
-            f'<img src="{rel["cameras"]}" alt="cameras of key frame {frame.index}" width="960">',
-            '<div class="row">',
-            f'<img src="{rel["occupancy"]}" alt="occupancy predicted vs GT" width="720">',
-            f'<img src="{rel["plan"]}" alt="plan vs GT with anchors" width="416">',
-            "</div>",
-            f'<img src="{rel["forecast"]}" alt="forecast vs GT future" width="672">',
-            "<h4>Explanation</h4>",
-            f'<div class="expl">{e(frame.explanation) if frame.explanation else "(no explanation recorded)"}</div>',
-        ]
-        if frame.questions:
-            parts.append("<h4>Questions</h4>")
-            for q in frame.questions:
-                ans = e(q.answer) if q.success else f"<em>no answer: {e(q.error)}</em>"
-                parts.append(
-                    f'<div class="qa"><b>Q:</b> {e(q.question)}<br><b>A:</b> {ans}<br>'
-                    f'<span class="note">{e(_qa_text(q))}</span></div>'
-                )
-        parts.append("</div>")
-    unplaced = [q for q in data.questions if not any(q in f.questions for f in data.frames)]
-    if unplaced:
-        parts.append("<h3>Other questions</h3>")
-        for q in unplaced:
-            ans = e(q.answer) if q.success else f"<em>no answer: {e(q.error)}</em>"
-            parts.append(
-                f'<div class="qa"><b>Q:</b> {e(q.question)}<br><b>A:</b> {ans}<br>'
-                f'<span class="note">{e(_qa_text(q))}</span></div>'
-            )
-    parts.append('<h2 id="metrics">Metrics (eval-bag)</h2>')
-    for t in tables:
-        parts += [f'<h3 id="{t.id}">{e(t.title)}</h3>', "<table><tr>"]
-        parts += [f"<th>{e(h)}</th>" for h in t.header] + ["</tr>"]
-        if not t.rows:
-            parts.append(f'<tr><td colspan="{len(t.header)}">not available</td></tr>')
-        for row in t.rows:
-            parts.append("<tr>" + "".join(f'<td class="num">{e(c)}</td>' for c in row) + "</tr>")
-        parts += ["</table>", f'<p class="note">{e(t.note)}</p>']
-    if horizons is not None and horizons.is_file():
-        parts.append(f'<img src="{e(_rel(horizons, out))}" alt="per-horizon metrics" width="1100">')
-    parts += [
-        '<h2 id="timing">Timing</h2>',
-        '<p class="note">Per-stage time of the driving node from its /diagnostics (time_&lt;stage&gt;_s of each '
-        "published key frame, as recorded), and the wall time of each phase of this demo.</p>",
-        f'<img src="{e(_rel(timing, out))}" alt="stage timing" width="1100">',
-        '<h2 id="recording">Recording</h2><ul>',
-        *(f'<li><a href="{e(href)}">{e(label)}</a></li>' for label, href in links),
-        "</ul>",
-        *(f"<p>{e(line)}</p>" for line in help_lines),
-        "</body></html>",
-    ]
-    return "\n".join(parts) + "\n"
-
-
-def _md_table(t: Table) -> list[str]:
-    lines = [f"### {t.title}", "", "| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
-    lines += ["| " + " | ".join(r) + " |" for r in t.rows] or ["| not available |" + " |" * (len(t.header) - 1)]
-    return lines + ["", t.note, ""]
-
-
-def _markdown(data, out, frame_paths, tables, timing, horizons, links, help_lines) -> str:
-    lines = [f"# SparseOccVLA demo - {data.run}", "", data.created, "", "## Summary", ""]
-    lines += [f"- **{k}**: {v}" for k, v in _summary_rows(data)] + ["", "## Key frames", ""]
-    for frame, paths in zip(data.frames, frame_paths):
-        rel = {k: _rel(p, out) for k, p in paths.items()}
-        lines += [
-            f"### Key frame {frame.index} - {frame.scene}",
-            "",
-            f"![cameras]({rel['cameras']})",
-            "",
-            f"![occupancy predicted vs GT]({rel['occupancy']}) ![plan vs GT]({rel['plan']})",
-            "",
-            f"![forecast vs GT future]({rel['forecast']})",
-            "",
-            f"**Explanation:** {frame.explanation or '(none recorded)'}",
-            "",
-        ]
-        for q in frame.questions:
-            ans = q.answer if q.success else f"_no answer: {q.error}_"
-            lines += [f"- **Q:** {q.question}  ", f"  **A:** {ans}  ", f"  _{_qa_text(q)}_"]
-        lines.append("")
-    lines += ["## Metrics (eval-bag)", ""]
-    for t in tables:
-        lines += _md_table(t)
-    if horizons is not None and horizons.is_file():
-        lines += [f"![per-horizon metrics]({_rel(horizons, out)})", ""]
-    lines += ["## Timing", "", f"![stage timing]({_rel(timing, out)})", "", "## Recording", ""]
-    lines += [f"- [{label}]({href})" for label, href in links] + [""] + [f"{x}\n" for x in help_lines]
-    return "\n".join(lines).rstrip() + "\n"
