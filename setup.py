@@ -18,6 +18,7 @@ VERSION = _manifest.findtext("version")
 CONSOLE_SCRIPTS = [
     "sparseoccvla = sparseoccvla_core.cli:main",
     "driving_node = sparseoccvla_ros.driving_node:main",
+    "sim_node = sparseoccvla_ros.closed_loop.sim_node:main",
 ]
 
 setup(

@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "record": ("sparseoccvla_ros.replay.recorder", "record the driving node's outputs (or any topics) to MCAP"),
     "drive": ("sparseoccvla_ros.bringup", "pip-only bringup: player + driving node + recorder in one process"),
     "demo": ("sparseoccvla_ros.demo.command", "the main job: held-out scene -> ROS 2 replay + questions -> report"),
+    "closed-loop": (
+        "sparseoccvla_ros.closed_loop.command",
+        "closed-loop driving in the synthetic world over ROS 2 (+ baselines) -> report",
+    ),
     "bench": (
         "sparseoccvla_ros.replay.bench_node",
         "stage latency, the paper's efficiency ratios, node latency (table + JSON)",

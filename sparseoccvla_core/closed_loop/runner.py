@@ -21,6 +21,7 @@ class EpisodeResult:
     metrics: dict
     events: list = field(default_factory=list)
     wall_s: float = 0.0
+    interrupted: bool = False  # stopped (Ctrl-C) before its time limit
 
     @property
     def real_time_factor(self) -> float:

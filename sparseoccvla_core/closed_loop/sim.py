@@ -92,6 +92,13 @@ class FrameRecord:
     status: str = "none"
     signals: list = field(default_factory=list)
     occupancy: Optional[np.ndarray] = None  # [M, 3] predicted (x, y, class) in this frame's ego frame, if any
+    ground: Optional[np.ndarray] = None  # [H, W] surface codes on the VIEW grid of this frame's ego frame
+    route_xy: Optional[np.ndarray] = None  # [N, 2] the route ahead / behind in this frame's ego frame
+    stop_lines: list = field(default_factory=list)  # (x, y, yaw, state) of the route's stop lines, ego frame
+
+
+#: Top-down window of the report's replay, ego frame: x (forward) and y (left) ranges, m, and the raster step.
+VIEW_X, VIEW_Y, VIEW_RES = (-15.0, 45.0), (-20.0, 20.0), 0.5
 
 
 @dataclass
@@ -270,8 +277,27 @@ class Episode:
             yaw_rate = math.atan2(s, c) / KEY_FRAME_DT
         else:
             velocity, yaw_rate = np.array([self.state.v, 0.0]), self.yaw_rate
-        self.frames.append(FrameRecord(k, self.t, pose, signals=self.signal_states()))
+        self.frames.append(self._frame_record(k, pose))
         return KeyFrame(k, self.t, pose, velocity, float(yaw_rate), self.accel, self.command(), self.state.v)
+
+    def _frame_record(self, k: int, pose: np.ndarray) -> FrameRecord:
+        """The frame's record with what the top-down replay draws (ground raster, route, stop lines)."""
+        xs = np.arange(VIEW_X[0], VIEW_X[1], VIEW_RES) + 0.5 * VIEW_RES
+        ys = np.arange(VIEW_Y[0], VIEW_Y[1], VIEW_RES) + 0.5 * VIEW_RES
+        gx, gy = np.meshgrid(xs, ys, indexing="ij")  # [X, Y] ego frame
+        c, s = math.cos(pose[2]), math.sin(pose[2])
+        surface, _ = self.world.ground.lookup(pose[0] + c * gx - s * gy, pose[1] + s * gx + c * gy)
+        s_now, _ = self.project(pose[:2])
+        route, _ = self.route.path.pose(np.arange(s_now - 20.0, s_now + 70.0, 1.0))
+        states = self.signal_states()
+        stops = []
+        for s_stop, group in self.route.stops:
+            if s_now - 20.0 < s_stop < s_now + 70.0 and group < len(states):
+                p, h = self.route.path.pose(s_stop)
+                q = global_to_ego(p[None], pose)[0]
+                stops.append((float(q[0]), float(q[1]), float(h - pose[2]), states[group]))
+        return FrameRecord(k, self.t, pose, signals=states, ground=surface.astype(np.uint8),
+                           route_xy=global_to_ego(route, pose), stop_lines=stops)  # fmt: skip
 
     def frame_pose(self, index: int) -> np.ndarray:
         return self._frame_poses[index]
