@@ -113,6 +113,16 @@ SHUTDOWN_JOIN_S = 1.0
 INFERENCE_KINDS = frozenset({"inference", "latency", "time_backwards"})
 
 
+def output_qos(depth: int) -> QoSProfile:
+    """QoS of every ``~/output/*`` and ``~/debug/*`` topic: reliable, transient local, keep last ``depth``."""
+    return QoSProfile(
+        reliability=QoSReliabilityPolicy.RELIABLE,
+        history=QoSHistoryPolicy.KEEP_LAST,
+        depth=depth,
+        durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+    )
+
+
 class _Stats:
     """Counters and timings reported on /diagnostics (written by callbacks and the worker under ``lock``)."""
 
@@ -234,13 +244,12 @@ class DrivingNode(Node):
             )
             self.create_subscription(TFMessage, "/tf_static", self._on_tf_static, tf_qos, callback_group=group)
 
-        # --- outputs: reliable, depth 1 (large clouds are lost best-effort, docs/ros_conventions.md §4)
-        out_qos = QoSProfile(
-            reliability=QoSReliabilityPolicy.RELIABLE,
-            history=QoSHistoryPolicy.KEEP_LAST,
-            depth=1,
-            durability=QoSDurabilityPolicy.VOLATILE,
-        )
+        # --- outputs: reliable, transient local, keep last N (docs/ros_conventions.md §4).  With depth 1 a
+        # message a subscriber had not acknowledged yet (a fragment lost under load, or a subscriber whose side of
+        # discovery was still in progress) was replaced by the next set's before DDS re-sent it: recorders missed
+        # outputs the node had published.  N bounds the memory (N messages per topic); transient local hands a
+        # recorder that matched late the outputs published before (it must ask for transient local too).
+        out_qos = output_qos(int(self._p["output_history_depth"]))
         self._pub_occupancy = self.create_publisher(PointCloud2, "~/output/occupancy", out_qos)
         self._pub_forecast = self.create_publisher(OccupancyForecast, "~/output/forecast", out_qos)
         self._pub_forecast_cloud = self.create_publisher(PointCloud2, "~/output/forecast_cloud", out_qos)

@@ -110,6 +110,14 @@ PARAMETERS: dict[str, NodeParameter] = {
     "stale_input_s": NodeParameter(
         2.0, "no camera image for this long (wall time) after images flowed -> WARN stale input, s", lo=0.1, hi=3600.0
     ),
+    "output_history_depth": NodeParameter(
+        10,
+        "outputs are reliable + transient local, keep last this many per topic: a message a subscriber "
+        "missed (lost packet, discovery still in progress) is re-sent while it is among the last N; "
+        "memory bound N x message size per topic (docs/ros_conventions.md §4)",
+        lo=1,
+        hi=100,
+    ),
     "latency_budget_s": NodeParameter(
         1.0,
         "a frame whose camera-set-complete -> outputs-published latency exceeds this -> WARN, s",

@@ -20,7 +20,10 @@ with its camera set's CAM_FRONT stamp) and scored by ``sparseoccvla_core.evaluat
 
 A key frame without an output is **missed** and left out of that metric (its count is reported, never hidden);
 an output whose stamp is no key frame (a sweep set, or stamps shifted by a looping player) is **unmatched**; a
-second output for one stamp is a **duplicate** (the first one is scored).  **Dropped sets** are the node's own
+second output for one stamp is a **duplicate** (the first one is scored).  A camera set whose outputs are only
+partly in the recording (say its occupancy but not its forecast) is **incomplete**; incomplete sets and sets the
+node published (``frames_published`` of its last ``inference`` status) but the recording lacks are reported in
+``replay.completeness`` and printed as warnings, so a lossy recording is never scored silently.  **Dropped sets** are the node's own
 counters from the last ``/diagnostics`` message in the recording (``sets_dropped_behind``,
 ``sync_messages_dropped``), when it was recorded.
 
@@ -280,6 +283,8 @@ class PredBag:
     camera_receive_ns: dict[tuple[str, int], int]
     diagnostics: dict[str, str]
     topics_found: dict[str, str]
+    #: values of the node's last ``inference`` status (``frames_published``: camera sets the node published)
+    inference: dict[str, str] = field(default_factory=dict)
 
 
 OUTPUT_KINDS = ("occupancy", "forecast", "plan")
@@ -321,6 +326,7 @@ def read_pred_bag(path: str | Path, node: str = DEFAULT_NODE, horizons: Sequence
     duplicates = {k: 0 for k in OUTPUT_KINDS}
     camera_receive: dict[tuple[str, int], int] = {}
     diagnostics: dict[str, str] = {}
+    inference: dict[str, str] = {}
     found: dict[str, str] = {}
     with Reader(path) as reader:
         conns = {c.topic: c for c in reader.connections}
@@ -353,6 +359,8 @@ def read_pred_bag(path: str | Path, node: str = DEFAULT_NODE, horizons: Sequence
                 for st in msg.status:
                     if st.name.endswith(f"{node.rstrip('/').split('/')[-1]}: inputs"):
                         diagnostics = {kv.key: kv.value for kv in st.values}
+                    elif st.name.endswith(f"{node.rstrip('/').split('/')[-1]}: inference"):
+                        inference = {kv.key: kv.value for kv in st.values}
                 continue
             kind = kind_of[conn.topic]
             s = stamp_to_ns(msg.header.stamp)
@@ -368,7 +376,7 @@ def read_pred_bag(path: str | Path, node: str = DEFAULT_NODE, horizons: Sequence
             else:
                 data = (path_waypoints(msg.path), msg.reasoning)
             outputs[kind][s] = PredOutput(s, int(log_ns), data)
-    return PredBag(path, outputs, duplicates, camera_receive, diagnostics, found)
+    return PredBag(path, outputs, duplicates, camera_receive, diagnostics, found, inference)
 
 
 # ============================================================================ scoring
@@ -507,6 +515,7 @@ def evaluate_bags(gt_bag: str | Path, pred_bag: str | Path, node: str = DEFAULT_
             if reasoning:
                 acc.add_reasoning(f.sample_token, reasoning)
     n_matched = sum(1 for f in order if any(pred.outputs[k].get(f.stamp_ns) is not None for k in OUTPUT_KINDS))
+    completeness = output_completeness(pred)
     unmatched = {k: sum(1 for s in pred.outputs[k] if s not in gt.frames) for k in OUTPUT_KINDS}
     notes = [
         f"scored from bags: GT {gt.path}, prediction {pred.path}; a key frame without an output is left out of "
@@ -537,6 +546,7 @@ def evaluate_bags(gt_bag: str | Path, pred_bag: str | Path, node: str = DEFAULT_
         "duplicate_outputs": dict(pred.duplicates),
         "scored": scored,
         "node_drop_counters": dropped or None,
+        "completeness": completeness,
         "latency": _latency(gt, pred),
         "occupancy_cloud": {
             "clouds": len(cloud_sizes),
@@ -546,6 +556,53 @@ def evaluate_bags(gt_bag: str | Path, pred_bag: str | Path, node: str = DEFAULT_
         },
     }
     return results
+
+
+def output_completeness(pred: PredBag) -> dict:
+    """Did every camera set the node published reach the recording whole?
+
+    A set is **incomplete** when the recording holds some of its outputs (by stamp) but not all of the kinds the
+    recording has; **sets_recorded** counts distinct stamps with any output (a looped bag repeats stamps, so this
+    is a lower bound there); **frames_published** is the node's own counter from its last recorded ``inference``
+    status, and **not_recorded** is its excess over the recorded sets (never negative). Nothing here is scored: it
+    says whether the scores cover what the node produced.
+    """
+    kinds = [k for k in OUTPUT_KINDS if k in pred.topics_found]
+    stamps = {k: set(pred.outputs[k]) for k in kinds}
+    union = set().union(*stamps.values()) if stamps else set()
+    incomplete = sorted(s for s in union if any(s not in stamps[k] for k in kinds))
+    missing = {k: sum(1 for s in incomplete if s not in stamps[k]) for k in kinds}
+    published = pred.inference.get("frames_published")
+    published_n = int(published) if published is not None and str(published).isdigit() else None
+    recorded_n = max((len(pred.outputs[k]) + pred.duplicates.get(k, 0) for k in kinds), default=0)
+    return {
+        "kinds": kinds,
+        "sets_recorded": len(union),
+        "messages_recorded": {k: len(pred.outputs[k]) + pred.duplicates.get(k, 0) for k in kinds},
+        "incomplete_sets": len(incomplete),
+        "incomplete_stamps": incomplete[:20],
+        "missing_by_kind": missing,
+        "frames_published": published_n,
+        "not_recorded": None if published_n is None else max(0, published_n - recorded_n),
+    }
+
+
+def completeness_warnings(completeness: dict) -> list[str]:
+    """One line per problem :func:`output_completeness` found (empty when the recording is whole)."""
+    lines = []
+    if completeness["incomplete_sets"]:
+        missing = ", ".join(f"{k} {n}" for k, n in completeness["missing_by_kind"].items() if n)
+        lines.append(
+            f"{completeness['incomplete_sets']} camera sets have incomplete outputs in the recording (missing: "
+            f"{missing}; first stamps {completeness['incomplete_stamps'][:5]}): their metrics cover only what arrived"
+        )
+    if completeness["not_recorded"]:
+        lines.append(
+            f"the node published {completeness['frames_published']} camera sets but the recording holds at most "
+            f"{completeness['frames_published'] - completeness['not_recorded']}: "
+            f"{completeness['not_recorded']} never reached the recorder"
+        )
+    return lines
 
 
 # ============================================================================ report
@@ -572,6 +629,14 @@ def replay_markdown(replay: dict) -> str:
             f"Occupancy clouds: {cloud['clouds']} recorded, {cloud['empty']} empty, points per cloud min "
             f"{cloud['min_points']}, median {cloud['median_points']:.0f} (after the node's score threshold).",
         ]
+    comp = replay.get("completeness")
+    if comp:
+        warnings = completeness_warnings(comp)
+        lines += [
+            "",
+            f"Completeness: {comp['sets_recorded']} camera sets recorded, {comp['incomplete_sets']} incomplete; "
+            f"node published {comp['frames_published'] if comp['frames_published'] is not None else 'unknown'}.",
+        ] + [f"**Warning:** {w}." for w in warnings]
     drops = replay.get("node_drop_counters")
     lines += [
         "",
@@ -625,6 +690,8 @@ def run(args: argparse.Namespace) -> int:
     paths = write_bag_report(results, args.out)
     d = results.to_dict()
     rep = d.get("replay", results.extra["replay"])
+    for line in completeness_warnings(results.extra["replay"]["completeness"]):
+        print(f"sparseoccvla eval-bag: warning: {line}", file=sys.stderr)
     occ = (d.get("occupancy") or {}).get("no_mask") or {}
     l2 = (((d.get("planning") or {}).get("l2") or {}).get("stp3") or {}).get("avg")
     print(

@@ -421,7 +421,9 @@ class BagPlayer:
         thread = getattr(self, "_clock_thread", None)
         if thread is not None:
             thread.join(timeout=2.0)
-        self._reader.close()
+        if self._reader is not None:  # idempotent: a bringup closes its player on every exit path
+            self._reader.close()
+            self._reader = None
 
 
 def install_stop_signals(on_stop: Callable[[], None]) -> None:

@@ -11,7 +11,10 @@ definitions of the custom ``sparseoccvla_msgs`` types taken from :mod:`.typestor
 recorder's clock (ROS time: sim time under ``--use-sim-time``, else wall time), as rosbag2 records it.
 
 A topic is subscribed once it has a publisher; the subscription is reliable, keep last 100, unless a publisher of
-the topic offers best effort (then best effort, so it still matches - as ``ros2 bag record`` adapts its QoS).
+the topic offers best effort (then best effort, so it still matches - as ``ros2 bag record`` adapts its QoS), and
+transient local when every publisher offers it (the driving node's outputs: a recorder that matched after the
+first outputs still receives them from the node's history).  Under ``--use-sim-time`` messages that arrive before
+the first ``/clock`` are held and logged at the first ``/clock`` time: one bag, one time base.
 Ctrl-C (or :meth:`BagRecorder.close`) finalizes the MCAP file.
 """
 
@@ -29,6 +32,11 @@ from . import topics
 from .player import install_stop_signals, resolve_message_class
 
 DIAGNOSTICS_TOPIC = "/diagnostics"
+#: Subscription depth (keep last): messages received while the recorder's executor is busy writing wait here.
+RECORDER_DEPTH = 100
+#: Under sim time, messages that arrive before the first ``/clock`` wait (at most this many) for it, s.t. the whole
+#: bag has one time base (they are logged at the first ``/clock`` time).
+MAX_PENDING_BEFORE_CLOCK = 10_000
 
 
 def default_topics(node_path: str = f"{topics.NODE_NAMESPACE}/{topics.NODE_NAME}") -> list[str]:
@@ -65,6 +73,8 @@ class BagRecorder:
         self._subscriptions: dict[str, Any] = {}
         self.counts: dict[str, int] = {}
         self.last_receive_monotonic = 0.0
+        self._pending: list[tuple[str, bytes]] = []  # (topic, CDR) received under sim time before the first /clock
+        self.dropped_before_clock = 0
         self.closed = False
         self._discover()
         # graph polling on the steady clock: under use_sim_time a paused /clock would stop a ROS-time timer
@@ -79,6 +89,8 @@ class BagRecorder:
         """Subscribe to every matching topic now on the graph (timer callback; cheap when nothing is new)."""
         if self.closed:
             return
+        if self._pending:
+            self._poll_clock()
         for name, types in self.node.get_topic_names_and_types():
             if name in self._subscriptions or not self._wanted(name) or not types:
                 continue
@@ -93,25 +105,41 @@ class BagRecorder:
             self._subscribe(name, msgtype, cls)
 
     def _qos(self, name: str) -> Any:
-        from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, ReliabilityPolicy
+        """Match the publishers' offer, as ``ros2 bag record`` does: best effort if any publisher is best effort,
+        transient local if every publisher is (then the messages a publisher still holds from before the match -
+        the driving node keeps its last ``output_history_depth`` outputs - are delivered too)."""
+        from rclpy.qos import (
+            DurabilityPolicy,
+            QoSDurabilityPolicy,
+            QoSHistoryPolicy,
+            QoSProfile,
+            QoSReliabilityPolicy,
+            ReliabilityPolicy,
+        )
 
         infos = self.node.get_publishers_info_by_topic(name)
         best_effort = any(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for i in infos)
-        reliability = QoSReliabilityPolicy.BEST_EFFORT if best_effort else QoSReliabilityPolicy.RELIABLE
-        return QoSProfile(reliability=reliability, history=QoSHistoryPolicy.KEEP_LAST, depth=100)
+        latched = bool(infos) and all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
+        return QoSProfile(
+            reliability=QoSReliabilityPolicy.BEST_EFFORT if best_effort else QoSReliabilityPolicy.RELIABLE,
+            durability=QoSDurabilityPolicy.TRANSIENT_LOCAL if latched else QoSDurabilityPolicy.VOLATILE,
+            history=QoSHistoryPolicy.KEEP_LAST,
+            depth=RECORDER_DEPTH,
+        )
 
     def _subscribe(self, name: str, msgtype: str, cls: Any) -> None:
         from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
         qos = self._qos(name)
-        from rclpy.qos import QoSReliabilityPolicy
+        from rclpy.qos import QoSDurabilityPolicy, QoSReliabilityPolicy
 
         reliable = qos.reliability == QoSReliabilityPolicy.RELIABLE
+        latched = qos.durability == QoSDurabilityPolicy.TRANSIENT_LOCAL
         offered = Qos(
             QosHistory.KEEP_LAST,
             1,
             QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
-            QosDurability.VOLATILE,
+            QosDurability.TRANSIENT_LOCAL if latched else QosDurability.VOLATILE,
             QosTime(0, 0),
             QosTime(0, 0),
             QosLiveliness.AUTOMATIC,
@@ -136,14 +164,37 @@ class BagRecorder:
 
     def _on_message(self, name: str, raw: bytes) -> None:
         now = self.node.get_clock().now().nanoseconds
-        if now == 0:  # sim time before the first /clock: fall back to wall time rather than log time 0
-            now = time.time_ns()
         with self._lock:
             if self.closed:
                 return
+            self.last_receive_monotonic = time.monotonic()
+            if now == 0:
+                # sim time before the first /clock: hold the message and log it at the first /clock time, so the
+                # bag has one time base (wall time here would mix two, years apart)
+                if len(self._pending) >= MAX_PENDING_BEFORE_CLOCK:
+                    self.dropped_before_clock += 1
+                    return
+                self._pending.append((name, raw))
+                self.counts[name] += 1
+                return
+            if self._pending:
+                self._flush_pending(now)
             self._writer.write(self._connections[name], now, raw)
             self.counts[name] += 1
-            self.last_receive_monotonic = time.monotonic()
+
+    def _flush_pending(self, log_ns: int) -> None:
+        """Write the messages held before the first ``/clock`` at ``log_ns`` (under ``_lock``)."""
+        for name, raw in self._pending:
+            self._writer.write(self._connections[name], log_ns, raw)
+        self._pending.clear()
+
+    def _poll_clock(self) -> None:
+        """Timer: once sim time runs, write what waited for it even when no new message arrives."""
+        now = self.node.get_clock().now().nanoseconds
+        if now:
+            with self._lock:
+                if self._pending and not self.closed:
+                    self._flush_pending(now)
 
     @property
     def total(self) -> int:
@@ -162,6 +213,10 @@ class BagRecorder:
             if self.closed:
                 return
             self.closed = True
+            if self._pending:
+                # logged at the clock's time; if no /clock ever came the bag holds no sim time at all, so wall
+                # time is its one time base
+                self._flush_pending(self.node.get_clock().now().nanoseconds or time.time_ns())
             self._writer.close()
         try:
             self._timer.cancel()
