@@ -13,7 +13,7 @@ removed, so what the ego meets ahead is what the kind puts there:
 kind                   layout       situation                                                            limit
 =====================  ===========  ===================================================================  =====
 straight               straight     the light stays green; drive 100 m                                   15 s
-red_light              intersection straight through; the ego's light is red until ``d / v0 + 3`` s          22 s
+red_light              intersection straight through; the ego's light is red until ``d / v0 + 5`` s          25 s
                                     (d: front bumper to the stop line), then green; drive to 25 m
                                     past the stop line
 braking_lead           straight     a car 22 m ahead at ``v0`` brakes at 5 m/s² from t = 3 s to a stop;  12 s
@@ -56,7 +56,7 @@ LAYOUT: dict[str, str] = {
 MANEUVER: dict[str, str] = {"red_light": "straight", "turn": "right"}
 DURATION_S: dict[str, float] = {
     "straight": 15.0,
-    "red_light": 22.0,
+    "red_light": 25.0,
     "braking_lead": 12.0,
     "pedestrian_crossing": 16.0,
     "parked_car": 12.0,
@@ -72,6 +72,7 @@ LEAD_GAP_M, LEAD_BRAKE_T, LEAD_DECEL = 22.0, 3.0, 5.0
 PARKED_GAP_M = 55.0
 PED_SPEED = 1.4  # m/s
 PED_GO_S = 2.0  # s, the pedestrian starts walking
+RED_EXTRA_S = 5.0  # s the red light lasts beyond the ego's arrival at its cruise speed
 GOAL_MARGIN_M = 5.0  # goals behind a stopping / parked car: front bumper this far behind its rear
 MAX_ATTEMPTS = 64
 
@@ -236,7 +237,7 @@ def build_episode(spec: ScenarioSpec) -> EpisodeSetup:
         program = world.signals
         if kind == "red_light":
             d = stop_s - (s_start + FRONT_OFFSET)
-            red_left = d / v0 + 3.0
+            red_left = d / v0 + RED_EXTRA_S
             green = max(program.green_s, red_left)
             # group 0 is red from green + 3 s (after its amber) to the end of the 2 (green + 4) s cycle
             world.signals = SignalProgram(green_s=green, offset_s=float(2 * green + 8.0 - red_left), groups=2)
