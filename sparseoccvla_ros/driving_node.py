@@ -404,7 +404,10 @@ class DrivingNode(Node):
             )
         if self._sync.stats.late > before[0]:
             self._warn(
-                "out_of_order", f"{cam}: image stamp {stamp} ns is not newer than the last synchronized set; dropped"
+                "out_of_order",
+                f"{cam}: an image whose stamp is not newer than the last synchronized set (or lies far behind the "
+                "camera's newer images while the other cameras went on: one reordered image, not a time jump) "
+                "was dropped",
             )
         if self._stamp_offset_ns is None or offset < self._stamp_offset_ns:
             self._stamp_offset_ns = offset

@@ -73,7 +73,8 @@ class SyncStats:
     Args:
         sets: sets emitted.
         dropped: messages discarded without being part of a set (overflow, unmatched, superseded).
-        late: messages older than the last emitted set of their camera (arrived too late), discarded.
+        late: messages older than the last emitted set of their camera (arrived too late, or one image far
+            behind its camera that no other camera followed back in time), discarded.
         duplicates: messages whose stamp equals a pending one of the same camera, discarded.
         resets: times the stamps jumped backwards (bag loop / new bag) and every queue was cleared.
     """
@@ -99,8 +100,11 @@ class CameraSetSynchronizer:
         queue_size: pending messages kept per camera (>= 1; >= 2 recommended).
         max_span_s: widest set accepted (newest - oldest stamp), s.
         min_period_s: lower bound of each camera's inter-frame period, s (0 = no assumption).
-        backwards_reset_s: a stamp this much older than the newest stamp seen on its camera means time
-            jumped backwards (bag loop, new bag): every queue is cleared, s.
+        backwards_reset_s: a stamp this much older than the newest stamp seen on its camera may mean that time
+            jumped backwards (bag loop, new bag), s.  It is a jump once a second camera (or the same camera's
+            next message) goes back too: every queue is cleared and the held messages start the new time line.
+            A single reordered image is not a jump: it is dropped and counted as ``late`` when its camera's next
+            message continues the old time line.
 
     Raises:
         ValueError: no topics, duplicate topics or out-of-range arguments.
@@ -129,6 +133,8 @@ class CameraSetSynchronizer:
         self._queues: dict[str, list[_Pending]] = {t: [] for t in self.topics}
         self._newest: dict[str, Optional[int]] = {t: None for t in self.topics}  # newest stamp ever received
         self._last_used: dict[str, Optional[int]] = {t: None for t in self.topics}  # stamp in the last emitted set
+        # messages far behind their camera's newest stamp, held until the jump is confirmed (see add())
+        self._jump_candidates: dict[str, list[_Pending]] = {}
 
     # ------------------------------------------------------------------ public API
     def reset(self) -> None:
@@ -137,6 +143,7 @@ class CameraSetSynchronizer:
             self._queues[t].clear()
             self._newest[t] = None
             self._last_used[t] = None
+        self._jump_candidates.clear()
 
     def pending(self) -> dict[str, int]:
         """Pending messages per camera."""
@@ -157,10 +164,29 @@ class CameraSetSynchronizer:
         stamp_ns = int(stamp_ns)
         newest = self._newest[topic]
         if newest is not None and stamp_ns < newest - self.backwards_reset_ns:
+            # far behind this camera's newest stamp: a time jump (bag loop, new bag) or one reordered image.  Hold
+            # it until a second camera (or the same camera's next message) goes back too; a single straggler is
+            # dropped as late when its camera moves on.
+            self._jump_candidates.setdefault(topic, []).append(_Pending(stamp_ns, payload))
+            confirmed = len(self._jump_candidates) >= min(2, len(self.topics)) or len(
+                self._jump_candidates[topic]
+            ) >= 2
+            if not confirmed:
+                return []
+            held = sorted(
+                ((p.stamp_ns, t, p.payload) for t, ps in self._jump_candidates.items() for p in ps),
+                key=lambda x: x[0],
+            )
             self.stats.dropped += sum(len(q) for q in self._queues.values())
             self.stats.resets += 1
-            self.reset()
-            newest = None  # the pre-jump stamp must not survive the reset, or every later message re-resets
+            self.reset()  # clears the candidates too; the pre-jump stamps must not survive, or every message resets
+            emitted: list[CameraSet] = []
+            for stamp, t, payload_ in held:  # the held messages start the new time line
+                emitted.extend(self.add(t, stamp, payload_))
+            return emitted
+        if topic in self._jump_candidates:
+            # this camera went on from where it was: what it sent far back was one reordered image, not a jump
+            self.stats.late += len(self._jump_candidates.pop(topic))
         last_used = self._last_used[topic]
         if last_used is not None and stamp_ns <= last_used:
             self.stats.late += 1

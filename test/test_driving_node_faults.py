@@ -225,6 +225,27 @@ def test_out_of_order_stamp_and_nan_odometry_are_each_logged(make_harness):
     assert h.wait(lambda: stamps[1] in plan_stamps(h))
 
 
+def test_one_reordered_image_far_back_is_out_of_order_not_a_time_jump(make_harness):
+    """A single image 5 s older than its camera's newest (one reordered message in a bag) is dropped and counted as
+    out_of_order; the synchronizer and the model's history are not reset and the next set is processed."""
+    h = make_harness()
+    rng = np.random.default_rng(7)
+    ready(h)
+    stamps = [STAMP_NS, STAMP_NS + 500 * MS]
+    publish_frame(h, stamps[0], rng)
+    assert h.wait(lambda: stamps[0] in plan_stamps(h))
+    resets = h.node.pipeline.resets
+    old = CompressedImage(format="jpeg", data=_jpeg_bytes(rng))
+    old.header.stamp, old.header.frame_id = conv.ns_to_stamp(stamps[0] - 5000 * MS), "CAM_BACK"
+    h.pubs["CAM_BACK"].publish(old)
+    time.sleep(0.3)
+    publish_frame(h, stamps[1], rng)
+    assert h.wait(lambda: stamps[1] in plan_stamps(h))
+    assert h.node._sync.stats.resets == 0 and "time_jump" not in h.node.stats.bad_input
+    assert h.node.stats.bad_input.get("out_of_order") == 1
+    assert h.node.pipeline.resets == resets  # the model's history was kept
+
+
 def test_bag_loops_with_time_jumping_back_process_every_frame(make_harness):
     h = make_harness(diagnostics_period_s=0.1)
     rng = np.random.default_rng(3)

@@ -159,10 +159,28 @@ def test_late_duplicate_and_backwards_reset():
     assert sync.add("A", t - MS, 3) == [] and sync.stats.late == 1  # older than the emitted set
     sync.add("A", t + 500 * MS, 4)
     assert sync.add("A", t + 500 * MS, 5) == [] and sync.stats.duplicates == 1
-    # the bag loops: stamps jump 10 s back -> queues cleared, the synchronizer works on the new time line
-    assert sync.add("A", t - 10 * NS_PER_S, 6) == [] and sync.stats.resets == 1
+    # the bag loops: stamps jump 10 s back; once the second camera goes back too the queues are cleared and the
+    # synchronizer works on the new time line, starting with the held message
+    assert sync.add("A", t - 10 * NS_PER_S, 6) == [] and sync.stats.resets == 0
     (s,) = sync.add("B", t - 10 * NS_PER_S + 2 * MS, 7)
+    assert sync.stats.resets == 1
     assert s.messages == {"A": 6, "B": 7}
+
+
+def test_one_reordered_image_is_not_a_time_jump():
+    """An image far older than its camera's newest (a reordered message in a bag) is dropped as late when its camera
+    goes on; the pending messages survive and no reset happens (docs: README fault table, out_of_order)."""
+    sync = CameraSetSynchronizer(("A", "B", "C"), max_span_s=0.05, min_period_s=0.2, backwards_reset_s=1.0)
+    t = 100 * NS_PER_S
+    for cam in "ABC":
+        sync.add(cam, t + (cam == "C") * MS, cam)
+    assert sync.stats.sets == 1
+    sync.add("A", t + 500 * MS, "A1")
+    assert sync.add("B", t - 5 * NS_PER_S, "stale") == []  # 5 s behind: held, nothing reset yet
+    assert sync.stats.resets == 0 and sync.pending()["A"] == 1
+    assert sync.add("B", t + 501 * MS, "B1") == [] and sync.stats.late == 1  # B goes on: the old one was late
+    (s,) = sync.add("C", t + 502 * MS, "C1")
+    assert s.messages == {"A": "A1", "B": "B1", "C": "C1"} and sync.stats.resets == 0
 
 
 def test_loops_with_time_jumping_back_keep_every_set():
