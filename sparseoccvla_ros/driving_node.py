@@ -43,6 +43,7 @@ of its own kind with a fixed level, held for ``diagnostics_hold_s`` after it las
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -108,6 +109,13 @@ CAMERA_SILENT_S = 1.0
 SPIN_WAKE_S = 0.1
 #: Shutdown waits this long for a step in progress before leaving the daemon worker behind, s.
 SHUTDOWN_JOIN_S = 1.0
+
+#: Questions that ask what the ego vehicle should do: the planning prompt asks exactly this every frame, so when the
+#: LLM generates nothing for one, AskScene answers with the frame's planning explanation.
+ACTION_QUESTION = re.compile(
+    r"\b(should|action|do next|next move|plan(ned|ning)?|going to do|manoeuv\w*|maneuv\w*|what (to|will) (it )?do)\b",
+    re.IGNORECASE,
+)
 
 #: Alarm kinds reported under the ``inference`` status (all others belong to ``inputs``).
 INFERENCE_KINDS = frozenset({"inference", "latency", "time_backwards"})
@@ -185,6 +193,7 @@ class DrivingNode(Node):
         self._last_published_stamp_ns: Optional[int] = None
         self._stamp_offset_ns: Optional[int] = None  # min(node clock at receipt - stamp): the stream's time base
         self._diag_snapshot: dict[str, int] = {}
+        self._explanations: dict[int, str] = {}  # set stamp -> the planner's reasoning, last few sets
 
         # --- calibration sources (precedence: sparseoccvla_core.calibration_file.resolve_camera_models)
         self._yaml_cal: dict[str, CameraCalibration] = {}
@@ -659,6 +668,9 @@ class DrivingNode(Node):
         plan, path = conv.plan_to_msgs(result.plan, result.explanation, stamp, frame_id)
         self._pub_plan.publish(plan)
         self._pub_path.publish(path)
+        self._explanations[stamp] = result.explanation  # AskScene answers action questions with it (see _on_ask)
+        while len(self._explanations) > 8:
+            self._explanations.pop(next(iter(self._explanations)))
         explain = bool(self._p["explain"])
         if explain:
             self._pub_explanation.publish(String(data=result.explanation))
@@ -681,14 +693,32 @@ class DrivingNode(Node):
         else:
             try:
                 answer = pipe.ask(request.question)
-                response.success, response.answer = True, answer.text
                 response.scene_stamp = conv.ns_to_stamp(answer.stamp_ns)
+                text = answer.text.strip()
+                if not text:
+                    text, error = self._answer_without_generation(request.question, answer.stamp_ns)
+                    response.error_message = error
+                response.success, response.answer = bool(text), text
             except ValueError as exc:  # empty / too long question: the text says what to change
                 response.success, response.error_message = False, str(exc)
             except RuntimeError as exc:
                 response.success, response.error_message = False, f"the question could not be answered: {exc}"
         response.latency_s = float(time.perf_counter() - t0)
         return response
+
+    def _answer_without_generation(self, question: str, stamp_ns: int) -> tuple[str, str]:
+        """(answer, error) when the LLM generated nothing (an EOS first) for a question.
+
+        A question about what the ego vehicle should do is what the planning prompt asks every frame, so it is
+        answered with the explanation published for the same camera set; any other question fails with a message.
+        """
+        explanation = self._explanations.get(stamp_ns, "").strip()
+        if explanation and ACTION_QUESTION.search(question):
+            return explanation, ""
+        return "", (
+            "the model generated an empty answer to this question (the checkpoint has no answer for it); "
+            "rephrase it, or ask what the ego vehicle should do to get the planner's reasoning for this scene"
+        )
 
     # ------------------------------------------------------------------ diagnostics
     def _check_inputs(self, now: float) -> dict[str, Any]:

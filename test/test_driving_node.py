@@ -7,6 +7,7 @@ every header carries the input stamp and that contents agree with each other, as
 then sends a corrupt JPEG and checks for an ERROR diagnostic and that the node keeps processing.
 """
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -268,6 +269,38 @@ def test_node_end_to_end(harness):
     st = h.node.stats
     assert h.wait(lambda: st.sets_completed == st.frames_published + st.sets_dropped + 1, 10)  # 1 = corrupt set
     assert st.sets_completed == 6 and st.bad_input.get("corrupt_image") == 1
+
+
+def test_ask_scene_empty_generation_is_an_answer_or_a_clear_failure(harness):
+    """When the LLM generates nothing (the default checkpoint does for "What should the ego car do next?"), an action
+    question gets the planning explanation of the same camera set, any other question fails with a message; never
+    success with an empty answer."""
+    h = harness
+    rng = np.random.default_rng(5)
+    assert h.wait(lambda: _connected(h), 60), "node never became ready / subscribed"
+    _publish_set(h, STAMP_NS, rng)
+    assert h.wait(lambda: h.get("explanation") and h.get("plan"), 60)
+    explanation = h.get("plan")[0].reasoning
+    pipe = h.node.pipeline
+    real_ask = pipe.ask
+
+    def ask_generating_nothing(question, max_new_tokens=None):  # the real call, then an EOS-first generation
+        answer = real_ask(question, max_new_tokens=max_new_tokens)
+        return dataclasses.replace(answer, text="")
+
+    pipe.ask = ask_generating_nothing
+    assert h.wait(h.client.service_is_ready, 10)
+
+    def ask(question):
+        future = h.client.call_async(AskScene.Request(question=question))
+        assert h.wait(future.done, 60)
+        return future.result()
+
+    resp = ask("What should the ego car do next?")
+    assert resp.success and resp.answer == explanation.strip() and resp.answer, (resp.answer, resp.error_message)
+    assert conv.stamp_to_ns(resp.scene_stamp) == STAMP_NS
+    resp = ask("How many cars are there?")
+    assert not resp.success and not resp.answer and "empty answer" in resp.error_message
 
 
 def test_parameters_file_matches_declarations():
