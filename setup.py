@@ -21,6 +21,9 @@ CONSOLE_SCRIPTS = [
     "sim_node = sparseoccvla_ros.closed_loop.sim_node:main",
 ]
 
+# Commands this package adds to the core's CLI (sparseoccvla_core/cli.py reads the group; the core never names ROS)
+COMMAND_REGISTRIES = ["ros = sparseoccvla_ros.commands:COMMANDS"]
+
 setup(
     name=PACKAGE_NAME,
     version=VERSION,
@@ -76,5 +79,5 @@ setup(
     maintainer_email="sparseoccvla@example.org",
     description=_manifest.findtext("description").strip().split("\n")[0],
     license="Apache-2.0",
-    entry_points={"console_scripts": CONSOLE_SCRIPTS},
+    entry_points={"console_scripts": CONSOLE_SCRIPTS, "sparseoccvla.commands": COMMAND_REGISTRIES},
 )

@@ -27,7 +27,7 @@ Conventions (all SI units, right-handed):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -231,3 +231,19 @@ class DrivingBatch:
                     other = getattr(self, f"{prefix}_{suffix}")
                     if other is None or other.shape != ids.shape:
                         raise ValueError(f"{prefix}_{suffix} must match {prefix}_input_ids {tuple(ids.shape)}")
+
+
+def pad_text(
+    ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad token sequences to [B, Lmax]: (input_ids, attention_mask, labels), as a batch's text streams are
+    padded (``pad_id`` in padded positions, mask 0 there, labels :data:`IGNORE_INDEX`)."""
+    n, length = len(ids), max(len(x) for x in ids)
+    out_ids = torch.full((n, length), pad_id, dtype=torch.int64)
+    out_mask = torch.zeros((n, length), dtype=torch.int64)
+    out_lab = torch.full((n, length), IGNORE_INDEX, dtype=torch.int64)
+    for k, (a, b) in enumerate(zip(ids, labels)):
+        out_ids[k, : len(a)] = torch.tensor(a, dtype=torch.int64)
+        out_mask[k, : len(a)] = 1
+        out_lab[k, : len(b)] = torch.tensor(b, dtype=torch.int64)
+    return out_ids, out_mask, out_lab

@@ -1,4 +1,4 @@
-"""``sparseoccvla info``: parameters of SparseOccVLA per part and per training stage, as a markdown table.
+"""Parameters of SparseOccVLA per part and per training stage, as a markdown table (``sparseoccvla info``).
 
 The paper preset is built on the ``meta`` device (shapes only, no memory, no weights needed), so the table of the
 7B-scale model prints in seconds on any machine::
@@ -10,7 +10,6 @@ The paper preset is built on the ``meta`` device (shapes only, no memory, no wei
 
 from __future__ import annotations
 
-import argparse
 from contextlib import nullcontext
 from typing import Optional
 
@@ -61,25 +60,3 @@ def parameter_markdown(cfg: SparseOccVLAConfig, meta: bool) -> str:
     total_cells = [_human(sum(per_stage[s].values())) for s in (1, 2, 3)]
     lines.append(f"| **total** | **{_human(sum(totals.values()))}** | " + " | ".join(total_cells) + " |")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=("paper", "tiny"), default="paper", help="model preset (default: paper)")
-    parser.add_argument("--config", default=None, help="YAML model config (overrides --preset)")
-    parser.add_argument(
-        "--device",
-        choices=("auto", "meta", "cpu"),
-        default="auto",
-        help="where to build the model: meta = shapes only (no tokenizer: the LLM gets llm_vocab_size rows); auto = cpu for the tiny preset, meta otherwise",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.preset, args.config)
-    meta = args.device == "meta" or (args.device == "auto" and (args.config is not None or args.preset != "tiny"))
-    print(
-        f"SparseOccVLA parameters ({'config ' + args.config if args.config else args.preset + ' preset'}"
-        f"{', built on the meta device' if meta else ''})\n"
-    )
-    print(parameter_markdown(cfg, meta))
-    return 0

@@ -17,21 +17,28 @@ on where it starts: the text-only sequences see the same relative positions as i
     sparseoccvla pretrain-llm --init runs/s1 --data data/synth --out runs/s1_text --epochs 12
 
 The output is a stage-1 model folder (its ``trainer_state.json`` says stage 1, ``init`` the stage-1 folder), so
-stage 2 takes it as ``--init``; ``text_loss.csv`` holds the per-epoch training and validation NLL.
+stage 2 takes it as ``--init``.  The text trains through the stages' own loop (:func:`training.train_stage`: one
+:func:`training.update_policy` per batch, ``losses.csv`` from the same loss logger, a checkpoint per epoch) with
+the optimisation of :class:`TextSchedule`; ``text_loss.csv`` adds the per-epoch training and validation NLL.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import math
-import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from .batch import pad_text
+from .model import TOTAL_LOSS
+from .train_config import TrainConfig
+from .training import LOSS_CSV, StageState, read_loss_csv, train_stage
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -39,6 +46,40 @@ if TYPE_CHECKING:
     from .model import SparseOccVLA
 
 TEXT_LOSS_FILE = "text_loss.csv"
+#: the column of ``losses.csv`` the text loss is logged in: eq. 5, the model's own language-modelling term
+TEXT_LOSS_NAME = "lm"
+#: the output folder's ``trainer_state.json`` says stage 1: stage 2 takes the folder as its ``--init``
+TEXT_STAGE = 1
+
+
+@dataclass(frozen=True)
+class TextSchedule:
+    """Optimisation of the text step: the stages' AdamW and warm-up + cosine schedule, with values of its own.
+
+    Args:
+        epochs: passes over the training text.
+        batch_size: texts per optimizer update.
+        lr: peak learning rate (a random LLM learns text at a rate the stages' 2e-4 would take far longer for).
+        warmup_steps: updates of linear warm-up (a few hundred updates in all: a short warm-up).
+        warmup_start_ratio: learning-rate factor at update 0.
+        min_lr_ratio: learning-rate factor at the end of the cosine decay.
+        grad_clip: maximum global gradient norm.
+        weight_decay: AdamW weight decay (weight matrices).
+    """
+
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    warmup_start_ratio: float = 0.1
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 1.0
+    weight_decay: float = 0.01
+
+    def train_config(self, seed: int) -> TrainConfig:
+        """The :class:`TrainConfig` :func:`training.train_stage` runs the text step with (fp32, no workers)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "epochs"}
+        return TrainConfig(**fields, epochs=(self.epochs,) * 3, seed=seed, mixed_precision="no", num_workers=0)
 
 
 @dataclass(frozen=True)
@@ -47,6 +88,58 @@ class EncodedText:
 
     ids: list[int]
     labels: list[int]
+
+
+@dataclass
+class TextBatch:
+    """Right-padded text-only sequences [B, L] (:func:`sparseoccvla_core.batch.pad_text`)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def to(self, device: torch.device) -> "TextBatch":
+        return TextBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels)))
+
+
+class TextDataset(Dataset):
+    """Encoded texts as a dataset; :meth:`collate` pads a list of them into a :class:`TextBatch`."""
+
+    def __init__(self, texts: Sequence[EncodedText], pad_id: int) -> None:
+        self.texts, self.pad_id = list(texts), pad_id
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, index: int) -> EncodedText:
+        return self.texts[index]
+
+    def collate(self, texts: Sequence[EncodedText]) -> TextBatch:
+        return TextBatch(*pad_batch(texts, self.pad_id))
+
+
+class TextOnlyLLM(nn.Module):
+    """A :class:`training.StageModel` over the model's LLM alone: trains its base weights on text-only batches.
+
+    ``set_stage`` freezes everything but the LLM's base weights (embeddings, decoder, LM head; LoRA stays at zero);
+    calling it returns eq. 5 as the ``lm`` loss; ``save_pretrained`` saves the whole model.
+    """
+
+    def __init__(self, model: "SparseOccVLA") -> None:
+        super().__init__()
+        self.model = model
+
+    def set_stage(self, stage: int, train_llm_base: bool = True) -> None:
+        self.model.requires_grad_(False)
+        for p in self.model.llm.base_parameters():
+            p.requires_grad_(True)
+
+    def forward(self, batch: TextBatch, stage: int) -> dict[str, torch.Tensor]:
+        loss = text_loss(self.model, batch.input_ids, batch.attention_mask, batch.labels)
+        return {TEXT_LOSS_NAME: loss, TOTAL_LOSS: loss}
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.model.save_pretrained(directory)
 
 
 def encode_pairs(
@@ -64,9 +157,7 @@ def encode_pairs(
 
 def pad_batch(texts: Sequence[EncodedText], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-pad to [B, Lmax]: (input_ids, attention_mask, labels) as the training collate pads a text stream."""
-    from .data.dataset import _pad_text
-
-    return _pad_text([t.ids for t in texts], [t.labels for t in texts], pad_id)
+    return pad_text([t.ids for t in texts], [t.labels for t in texts], pad_id)
 
 
 def text_loss(model: "SparseOccVLA", ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -103,112 +194,110 @@ def pretrain_llm(
     model: "SparseOccVLA",
     train_texts: Sequence[EncodedText],
     val_texts: Sequence[EncodedText],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    warmup_steps: int = 50,
-    weight_decay: float = 0.01,
-    log_path: Optional[Path] = None,
+    out_dir: str | Path,
+    schedule: TextSchedule = TextSchedule(),
+    *,
+    seed: int = 0,
+    init: Optional[str | Path] = None,
+    progress: bool = True,
 ) -> list[dict[str, float]]:
     """Train the LLM's base weights on ``train_texts``; every other parameter (LoRA included) stays frozen.
 
-    AdamW with the stages' schedule (:func:`training.lr_factor`: linear warm-up, half-cosine decay to 1 % of
-    ``lr``), gradients clipped at norm 1, shuffled batches from a seeded RNG.  After each epoch the mean
-    per-answer NLL of ``val_texts`` is measured.
+    :func:`training.train_stage` runs it (:class:`TextOnlyLLM`, shuffled batches per epoch, ``losses.csv``, a
+    checkpoint per epoch, the model and a stage-1 ``trainer_state.json`` naming ``init`` in ``out_dir``); after
+    each epoch the mean per-answer NLL of ``val_texts`` is measured.
 
     Returns:
-        One row per epoch: ``epoch``, ``updates``, ``train_nll`` (mean of the epoch's batch losses), ``val_nll``,
-        ``wall_s`` (seconds since the start).  Written to ``log_path`` as CSV too when given.
+        One row per epoch: ``epoch``, ``updates``, ``train_nll`` (mean of the epoch's update losses), ``val_nll``,
+        ``wall_s`` (seconds since the start).  Written to ``out_dir/text_loss.csv`` too.
     Raises:
-        ValueError: no training text, or a non-finite loss (names the epoch and update).
+        ValueError: no training text.
+        FloatingPointError: a non-finite loss (names the epoch and update).
     """
-    from .training import lr_factor
-
     if not train_texts:
         raise ValueError("no training text: the split has no understanding pair or planning text")
-    params = model.llm.base_parameters()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    per_epoch = math.ceil(len(train_texts) / batch_size)
-    total = per_epoch * epochs
-    rng = random.Random(seed)
-    pad = model.tokenizer.pad_token_id
+    import time
+
+    out_dir = Path(out_dir)
     history: list[dict[str, float]] = []
-    t0, step = time.perf_counter(), 0
-    model.train()
-    for epoch in range(epochs):
-        order = list(range(len(train_texts)))
-        rng.shuffle(order)
-        losses = []
-        for start in range(0, len(order), batch_size):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(step, total, warmup_steps, 0.1, 0.01)
-            ids, mask, labels = pad_batch([train_texts[k] for k in order[start : start + batch_size]], pad)
-            loss = text_loss(model, ids, mask, labels)
-            if not torch.isfinite(loss):
-                raise ValueError(f"non-finite text loss at epoch {epoch + 1} update {step + 1}: lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            step += 1
+    t0 = time.perf_counter()
+
+    def validate(state: StageState) -> None:
+        rows = [r for r in read_loss_csv(out_dir / LOSS_CSV) if r["epoch"] == state.epoch]
         row = {
-            "epoch": epoch + 1,
-            "updates": step,
-            "train_nll": sum(losses) / len(losses),
-            "val_nll": mean_answer_nll(model, val_texts, batch_size),
+            "epoch": state.epoch,
+            "updates": state.global_step,
+            "train_nll": sum(float(r[TEXT_LOSS_NAME]) for r in rows) / max(1, len(rows)),
+            "val_nll": mean_answer_nll(model, val_texts, schedule.batch_size),
             "wall_s": time.perf_counter() - t0,
         }
         history.append(row)
         print(
-            f"text epoch {epoch + 1}/{epochs}: train NLL {row['train_nll']:.3f}, val NLL {row['val_nll']:.3f} "
-            f"(per answer token), {row['wall_s']:.0f} s"
+            f"text epoch {state.epoch}/{state.epochs}: train NLL {row['train_nll']:.3f}, val NLL "
+            f"{row['val_nll']:.3f} (per answer token), {row['wall_s']:.0f} s"
         )
-        if log_path is not None:
-            with open(log_path, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(row))
-                writer.writeheader()
-                writer.writerows(history)
-    for p in model.parameters():
-        p.requires_grad_(False)
+        with open(out_dir / TEXT_LOSS_FILE, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer.writeheader()
+            writer.writerows(history)
+
+    data = TextDataset(train_texts, model.tokenizer.pad_token_id)
+    tcfg = schedule.train_config(seed)
+    try:
+        train_stage(
+            TextOnlyLLM(model),
+            data,
+            data.collate,
+            TEXT_STAGE,
+            tcfg,
+            out_dir,
+            init=init,
+            progress=progress,
+            epochs=schedule.epochs,
+            on_epoch_end=validate,
+        )
+    finally:
+        model.requires_grad_(False)
     return history
 
 
-# ============================================================================ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--init", required=True, help="output folder of stage 1 (the model whose LLM is trained)")
-    parser.add_argument("--data", required=True, help="dataset root (the one the stages train on)")
-    parser.add_argument("--out", required=True, help="output folder (a stage-1 model folder; stage 2's --init)")
-    parser.add_argument("--train-config", default=None, help="training config YAML: its train_split, qa_sources, seed")
-    parser.add_argument("--epochs", type=int, default=12, help="passes over the training text (default 12)")
-    parser.add_argument("--batch-size", type=int, default=32, help="texts per update (default 32)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    parser.add_argument("--val-split", default="val", help="split whose text measures the NLL each epoch ('' = none)")
+def text_pretrain_from_stage1(
+    init: str | Path,
+    data: str | Path,
+    out: str | Path,
+    schedule: TextSchedule = TextSchedule(),
+    *,
+    train_config: Optional[str | Path] = None,
+    val_split: Optional[str] = "val",
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """``sparseoccvla pretrain-llm``: :func:`pretrain_llm` on the text of a dataset root, from a stage-1 folder.
 
-
-def _split_texts(root: Path, split: str, model: "SparseOccVLA", options) -> list[tuple[str, str]]:
+    Args:
+        init: output folder of stage 1 (its LLM must be built from random weights, ``llm_path: null``).
+        data: dataset root the stages train on.
+        out: output folder (new): a stage-1 model folder, stage 2's ``--init``.
+        schedule: the text step's optimisation.
+        train_config: training config YAML whose ``train_split``, ``qa_sources`` and ``seed`` apply (default tiny).
+        val_split: split whose text measures the NLL each epoch (None or '' = none).
+        progress: show a tqdm bar.
+    Returns:
+        :func:`pretrain_llm`'s per-epoch rows.
+    Raises:
+        ValueError: ``init`` is not a stage-1 folder, or its LLM is a pretrained one.
+    """
     from .data.dataset import DrivingDataset
-
-    return DrivingDataset(root, split, model.cfg, None, options).text_pairs()
-
-
-def run(args: argparse.Namespace) -> int:
     from .data.layout import resolve_layout
     from .model import SparseOccVLA
-    from .train_config import TrainConfig
-    from .training import STATE_FILE, StageState, check_fresh_out_dir, dataset_options
+    from .train_setup import dataset_options
+    from .training import STATE_FILE, check_fresh_out_dir
 
-    init, out = Path(args.init), Path(args.out)
+    init, out = Path(init), Path(out)
     state = StageState.read(init) if (init / STATE_FILE).is_file() else None
     if state is None or state.stage != 1:
         raise ValueError(f"--init {init} must be the output folder of 'sparseoccvla train --stage 1'")
     check_fresh_out_dir(out)
-    tcfg = TrainConfig.from_yaml(args.train_config) if args.train_config else TrainConfig.tiny()
+    tcfg = TrainConfig.from_yaml(train_config) if train_config else TrainConfig.tiny()
     model = SparseOccVLA.from_pretrained(init)
     if model.cfg.llm_path:
         raise ValueError(
@@ -216,22 +305,21 @@ def run(args: argparse.Namespace) -> int:
             "built from random weights (llm_path: null)"
         )
     torch.manual_seed(tcfg.seed)
-    root = resolve_layout(args.data).root
+    root = resolve_layout(data).root
     options = dataset_options(tcfg, 2, model.cfg)
-    train_pairs = _split_texts(root, tcfg.train_split, model, options)
-    val_pairs = _split_texts(root, args.val_split, model, options) if args.val_split else []
-    tok, limit = model.tokenizer, model.cfg.max_text_tokens
-    train_texts, val_texts = encode_pairs(tok, train_pairs, limit), encode_pairs(tok, val_pairs, limit)
+
+    def split_texts(split: str) -> list[EncodedText]:
+        pairs = DrivingDataset(root, split, model.cfg, None, options).text_pairs()
+        return encode_pairs(model.tokenizer, pairs, model.cfg.max_text_tokens)
+
+    train_texts = split_texts(tcfg.train_split)
+    val_texts = split_texts(val_split) if val_split else []
     print(
         f"text pretraining: {len(train_texts)} training texts ({tcfg.train_split}), {len(val_texts)} validation "
-        f"texts ({args.val_split or 'none'}), {args.epochs} epochs of {math.ceil(len(train_texts) / args.batch_size)} "
-        f"updates"
+        f"texts ({val_split or 'none'}), {schedule.epochs} epochs of "
+        f"{math.ceil(len(train_texts) / schedule.batch_size)} updates"
     )
     out.mkdir(parents=True, exist_ok=True)
-    history = pretrain_llm(
-        model, train_texts, val_texts, args.epochs, args.batch_size, args.lr, tcfg.seed, log_path=out / TEXT_LOSS_FILE
-    )
-    model.save_pretrained(out)
-    StageState(1, state.epoch, state.epochs, state.global_step, state.updates_per_epoch, True, str(init)).write(out)
+    history = pretrain_llm(model, train_texts, val_texts, out, schedule, seed=tcfg.seed, init=init, progress=progress)
     print(f"text pretraining: val NLL {history[0]['val_nll']:.3f} -> {history[-1]['val_nll']:.3f} -> {out}")
-    return 0
+    return history

@@ -31,7 +31,6 @@ Output folder of a stage (``--out``)::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -47,17 +46,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .config import SparseOccVLAConfig
 from .model import LOSS_NAMES, TOTAL_LOSS  # the eq.-12 terms, logged in this column order
 from .train_config import STAGES, TrainConfig
 
 if TYPE_CHECKING:  # heavy or optional imports, for annotations only
     from accelerate import Accelerator
     from tqdm.auto import tqdm
-    from transformers import PreTrainedTokenizerBase
 
-    from .data.dataset import DatasetOptions, DrivingDataset
-    from .model import SparseOccVLA
 
 STATE_FILE: str = "trainer_state.json"
 OPTIM_FILE: str = "training_state.pt"
@@ -513,11 +508,13 @@ def make_accelerator(tcfg: TrainConfig) -> "Accelerator":
 class StageModel(Protocol):
     """What :func:`train_stage` needs from a network (``SparseOccVLA`` implements it; tests use a toy module).
 
-    ``set_stage(stage)`` sets ``requires_grad`` for the stage, calling the model with ``(batch, stage)`` returns
-    the named 0-d losses plus :data:`TOTAL_LOSS`, ``save_pretrained(folder)`` writes the weights.
+    ``set_stage(stage, train_llm_base=...)`` sets ``requires_grad`` for the stage (``train_llm_base``: also the
+    LLM's base weights, :attr:`TrainConfig.train_llm_base`; a model without such weights ignores it), calling the
+    model with ``(batch, stage)`` returns the named 0-d losses plus :data:`TOTAL_LOSS`, ``save_pretrained(folder)``
+    writes the weights.
     """
 
-    def set_stage(self, stage: int) -> None: ...
+    def set_stage(self, stage: int, train_llm_base: bool = False) -> None: ...
 
     def train(self, mode: bool = True) -> object: ...
 
@@ -698,6 +695,7 @@ def train_stage(
     accelerator: Optional["Accelerator"] = None,
     progress: bool = True,
     epochs: Optional[int] = None,
+    on_epoch_end: Optional[Callable[[StageState], None]] = None,
 ) -> StageState:
     """Train one stage; checkpoint every epoch; export the final model to ``out_dir``.
 
@@ -718,6 +716,7 @@ def train_stage(
         accelerator: an ``accelerate.Accelerator``; built from ``tcfg`` when None.
         progress: show a tqdm bar (main process only).
         epochs: epochs of the stage; default ``tcfg.epochs_for(stage)``.
+        on_epoch_end: called with the new :class:`StageState` after each epoch's checkpoint (e.g. a validation).
     Returns:
         The final :class:`StageState` (complete).
     Raises:
@@ -736,12 +735,8 @@ def train_stage(
         out_dir.mkdir(parents=True, exist_ok=True)
 
     # 1. stage -> trainable parameters -> optimizer (only trainable parameters enter it)
-    # the protocol is set_stage(stage); train_llm_base is passed only where it applies (stage 3, random LLM: the
-    # model refuses a pretrained one), so models without that option keep working
-    if tcfg.train_llm_base and stage == 3:
-        model.set_stage(stage, train_llm_base=True)
-    else:
-        model.set_stage(stage)
+    # train_llm_base applies to stage 3 only (and a random LLM: the model refuses a pretrained one)
+    model.set_stage(stage, train_llm_base=tcfg.train_llm_base and stage == 3)
     optimizer = build_optimizer(model, tcfg)
     sampler = EpochShuffleSampler(len(dataset), tcfg.seed)
     loader = DataLoader(
@@ -792,6 +787,8 @@ def train_stage(
             _save_checkpoint(folder, model, optimizer, opt.scheduler, state, accelerator)
             if main:
                 _prune_checkpoints(out_dir, tcfg.keep_checkpoints)
+            if on_epoch_end is not None:
+                on_epoch_end(state)
         # 4. the stage's result at the top of --out: what the next stage's --init points at
         if main:
             accelerator.unwrap_model(model).save_pretrained(out_dir)
@@ -800,244 +797,3 @@ def train_stage(
     finally:
         logger.close()
     return state
-
-
-# ============================================================================ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", type=int, required=True, choices=STAGES, help="training stage (paper sec. 4.2)")
-    parser.add_argument(
-        "--config",
-        default=None,
-        help="model config YAML (e.g. config/model_tiny.yaml) or 'tiny' / 'paper'; "
-        "required for stage 1 from scratch, otherwise checked against the --init checkpoint",
-    )
-    parser.add_argument(
-        "--train-config",
-        default=None,
-        help="training config YAML (config/train_tiny.yaml, "
-        "config/train_paper.yaml) or 'tiny' / 'paper' (default: paper)",
-    )
-    parser.add_argument(
-        "--data", required=True, help="dataset root (nuScenes layout: <DIR>/<version>/, gts/, omnidrive/, ...)"
-    )
-    parser.add_argument(
-        "--init", default=None, help="output folder of the previous stage (required for stages 2 and 3)"
-    )
-    parser.add_argument("--out", required=True, help="output folder of this stage")
-    parser.add_argument("--resume", action="store_true", help="continue this stage from the newest checkpoint in --out")
-    parser.add_argument(
-        "--anchors",
-        default=None,
-        help="planning anchors file from 'sparseoccvla anchors' "
-        "(default: computed from the training split when the model has none)",
-    )
-    parser.add_argument("--epochs", type=int, default=None, help="override the epochs of this stage")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the per-device batch size")
-    parser.add_argument("--grad-accum", type=int, default=None, help="override gradient accumulation steps")
-    parser.add_argument("--lr", type=float, default=None, help="override the base learning rate")
-    parser.add_argument("--seed", type=int, default=None, help="override the seed")
-    parser.add_argument("--num-workers", type=int, default=None, help="override DataLoader workers")
-    parser.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-
-
-def load_train_config(spec: Optional[str], args: argparse.Namespace, stage: int) -> TrainConfig:
-    """Training config from a YAML / preset name, with the CLI overrides applied."""
-    if spec is None or spec == "paper":
-        tcfg = TrainConfig.paper()
-    elif spec == "tiny" and not Path(spec).exists():
-        tcfg = TrainConfig.tiny()
-    else:
-        tcfg = TrainConfig.from_yaml(spec)
-    values = tcfg.to_dict()
-    if args.epochs is not None:
-        epochs = list(values["epochs"])
-        epochs[stage - 1] = args.epochs
-        values["epochs"] = epochs
-    for arg, field in (
-        ("batch_size", "batch_size"),
-        ("grad_accum", "grad_accum_steps"),
-        ("lr", "lr"),
-        ("seed", "seed"),
-        ("num_workers", "num_workers"),
-    ):
-        if getattr(args, arg, None) is not None:
-            values[field] = getattr(args, arg)
-    return TrainConfig.from_dict(values)
-
-
-def load_model_config(spec: str) -> SparseOccVLAConfig:
-    """Model config from a YAML path or the preset names 'tiny' / 'paper'."""
-    if spec in ("tiny", "paper") and not Path(spec).exists():
-        return SparseOccVLAConfig.tiny() if spec == "tiny" else SparseOccVLAConfig.paper()
-    if not Path(spec).is_file():
-        raise FileNotFoundError(
-            f"--config {spec} does not exist (give a model config YAML such as config/model_tiny.yaml)"
-        )
-    return SparseOccVLAConfig.from_yaml(spec)
-
-
-def dataset_qa_corpus(dataset: "DrivingDataset") -> list[str]:
-    """Every question, answer and driving-decision text of a :class:`DrivingDataset` split (tokenizer corpus).
-
-    Reads the split's OmniDrive files and nuScenes-QA pairs once; duplicates are dropped, order is kept.
-    """
-    texts: dict[str, None] = {}
-    for scene in dataset.scenes:
-        for token in scene.sample_tokens:
-            pairs = list(dataset.nuscenes_qa.get(token, []))
-            if dataset.omnidrive.available:
-                pairs += dataset.omnidrive.pairs(token)
-                plan = dataset.omnidrive.plan_text(token)
-                if plan:
-                    texts[plan] = None
-            for pair in pairs:
-                texts[pair.question] = None
-                texts[pair.answer] = None
-    return list(texts)
-
-
-def _build_tokenizer(cfg: SparseOccVLAConfig, dataset: "DrivingDataset") -> "PreTrainedTokenizerBase":
-    """Stage-1 tokenizer: the configured one (``tokenizer_path`` / ``llm_path``), else a byte-level BPE trained on
-    the training split's QA text plus the built-in driving corpus, with ``cfg.llm_vocab_size`` entries at most."""
-    from .llm import resolve_tokenizer
-    from .tokenizer import default_corpus, train_tokenizer
-
-    if cfg.tokenizer_path or cfg.llm_path:
-        return resolve_tokenizer(cfg)
-    corpus = dataset_qa_corpus(dataset)
-    return train_tokenizer(default_corpus() + corpus, cfg.llm_vocab_size)
-
-
-def _install_anchors(model: "SparseOccVLA", anchors_file: Optional[str], data_root: Path, split: str, seed: int) -> str:
-    """Set the planner's K-means anchors from ``anchors_file`` or, without one, from the training split."""
-    from .data.anchors import collect_trajectories, compute_anchors, load_anchors
-
-    cfg = model.cfg
-    if anchors_file is not None:
-        anchor_set, source = load_anchors(anchors_file), str(anchors_file)
-    else:
-        trajs = collect_trajectories(data_root, split, cfg.plan_horizon)
-        anchor_set = compute_anchors(trajs, cfg.anchors_per_command, seed=seed, dt=cfg.plan_dt)
-        source = f"K-means on {data_root} {split}"
-        for name, why in anchor_set.info["fallback"].items():
-            print(f"planning anchors: command {name}: {why}")
-    flat = torch.as_tensor(anchor_set.anchors_flat).clone()
-    commands = torch.as_tensor(anchor_set.anchor_commands)
-    expect = (cfg.num_anchors, cfg.plan_horizon, 2)
-    if tuple(flat.shape) != expect:
-        raise ValueError(
-            f"anchors from {source} have shape {tuple(flat.shape)}, the model needs {expect} "
-            f"(num_anchors, plan_horizon, 2): rerun 'sparseoccvla anchors' with --per-command "
-            f"{cfg.anchors_per_command} --horizon {cfg.plan_horizon}"
-        )
-    model.planner.set_anchors(flat, commands)
-    return source
-
-
-def dataset_options(
-    tcfg: TrainConfig, stage: Optional[int] = None, cfg: Optional[SparseOccVLAConfig] = None
-) -> "DatasetOptions":
-    """The loader options a training config implies (``DatasetOptions`` defaults otherwise).
-
-    Stage 1 with ``cfg.occ_gt == "current"`` reads no future Occ3D frames (only the forecaster and the concatenated
-    GT need them): six of the seven label files an item would read, ~80 % of its loading time on the default
-    checkpoint's data.
-    """
-    from .data.dataset import DatasetOptions
-
-    extra: dict[str, Any] = {
-        "max_gt_points": tcfg.max_gt_points,
-        "augment": tcfg.augment,
-        "seed": tcfg.seed,
-        "occ_visibility": tcfg.occ_visibility,
-        "future_occupancy": not (stage == 1 and cfg is not None and cfg.occ_gt == "current"),
-    }
-    if tcfg.qa_sources is not None:
-        extra["qa_sources"] = tuple(tcfg.qa_sources)
-    return DatasetOptions(**extra)
-
-
-def run_stage(args: argparse.Namespace) -> StageState:
-    """``sparseoccvla train``: resolve configs, checkpoints, data, tokenizer and anchors, then :func:`train_stage`."""
-    from accelerate.utils import set_seed
-
-    from .data.dataset import DrivingDataset, make_collate
-    from .data.layout import resolve_layout
-    from .model import SparseOccVLA
-
-    stage, out = int(args.stage), Path(args.out)
-    tcfg = load_train_config(args.train_config, args, stage)
-    layout = resolve_layout(args.data)  # clear errors for a missing root / version folder / table
-    given_cfg = load_model_config(args.config) if args.config else None
-    set_seed(tcfg.seed)
-
-    resume_from: Optional[Path] = None
-    if args.resume:
-        if (out / STATE_FILE).is_file():
-            done = StageState.read(out)
-            if done.stage != stage:
-                raise ValueError(f"{out} holds a finished stage-{done.stage} run, not stage {stage}")
-            print(f"stage {stage} in {out} is already complete ({done.epoch}/{done.epochs} epochs); nothing to do")
-            return done
-        resume_from = latest_checkpoint(out)
-        if resume_from is None:
-            raise FileNotFoundError(f"--resume: no checkpoint under {out / CHECKPOINT_DIR}; start without --resume")
-        saved_tcfg = TrainConfig.from_yaml(out / TRAIN_CONFIG_FILE)
-        diff = saved_tcfg.diff(tcfg)
-        if diff:
-            raise ValueError(
-                f"--resume with different training settings than {out / TRAIN_CONFIG_FILE}:\n"
-                + format_config_diff(diff, "run", "given")
-                + "\nresume with the run's settings"
-            )
-        init = StageState.read(resume_from).init
-        model = SparseOccVLA.from_pretrained(resume_from, config=given_cfg)
-        options = dataset_options(tcfg, stage, model.cfg)
-        dataset = DrivingDataset(layout.root, tcfg.train_split, model.cfg, model.tokenizer, options)
-    else:
-        check_fresh_out_dir(out)
-        check_stage_order(stage, args.init)
-        init = args.init
-        if init is not None:
-            model = SparseOccVLA.from_pretrained(init, config=given_cfg)
-            options = dataset_options(tcfg, stage, model.cfg)
-            dataset = DrivingDataset(layout.root, tcfg.train_split, model.cfg, model.tokenizer, options)
-        else:
-            if given_cfg is None:
-                raise ValueError(
-                    "stage 1 from scratch needs --config (a model config YAML such as config/model_tiny.yaml)"
-                )
-            # index the split once without text, train / load the tokenizer, then let the dataset encode text with it
-            options = dataset_options(tcfg, stage, given_cfg)
-            dataset = DrivingDataset(layout.root, tcfg.train_split, given_cfg, None, options)
-            tokenizer = _build_tokenizer(given_cfg, dataset) if len(dataset) else None
-            dataset.tokenizer = tokenizer
-            model = SparseOccVLA(given_cfg, tokenizer)
-    if len(dataset) == 0:
-        raise ValueError(
-            f"split {tcfg.train_split!r} of {layout.root} has no key frame (check splits.json / the version)"
-        )
-
-    if resume_from is None and (args.anchors is not None or not bool(model.planner.anchors_from_data)):
-        source = _install_anchors(model, args.anchors, layout.root, tcfg.train_split, tcfg.seed)
-        print(f"planning anchors: {source}")
-    if resume_from is None:
-        out.mkdir(parents=True, exist_ok=True)
-        tcfg.to_yaml(out / TRAIN_CONFIG_FILE)
-    return train_stage(
-        model,
-        dataset,
-        make_collate(model.tokenizer),
-        stage,
-        tcfg,
-        out,
-        resume_from=resume_from,
-        init=init,
-        progress=not args.no_progress,
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    state = run_stage(args)
-    print(f"stage {state.stage}: {state.epoch}/{state.epochs} epochs, {state.global_step} updates -> {args.out}")
-    return 0 if state.complete else 1

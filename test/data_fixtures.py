@@ -340,7 +340,7 @@ def synthetic_world(tmp_path_factory) -> Path:
     """A small synthetic world written by ``sparseoccvla synth`` (skips while that command does not exist)."""
     from sparseoccvla_core.cli import COMMANDS, main
 
-    if importlib.util.find_spec("sparseoccvla_core.synthetic.cli") is None or "synth" not in COMMANDS:
+    if importlib.util.find_spec("sparseoccvla_core.commands.synth") is None or "synth" not in COMMANDS:
         pytest.skip("the synthetic world generator ('sparseoccvla synth') is not available yet")
 
     out = tmp_path_factory.mktemp("synth")

@@ -336,7 +336,7 @@ def test_inspect_data_command(mini_nuscenes, capsys):
 def test_stage_1_reads_only_the_current_frame_labels(mini_nuscenes, monkeypatch):
     """future_occupancy False (training stage 1 with occ_gt "current"): the item's current GT is the full
     loader's, no future label file is read, and collate builds a batch without concatenated / future GT."""
-    from sparseoccvla_core import training
+    from sparseoccvla_core import train_setup
     from sparseoccvla_core.data import dataset as dataset_module
     from sparseoccvla_core.train_config import TrainConfig
 
@@ -358,6 +358,6 @@ def test_stage_1_reads_only_the_current_frame_labels(mini_nuscenes, monkeypatch)
     batch.validate()
     assert batch.occ_points is not None and batch.occ_concat_points is None and batch.future_points is None
     tcfg = TrainConfig.tiny()
-    assert not training.dataset_options(tcfg, 1, cfg).future_occupancy
-    assert training.dataset_options(tcfg, 2, cfg).future_occupancy
-    assert training.dataset_options(tcfg, 1, SparseOccVLAConfig.tiny(occ_gt="concat")).future_occupancy
+    assert not train_setup.dataset_options(tcfg, 1, cfg).future_occupancy
+    assert train_setup.dataset_options(tcfg, 2, cfg).future_occupancy
+    assert train_setup.dataset_options(tcfg, 1, SparseOccVLAConfig.tiny(occ_gt="concat")).future_occupancy

@@ -41,7 +41,7 @@ def gt(tmp_path_factory):
     """(GT bag path, [per key frame: stamp, info, (points, classes), trajectory [n, 2], camera mask bits])."""
     from rosbags.rosbag2 import Reader
 
-    from sparseoccvla_core.synthetic.cli import add_arguments  # noqa: F401  (skip cleanly if synth is missing)
+    from sparseoccvla_core.commands.synth import add_arguments  # noqa: F401  (skip cleanly if synth is missing)
 
     root = tmp_path_factory.mktemp("evalbag_world")
     assert (

@@ -127,8 +127,8 @@ def test_pretrain_llm_trains_only_the_llm_base_and_lowers_held_out_nll(synthetic
         main([*args, "--out", str(tmp_path / "again")])
 
 
-def test_pretrain_llm_refuses_empty_text(cfg, tokenizer):
+def test_pretrain_llm_refuses_empty_text(cfg, tokenizer, tmp_path):
     torch.manual_seed(0)
     model = SparseOccVLA(cfg, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="no training text"):
-        pretrain_llm(model, [], [], epochs=1, batch_size=4, lr=1e-3, seed=0)
+        pretrain_llm(model, [], [], tmp_path / "text")

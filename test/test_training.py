@@ -80,7 +80,7 @@ class ToyModel(nn.Module):
         self.head = nn.Linear(8, 3)
         self.nan = False
 
-    def set_stage(self, stage: int) -> None:
+    def set_stage(self, stage: int, train_llm_base: bool = False) -> None:  # no LLM: train_llm_base is ignored
         for p in self.encoder.parameters():
             p.requires_grad_(stage in (1, 3))
         for p in self.head.parameters():
@@ -375,7 +375,7 @@ def test_cli_errors_missing_dataset_and_stage_order(tmp_path):
 def test_train_command_is_registered():
     from sparseoccvla_core.cli import COMMANDS, build_command_parser
 
-    assert COMMANDS["train"][0] == "sparseoccvla_core.training"
+    assert COMMANDS["train"][0] == "sparseoccvla_core.commands.train"
     args = build_command_parser("train").parse_args(
         ["--stage", "2", "--data", "d", "--init", "i", "--out", "o", "--resume"]
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .config import LAYOUTS, SynthConfig
+from ..synthetic.config import LAYOUTS, SynthConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .generate import default_workers, generate_dataset
+    from ..synthetic.generate import default_workers, generate_dataset
 
     try:
         cfg = SynthConfig(

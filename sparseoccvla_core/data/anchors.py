@@ -25,7 +25,6 @@ trajectory mirrored in y (left <-> right turns) before clustering, a symmetric a
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,35 +255,3 @@ def load_anchors(path: str | Path) -> AnchorSet:
         info = {k: v for k, v in info.items() if k not in arrays}
     skip = {"anchors", "anchors_flat", "anchor_commands"}
     return AnchorSet(anchors=arrays["anchors"], stats={k: v for k, v in arrays.items() if k not in skip}, info=info)
-
-
-# ---------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="dataset root (nuScenes dataroot or synthetic world)")
-    parser.add_argument("--version", default=None, help="nuScenes version folder (default: the only one)")
-    parser.add_argument("--split", default="train", help="split to cluster (default: train)")
-    parser.add_argument("--out", required=True, help="output file, .npz or .safetensors (a .json is written beside)")
-    parser.add_argument("--per-command", type=int, default=6, help="anchors per driving command (default 6 -> 18)")
-    parser.add_argument("--horizon", type=int, default=6, help="waypoints per trajectory at 0.5 s (default 6)")
-    parser.add_argument(
-        "--dt",
-        type=float,
-        default=0.5,
-        help="seconds between waypoints, for the kinematic arcs of a command with too few trajectories",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
-    parser.add_argument("--mirror", action="store_true", help="add y-mirrored trajectories (left <-> right)")
-
-
-def run(args: argparse.Namespace) -> int:
-    trajs = collect_trajectories(args.data, args.split, args.horizon, args.version)
-    anchor_set = compute_anchors(trajs, args.per_command, args.seed, args.mirror, dt=args.dt)
-    out, json_path = save_anchors(anchor_set, args.out)
-    counts = dict(zip(COMMANDS, anchor_set.stats["counts"].tolist()))
-    print(
-        f"{anchor_set.anchors_flat.shape[0]} anchors from {anchor_set.info['num_complete_trajectories']} complete "
-        f"trajectories (per command {counts}) -> {out} and {json_path}"
-    )
-    for name, why in anchor_set.info["fallback"].items():
-        print(f"note: command {name}: {why}")
-    return 0

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..batch import CAMERA_NAMES, FREE_CLASS, IGNORE_INDEX, DrivingBatch
+from ..batch import CAMERA_NAMES, FREE_CLASS, DrivingBatch, pad_text
 from ..config import SparseOccVLAConfig
 from .camera import ResizeCrop, invert_pose, resize_crop_for
 from .ego_motion import driving_command, future_waypoints
@@ -575,18 +575,6 @@ def _pad_points(
     return torch.from_numpy(pts), torch.from_numpy(lab), torch.from_numpy(mask)
 
 
-def _pad_text(ids: Sequence[list[int]], labels: Sequence[list[int]], pad_id: int):
-    n, length = len(ids), max(len(x) for x in ids)
-    out_ids = torch.full((n, length), pad_id, dtype=torch.int64)
-    out_mask = torch.zeros((n, length), dtype=torch.int64)
-    out_lab = torch.full((n, length), IGNORE_INDEX, dtype=torch.int64)
-    for k, (a, b) in enumerate(zip(ids, labels)):
-        out_ids[k, : len(a)] = torch.tensor(a, dtype=torch.int64)
-        out_mask[k, : len(a)] = 1
-        out_lab[k, : len(b)] = torch.tensor(b, dtype=torch.int64)
-    return out_ids, out_mask, out_lab
-
-
 def collate(items: Sequence[DrivingItem], pad_token_id: int = 0) -> DrivingBatch:
     """Stack and pad items into a :class:`DrivingBatch` (images to float [0, 1], [B, F, V, 3, H, W]).
 
@@ -646,10 +634,10 @@ def _finish_collate(out: dict[str, Any], items: Sequence[DrivingItem], pad_token
     if any(has_text):
         if not all(has_text):
             raise ValueError("collate: some items have text and some do not")
-        out["qa_input_ids"], out["qa_attention_mask"], out["qa_labels"] = _pad_text(
+        out["qa_input_ids"], out["qa_attention_mask"], out["qa_labels"] = pad_text(
             [it.qa_ids for it in items], [it.qa_labels for it in items], pad_token_id
         )
-        out["plan_input_ids"], out["plan_attention_mask"], out["plan_labels"] = _pad_text(
+        out["plan_input_ids"], out["plan_attention_mask"], out["plan_labels"] = pad_text(
             [it.plan_ids for it in items], [it.plan_labels for it in items], pad_token_id
         )
     return DrivingBatch(**out)
