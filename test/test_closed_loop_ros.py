@@ -37,6 +37,7 @@ def test_sim_node_brakes_on_nan_and_missing_plans_and_reports_them():
     from sparseoccvla_msgs.msg import DrivingPlan
     from std_msgs.msg import String
 
+    from sparseoccvla_core.batch import CAMERA_NAMES
     from sparseoccvla_core.closed_loop.scenarios import ScenarioSpec
     from sparseoccvla_ros.closed_loop.sim_node import SimNode
 
@@ -62,8 +63,10 @@ def test_sim_node_brakes_on_nan_and_missing_plans_and_reports_them():
             plan.path.poses.append(p)
         pub.publish(plan)
 
-    fake.create_subscription(CompressedImage, "/CAM_FRONT/image_rect_compressed", on_image,
-                             QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE))  # fmt: skip
+    qos = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
+    for cam in CAMERA_NAMES:  # sim_node starts once every camera has a subscriber
+        cb = on_image if cam == "CAM_FRONT" else (lambda msg: None)
+        fake.create_subscription(CompressedImage, f"/{cam}/image_rect_compressed", cb, qos)
     fake.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diags.extend(m.status), 10)
     fake.create_subscription(String, "/sim/events", lambda m: events.append(json.loads(m.data)), 10)
     executors = []
@@ -144,7 +147,7 @@ def test_ctrl_c_mid_episode_leaves_a_finalized_recording(tiny_checkpoint, tmp_pa
                 proc.send_signal(signal.SIGINT)
                 break
             assert time.monotonic() < deadline, "".join(lines[-20:])
-        rest, _ = proc.communicate(timeout=120)
+        _, rest = proc.communicate(timeout=120)
         lines.append(rest)
     finally:
         if proc.poll() is None:

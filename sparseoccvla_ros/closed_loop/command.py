@@ -171,6 +171,24 @@ class ClosedLoopBringup:
 
     _first_clock = 0
 
+    def drain(self, linger_s: float = 0.5, max_s: float = 5.0) -> None:
+        """Before closing: until the node is idle, the recorder has every /sim/events message and nothing new came
+        for ``linger_s`` (at most ``max_s``), so the recording ends with the last frame's outputs and events."""
+        if self.recorder is None:
+            return
+        end = time.monotonic() + max_s
+        last, since = -1, time.monotonic()
+        while time.monotonic() < end:
+            total = self.recorder.total
+            if total != last or not self.node.idle:
+                last, since = total, time.monotonic()
+            elif (
+                time.monotonic() - since >= linger_s
+                and self.recorder.count_under("/sim/events") >= self.sim.events_published
+            ):
+                return
+            time.sleep(0.05)
+
     def stop(self) -> None:
         if self.sim is not None:
             self.sim.stop_event.set()
@@ -241,6 +259,7 @@ def run_model(args, specs, checkpoint: Path, out: Path, progress: Progress, stop
         s = bringup.node.stats
         info["node"] = {"sets_completed": s.sets_completed, "frames_published": s.frames_published, "sets_dropped": s.sets_dropped}
     finally:
+        bringup.drain()
         recorded = bringup.recorder.total if bringup.recorder is not None else 0
         has_recorder = bringup.recorder is not None
         bringup.close()

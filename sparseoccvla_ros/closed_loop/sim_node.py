@@ -103,6 +103,7 @@ class SimNode(Node):
         self._occupancy: dict[int, np.ndarray] = {}  # stamp ns -> [M, 3] (x, y, class)
         self._cv = threading.Condition()
         self.fallbacks = 0
+        self.events_published = 0
         reliable = QoSProfile(reliability=QoSReliabilityPolicy.RELIABLE, history=QoSHistoryPolicy.KEEP_LAST, depth=10)
         latched = QoSProfile(
             reliability=QoSReliabilityPolicy.RELIABLE,
@@ -174,6 +175,7 @@ class SimNode(Node):
 
     def publish_event(self, payload: dict) -> None:
         self._events_pub.publish(self._String(data=json.dumps(payload)))
+        self.events_published += 1
 
     def publish_diagnostics(self, level: int, message: str, values: dict) -> None:
         from ..conversions import diagnostic_status
