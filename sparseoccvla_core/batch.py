@@ -64,6 +64,15 @@ OCC3D_CLASSES: tuple[str, ...] = (
 FREE_CLASS: int = 17
 NUM_SEMANTIC_CLASSES: int = 17
 
+
+def occ3d_class(name: str) -> int:
+    """The Occ3D label value of a class name of :data:`OCC3D_CLASSES` (KeyError-like ValueError otherwise)."""
+    try:
+        return OCC3D_CLASSES.index(name)
+    except ValueError:
+        raise ValueError(f"{name!r} is not an Occ3D class (one of {', '.join(OCC3D_CLASSES)})") from None
+
+
 #: Occ3D-nuScenes class colours, RGB 0-255, index = class id (the palette commonly used to draw Occ3D-nuScenes
 #: occupancy); free (17) is white.  The one palette of the repository: the evaluation plots and the ROS markers
 #: both draw with it.

@@ -18,8 +18,9 @@ from typing import Any, ClassVar, Optional
 
 import yaml
 
-from .data.qa import ACTION_QUESTION
-
+#: HERMES' action question (GT desc["action"]): the default driving-decision prompt of the plan text stream
+#: (``SparseOccVLAConfig.plan_question``: the dataset trains with it, every inference path asks it).
+ACTION_QUESTION: str = "What action should be taken in the current driving scenario?"
 #: What the planner's diffusion decoder regresses (see ``SparseOccVLAConfig.plan_regression``).
 PLAN_REGRESSION_CHOICES: tuple[str, ...] = ("direct", "residual")
 #: Which GT supervises the encoder's current-frame occupancy (see ``SparseOccVLAConfig.occ_gt``).

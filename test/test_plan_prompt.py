@@ -20,8 +20,7 @@ import yaml
 from model_fixtures import PLAN_PAIRS, make_batch
 
 from sparseoccvla_core.batch import IGNORE_INDEX
-from sparseoccvla_core.config import SparseOccVLAConfig
-from sparseoccvla_core.data.qa import ACTION_QUESTION
+from sparseoccvla_core.config import ACTION_QUESTION, SparseOccVLAConfig
 from sparseoccvla_core.model import SparseOccVLA
 from sparseoccvla_core.pipeline import PipelineOptions, SparseOccVLAPipeline
 from sparseoccvla_core.tokenizer import encode_qa

@@ -26,11 +26,10 @@ from typing import Optional
 
 import numpy as np
 
+from ..config import ACTION_QUESTION  # noqa: F401  (HERMES' action question: the config's plan_question default)
+
 #: HERMES' description question (its GT is desc["description"]), docs/reference_choices.md §5.3.
 DESCRIPTION_QUESTION = "Can you provide a summary of the current driving scenario based on the input images?"
-#: HERMES' action question (GT desc["action"]) - the default driving-decision prompt of the plan text stream
-#: (``SparseOccVLAConfig.plan_question``: the dataset trains with it, every inference path asks it).
-ACTION_QUESTION = "What action should be taken in the current driving scenario?"
 #: OmniDrive's question for the keywords file.
 KEYWORDS_QUESTION = "Please shortly describe your driving action."
 #: OmniDrive's planning question; its answer is synthesised from the GT waypoints.

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..batch import FREE_CLASS
 from ..occ_grid import OCC3D_NOMINAL_RANGE, OCC3D_Z_SHIFT, grid_shape
 from .primitives import BOX, SceneObject
 from .world import SURFACE_TO_OCC, GroundMap
 
-FREE = 17
+FREE = FREE_CLASS  # Occ3D's free-space label
 VOXEL_SIZE = 0.4
 PC_RANGE: tuple[float, ...] = (
     OCC3D_NOMINAL_RANGE[0],

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..batch import FREE_CLASS
 from .primitives import BOX, TEX_EMISSIVE, TEX_LEAVES, TEX_WINDOW_BAND, TEX_WINDOWS, SceneObject
 from .world import SURF_OTHER_FLAT, SURF_ROAD, SURF_SIDEWALK, SURFACE_TO_OCC, GroundMap
 
-FREE = 17
+FREE = FREE_CLASS  # Occ3D's free-space label
 NEAR = 0.1  # m, near plane
 FAR = 400.0  # m, objects beyond are not drawn (haze covers them)
 HAZE_DISTANCE = 350.0  # m, e-folding distance of the aerial perspective

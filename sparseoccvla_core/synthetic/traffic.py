@@ -15,20 +15,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..batch import occ3d_class
 from .primitives import TEX_PLAIN, TEX_WINDOW_BAND, ObjectBuilder, SceneObject
 from .world import Route, StaticWorld, vehicle_size
 
 # Occ3D class of each nuScenes category the world uses.
 CATEGORY_TO_OCC: dict[str, int] = {
-    "vehicle.car": 4,
-    "vehicle.truck": 10,
-    "vehicle.bus.rigid": 3,
-    "vehicle.construction": 5,
-    "vehicle.motorcycle": 6,
-    "vehicle.bicycle": 2,
-    "human.pedestrian.adult": 7,
-    "movable_object.trafficcone": 8,
-    "movable_object.barrier": 1,
+    category: occ3d_class(name)
+    for category, name in (
+        ("vehicle.car", "car"),
+        ("vehicle.truck", "truck"),
+        ("vehicle.bus.rigid", "bus"),
+        ("vehicle.construction", "construction_vehicle"),
+        ("vehicle.motorcycle", "motorcycle"),
+        ("vehicle.bicycle", "bicycle"),
+        ("human.pedestrian.adult", "pedestrian"),
+        ("movable_object.trafficcone", "traffic_cone"),
+        ("movable_object.barrier", "barrier"),
+    )
 }
 
 # IDM parameters (Treiber et al.; urban values).

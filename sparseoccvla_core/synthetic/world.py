@@ -19,19 +19,22 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..batch import occ3d_class
 from .paths import Path, bezier, offset_polyline
 from .primitives import TEX_EMISSIVE, TEX_LEAVES, TEX_WINDOWS, ObjectBuilder, SceneObject
 
 # Ground surface codes of the raster and their Occ3D classes.
 SURF_TERRAIN, SURF_ROAD, SURF_SIDEWALK, SURF_OTHER_FLAT = 0, 1, 2, 3
-SURFACE_TO_OCC = np.array([14, 11, 13, 12], dtype=np.uint8)  # terrain, driveable_surface, sidewalk, other_flat
+SURFACE_TO_OCC = np.array(
+    [occ3d_class(name) for name in ("terrain", "driveable_surface", "sidewalk", "other_flat")], dtype=np.uint8
+)
 MARK_NONE, MARK_WHITE, MARK_YELLOW = 0, 1, 2
 
 MAP_SIZE_M = 400.0  # side of the square map, m; the layout centre sits in its middle
 MAP_RES = 0.1  # m per raster cell (the devkit map-mask resolution)
 
 # Occ3D class ids used by scenery.
-OCC_OTHERS, OCC_MANMADE, OCC_VEGETATION = 0, 15, 16
+OCC_OTHERS, OCC_MANMADE, OCC_VEGETATION = (occ3d_class(name) for name in ("others", "manmade", "vegetation"))
 
 SIGNAL_STATES: tuple[str, ...] = ("green", "yellow", "red")
 YELLOW_S = 3.0  # amber duration, s
