@@ -145,7 +145,14 @@ def test_bicycle_and_tracker():
 # ---------------------------------------------------------------------------------------------- episodes
 def test_scenario_set_and_bad_input():
     specs = scenario_set(SEED, 8)
-    assert [s.kind for s in specs[:6]] == ["straight", "red_light", "braking_lead", "pedestrian_crossing", "parked_car", "turn"]
+    assert [s.kind for s in specs[:6]] == [
+        "straight",
+        "red_light",
+        "braking_lead",
+        "pedestrian_crossing",
+        "parked_car",
+        "turn",
+    ]
     assert specs[6].kind == "straight" and specs[7].name == "07-red_light"
     with pytest.raises(ValueError, match="episodes must be >= 1"):
         scenario_set(SEED, 0)
@@ -220,7 +227,9 @@ def test_baselines_and_report(tmp_path):
     mean = np.stack([np.arange(1, 7) * 2.5, np.zeros(6)], axis=1)
     runs = {p.name: run_planner(specs, p) for p in (ConstantVelocity(), MeanTrajectory(mean), RuleExpert())}
     assert runs["expert"]["total"]["collisions_at_fault"] == 0
-    assert runs["constant velocity"]["total"]["collisions_at_fault"] >= 1  # neither the lead nor the pedestrian stops it
+    assert (
+        runs["constant velocity"]["total"]["collisions_at_fault"] >= 1
+    )  # neither the lead nor the pedestrian stops it
     report = write_report(tmp_path, runs, {"episodes": 2, "seed": SEED, "mode": "lockstep"})
     html = report["html"].read_text()
     assert "Closed-loop driving" in html and "driving score" in html and "01-pedestrian_crossing" in html
@@ -229,3 +238,31 @@ def test_baselines_and_report(tmp_path):
         assert f"images/{p.name}" in html and f"images/{p.name}" in report["md"].read_text()
     with pytest.raises(ValueError, match="mean trajectory"):
         MeanTrajectory(np.zeros((5, 2)))
+
+
+def test_launch_file_arguments_remaps_and_executables():
+    """launch/closed_loop.launch.py (the launch library is not on PyPI: checked on its syntax tree, like
+    test_package does for driving.launch.py): its arguments, the shared remap helpers, installed executables only."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tree = ast.parse((root / "launch" / "closed_loop.launch.py").read_text())
+    declared = {
+        n.args[0].value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "DeclareLaunchArgument"
+    }
+    assert {"checkpoint", "seed", "episodes", "kinds", "mode", "record", "rviz", "out", "params_file"} <= declared
+    names = {getattr(n.func, "id", getattr(n.func, "attr", "")) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    assert {"sim_input_remaps", "node_remaps", "rviz_remaps", "record_selection", "write_calibration"} <= names
+    executables = {
+        kw.value.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Node"
+        for kw in n.keywords
+        if kw.arg == "executable"
+    }
+    setup = (root / "setup.py").read_text()
+    assert executables == {"driving_node", "sim_node", "rviz2"}
+    assert "sim_node = sparseoccvla_ros.closed_loop.sim_node:main" in setup

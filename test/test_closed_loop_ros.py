@@ -34,11 +34,11 @@ def test_sim_node_brakes_on_nan_and_missing_plans_and_reports_them():
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, QoSReliabilityPolicy
     from sensor_msgs.msg import CompressedImage
-    from sparseoccvla_msgs.msg import DrivingPlan
     from std_msgs.msg import String
 
     from sparseoccvla_core.batch import CAMERA_NAMES
     from sparseoccvla_core.closed_loop.scenarios import ScenarioSpec
+    from sparseoccvla_msgs.msg import DrivingPlan
     from sparseoccvla_ros.closed_loop.sim_node import SimNode
 
     ctx = rclpy.context.Context()

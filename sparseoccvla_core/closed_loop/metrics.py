@@ -89,8 +89,15 @@ def collisions(log: EpisodeLog) -> list[Collision]:
         else:
             kind = "active_front"
         out.append(
-            Collision(float(log.t[k]), int(j), log.agent_class[j], log.agent_category[j], speed,
-                      kind in ("active_front", "active_lateral"), kind)  # fmt: skip
+            Collision(
+                float(log.t[k]),
+                int(j),
+                log.agent_class[j],
+                log.agent_category[j],
+                speed,
+                kind in ("active_front", "active_lateral"),
+                kind,
+            )  # fmt: skip
         )
     return sorted(out, key=lambda c: c.t)
 
@@ -205,19 +212,32 @@ def episode_metrics(log: EpisodeLog) -> tuple[dict, list[Event]]:
     rc, progress = route_completion(log)
     cols = collisions(log)
     reds = red_light_violations(log)
-    at_fault = {c: sum(1 for x in cols if x.at_fault and x.agent_class == c) for c in ("pedestrian", "vehicle", "static")}
+    at_fault = {
+        c: sum(1 for x in cols if x.at_fault and x.agent_class == c) for c in ("pedestrian", "vehicle", "static")
+    }
     ds, penalty = driving_score(rc, {**at_fault, "red_light": len(reds)})
     ttc, ttc_t = min_time_to_collision(log)
     com = comfort(log)
     events = []
     for c in cols:
         events.append(
-            Event(c.t, int(c.t // KEY_FRAME_DT), "collision",
-                  f"{'at-fault ' if c.at_fault else ''}collision ({c.kind.replace('_', ' ')}) with a {c.category} "
-                  f"at {c.ego_speed:.1f} m/s")  # fmt: skip
+            Event(
+                c.t,
+                int(c.t // KEY_FRAME_DT),
+                "collision",
+                f"{'at-fault ' if c.at_fault else ''}collision ({c.kind.replace('_', ' ')}) with a {c.category} "
+                f"at {c.ego_speed:.1f} m/s",
+            )  # fmt: skip
         )
     for t, s_stop, group in reds:
-        events.append(Event(t, int(t // KEY_FRAME_DT), "red_light", f"ran the red light of signal group {group}"))
+        events.append(
+            Event(
+                t,
+                int(t // KEY_FRAME_DT),
+                "red_light",
+                f"ran the red light of signal group {group} (stop line at s {s_stop:.0f} m)",
+            )
+        )
     offroad = 1.0 - float(np.mean(log.on_road))
     if offroad > 0:
         k = int(np.argmax(~log.on_road))
@@ -267,7 +287,8 @@ def total_metrics(per_episode: list[dict]) -> dict:
         "progress_m": round(sum(m["progress_m"] for m in per_episode), 1),
         "collisions_at_fault": at_fault,
         "collisions_at_fault_by_class": {
-            c: int(sum(m["collisions_at_fault_by_class"][c] for m in per_episode)) for c in ("pedestrian", "vehicle", "static")
+            c: int(sum(m["collisions_at_fault_by_class"][c] for m in per_episode))
+            for c in ("pedestrian", "vehicle", "static")
         },
         "collisions_not_at_fault": total("collisions_not_at_fault"),
         "red_light_violations": total("red_light_violations"),

@@ -86,7 +86,7 @@ def mean_training_trajectory(seed: int = 0, scenes: int = 28, frames: int = 40, 
 
     The world is ``sparseoccvla synth --seed SEED --scenes SCENES --frames FRAMES`` (layouts cycled); only its
     traffic is simulated (no rendering), the waypoints are the next six key-frame ego positions in the current ego
-    frame (:func:`sparseoccvla_core.data.ego_motion` conventions), and frames without six future key frames are
+    frame (:func:`sparseoccvla_core.geometry.ego_motion` conventions), and frames without six future key frames are
     skipped.  The result is cached under ``~/.cache/sparseoccvla/closed_loop/``.
 
     Returns:

@@ -69,7 +69,7 @@ def draw_panel(ax, result, frame: int) -> None:
         if colors.max() > 1.0:
             colors = colors / 255.0
         v = _to_view(occ[:, :2])
-        ax.scatter(v[:, 0], v[:, 1], s=0.6, c=colors[:, :3], alpha=0.5, linewidths=0)
+        ax.scatter(v[:, 0], v[:, 1], s=0.5, c=colors[:, :3], alpha=0.3, linewidths=0)
     boxes = log.agent_boxes[k]
     ego_box = ego_box_of(log.ego[k, :3], log.ego_box)
     hit = boxes_overlap(ego_box[None], boxes) if len(boxes) else np.zeros(0, bool)

@@ -72,7 +72,10 @@ def _episode_row(m: dict) -> list[str]:
     row = []
     for key, _ in EPISODE_COLUMNS:
         if key == "comfortable":
-            row.append(_fmt(m["comfort"]["comfortable"]) + (f" ({', '.join(m['comfort']['violated'])})" if m["comfort"]["violated"] else ""))
+            row.append(
+                _fmt(m["comfort"]["comfortable"])
+                + (f" ({', '.join(m['comfort']['violated'])})" if m["comfort"]["violated"] else "")
+            )
         elif key == "fallbacks":
             row.append(f"{m['no_plan_frames']} / {m['invalid_plan_frames']}")
         else:
@@ -99,8 +102,13 @@ def metrics_doc(runs: dict, info: dict) -> dict:
         out["planners"][name] = {
             "total": run["total"],
             "episodes": {
-                r.spec.name: {"kind": r.spec.kind, "notes": r.log.notes, "metrics": r.metrics,
-                              "events": [e.to_dict() for e in r.events], "wall_s": round(r.wall_s, 2)}  # fmt: skip
+                r.spec.name: {
+                    "kind": r.spec.kind,
+                    "notes": r.log.notes,
+                    "metrics": r.metrics,
+                    "events": [e.to_dict() for e in r.events],
+                    "wall_s": round(r.wall_s, 2),
+                }  # fmt: skip
                 for r in run["episodes"]
             },
         }

@@ -66,4 +66,8 @@ def run_planner(specs: list[ScenarioSpec], planner, progress: Optional[Callable[
                 f"{res.planner}: {spec.name} DS {m['driving_score']:.2f} RC {m['route_completion']:.2f} "
                 f"collisions {m['collisions_at_fault']} red {m['red_light_violations']} ({res.wall_s:.1f} s)"
             )
-    return {"planner": getattr(planner, "name", ""), "episodes": results, "total": total_metrics([r.metrics for r in results])}
+    return {
+        "planner": getattr(planner, "name", ""),
+        "episodes": results,
+        "total": total_metrics([r.metrics for r in results]),
+    }

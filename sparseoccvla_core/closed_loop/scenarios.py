@@ -38,11 +38,11 @@ from typing import Optional
 
 import numpy as np
 
+from ..metrics import EgoBox
+from ..synthetic.paths import Path
 from ..synthetic.render import Look
 from ..synthetic.traffic import Agent, TrafficSimulation, body_builder
 from ..synthetic.world import Route, SignalProgram, StaticWorld, build_world, vehicle_size
-from ..synthetic.paths import Path
-from ..metrics import EgoBox
 
 KINDS: tuple[str, ...] = ("straight", "red_light", "braking_lead", "pedestrian_crossing", "parked_car", "turn")
 LAYOUT: dict[str, str] = {
@@ -200,13 +200,15 @@ class EpisodeSetup:
 def _build_world(spec: ScenarioSpec):
     want = MANEUVER.get(spec.kind)
     for attempt in range(MAX_ATTEMPTS):
-        world_ss, traffic_ss, look_ss, noise_ss, ego_ss = np.random.SeedSequence([spec.seed, spec.index, attempt]).spawn(
-            5
-        )
+        world_ss, traffic_ss, look_ss, noise_ss, ego_ss = np.random.SeedSequence(
+            [spec.seed, spec.index, attempt]
+        ).spawn(5)
         world = build_world(spec.layout, np.random.default_rng(world_ss), TRAVEL_M)
         if want is None or world.ego_route.maneuver == want:
             return world, traffic_ss, look_ss, noise_ss, ego_ss
-    raise RuntimeError(f"no {spec.layout} world with a '{want}' ego route in {MAX_ATTEMPTS} attempts (seed {spec.seed})")
+    raise RuntimeError(
+        f"no {spec.layout} world with a '{want}' ego route in {MAX_ATTEMPTS} attempts (seed {spec.seed})"
+    )
 
 
 def _lane_overlap(route: Route, xy: np.ndarray, s_lo: float, s_hi: float, half_width: float) -> bool:

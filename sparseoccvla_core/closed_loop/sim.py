@@ -25,7 +25,7 @@ import numpy as np
 
 from ..metrics import EgoBox
 from ..synthetic.world import SURF_ROAD
-from .scenarios import EGO_BOX, FRONT_OFFSET, EpisodeSetup, build_episode, ScenarioSpec
+from .scenarios import EGO_BOX, FRONT_OFFSET, EpisodeSetup, ScenarioSpec, build_episode
 from .vehicle import BicycleState, PlanTracker, bicycle_step, global_to_ego, plan_to_global
 
 INNER_DT = 0.05  # s, the fixed inner rate of the ego, the controller and the traffic (20 Hz)
@@ -250,8 +250,12 @@ class Episode:
         r["steer"].append(self.tracker.steer)
         r["yaw_rate"].append(self.yaw_rate)
         others = self.traffic.agents[1:]
-        r["boxes"].append(np.array([[a.pose[0], a.pose[1], a.size[0], a.size[1], a.pose[2]] for a in others]).reshape(-1, 5))
-        r["vel"].append(np.array([[a.v * math.cos(a.pose[2]), a.v * math.sin(a.pose[2])] for a in others]).reshape(-1, 2))
+        r["boxes"].append(
+            np.array([[a.pose[0], a.pose[1], a.size[0], a.size[1], a.pose[2]] for a in others]).reshape(-1, 5)
+        )
+        r["vel"].append(
+            np.array([[a.v * math.cos(a.pose[2]), a.v * math.sin(a.pose[2])] for a in others]).reshape(-1, 2)
+        )
         s, lat = self.project(self.pose[:2])
         self._s_hint = s
         r["s"].append(s)
@@ -315,14 +319,27 @@ class Episode:
         record = next((f for f in reversed(self.frames) if f.index == k), None)
         if plan_xy is None:
             self.tracker.brake()
-            self.events.append(Event(self.t, k, "no_plan", f"no plan for key frame {k}{': ' + reason if reason else ''}; braking at 4 m/s²"))
+            self.events.append(
+                Event(
+                    self.t,
+                    k,
+                    "no_plan",
+                    f"no plan for key frame {k}{': ' + reason if reason else ''}; braking at 4 m/s²",
+                )
+            )
             status = "missing"
         else:
             arr = np.asarray(plan_xy, dtype=np.float64)
             if arr.ndim != 2 or arr.shape[1] != 2 or len(arr) < 1 or not np.all(np.isfinite(arr)):
                 self.tracker.brake()
-                what = f"shape {arr.shape}" if arr.ndim != 2 or arr.shape[-1] != 2 or len(arr) < 1 else "non-finite waypoints"
-                self.events.append(Event(self.t, k, "invalid_plan", f"plan of key frame {k} rejected ({what}); braking at 4 m/s²"))
+                what = (
+                    f"shape {arr.shape}"
+                    if arr.ndim != 2 or arr.shape[-1] != 2 or len(arr) < 1
+                    else "non-finite waypoints"
+                )
+                self.events.append(
+                    Event(self.t, k, "invalid_plan", f"plan of key frame {k} rejected ({what}); braking at 4 m/s²")
+                )
                 status = "invalid"
             else:
                 pose = self._frame_poses[k]
@@ -402,7 +419,9 @@ def render_cameras(episode: Episode, width: int, height: int, quality: int = 90,
     out = []
     for cam in rig.cameras:
         view = render(cam, ego2global, packed, episode.world.ground, setup.look, setup.noise_rng, noise)
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(view.rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        ok, buf = cv2.imencode(
+            ".jpg", cv2.cvtColor(view.rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
+        )
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for {cam.name}")
         out.append((cam.name, cam.K.copy(), buf.tobytes()))

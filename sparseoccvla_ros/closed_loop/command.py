@@ -59,21 +59,38 @@ def write_calibration(path: Path, width: int, height: int) -> Path:
     from sparseoccvla_core.synthetic.calibration import camera_calibrations
 
     cams = {
-        c.channel: CameraCalibration(c.channel, c.sensor2ego, c.channel, c.scaled_intrinsics(width, height), (width, height))
+        c.channel: CameraCalibration(
+            c.channel, c.sensor2ego, c.channel, c.scaled_intrinsics(width, height), (width, height)
+        )
         for c in camera_calibrations()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_calibration(path, cams, topics.EGO_FRAME)
 
 
+def sim_input_remaps(node_path: str = NODE_PATH) -> list[tuple[str, str]]:
+    """Remaps of sim_node's inputs onto the driving node's outputs (this bringup and launch/closed_loop.launch.py)."""
+    return [("~/input/plan", f"{node_path}/output/plan"), ("~/input/occupancy", f"{node_path}/output/occupancy")]
+
+
 def sim_remaps(node_path: str = NODE_PATH) -> list[str]:
-    """``--ros-args`` remaps of sim_node: its plan / occupancy inputs onto the driving node's outputs."""
-    return ["-r", f"~/input/plan:={node_path}/output/plan", "-r", f"~/input/occupancy:={node_path}/output/occupancy"]
+    """:func:`sim_input_remaps` as ``--ros-args`` (``-r src:=dst`` pairs)."""
+    return [arg for src, dst in sim_input_remaps(node_path) for arg in ("-r", f"{src}:={dst}")]
 
 
 def record_selection(node_path: str = NODE_PATH) -> list[str]:
-    sel = [topics.image_topic(c) for c in topics.CAMERA_NAMES] + [topics.camera_info_topic(c) for c in topics.CAMERA_NAMES]
-    return sel + [topics.ODOM_TOPIC, topics.TF_TOPIC, topics.TF_STATIC_TOPIC, "/gt/", "/sim/", f"{node_path}/output/", "/diagnostics"]
+    sel = [topics.image_topic(c) for c in topics.CAMERA_NAMES] + [
+        topics.camera_info_topic(c) for c in topics.CAMERA_NAMES
+    ]
+    return sel + [
+        topics.ODOM_TOPIC,
+        topics.TF_TOPIC,
+        topics.TF_STATIC_TOPIC,
+        "/gt/",
+        "/sim/",
+        f"{node_path}/output/",
+        "/diagnostics",
+    ]
 
 
 class ClosedLoopBringup:
@@ -120,7 +137,9 @@ class ClosedLoopBringup:
             self.sim = SimNode(mode, plan_timeout_s, width, height, rate=rate, context=self.context,
                                cli_args=["--ros-args", *sim_remaps()])  # fmt: skip
             if record:
-                self._recorder_node = rclpy.create_node("bag_recorder", context=self.context, parameter_overrides=sim_time)
+                self._recorder_node = rclpy.create_node(
+                    "bag_recorder", context=self.context, parameter_overrides=sim_time
+                )
                 self.recorder = BagRecorder(self._recorder_node, out / "recording", record_selection())
             for n in (self.node, self.sim, self._recorder_node):
                 if n is not None:
@@ -216,7 +235,10 @@ class ClosedLoopBringup:
 
 def _frame_progress(progress: Progress, name: str):
     def on_frame(episode, k: int, status: str) -> None:
-        progress("model", f"{name} key frame {k + 1}/{episode.num_frames}  t {episode.t:5.1f} s  v {episode.state.v:4.1f} m/s  plan {status}")
+        progress(
+            "model",
+            f"{name} key frame {k + 1}/{episode.num_frames}  t {episode.t:5.1f} s  v {episode.state.v:4.1f} m/s  plan {status}",
+        )
 
     return on_frame
 
@@ -227,7 +249,15 @@ def run_model(args, specs, checkpoint: Path, out: Path, progress: Progress, stop
 
     progress("bringup", f"driving_node ({checkpoint}) + sim_node ({args.mode}) + recorder -> {out / 'recording'}")
     bringup = ClosedLoopBringup(
-        checkpoint, out, args.mode, args.plan_timeout, args.width, args.height, args.rate, args.params_file, args.param,
+        checkpoint,
+        out,
+        args.mode,
+        args.plan_timeout,
+        args.width,
+        args.height,
+        args.rate,
+        args.params_file,
+        args.param,
         record=not args.no_record,
     )
     stop_hook(bringup.stop)
@@ -257,7 +287,11 @@ def run_model(args, specs, checkpoint: Path, out: Path, progress: Progress, stop
         info["real_time_factor"] = round(sim_s / wall_s, 3) if wall_s > 0 else None
         info["simulated_s"], info["wall_s"] = round(sim_s, 2), round(wall_s, 2)
         s = bringup.node.stats
-        info["node"] = {"sets_completed": s.sets_completed, "frames_published": s.frames_published, "sets_dropped": s.sets_dropped}
+        info["node"] = {
+            "sets_completed": s.sets_completed,
+            "frames_published": s.frames_published,
+            "sets_dropped": s.sets_dropped,
+        }
     finally:
         bringup.drain()
         recorded = bringup.recorder.total if bringup.recorder is not None else 0
@@ -278,21 +312,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--ckpt", default=None, help=f"checkpoint folder (default {default_checkpoint()})")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="episode seed (default %(default)s)")
-    parser.add_argument("--episodes", type=int, default=len(KINDS), help="episodes; episode i is kind i mod 6 (default %(default)s)")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated scenario kinds to cycle (default: all six)")
-    parser.add_argument("--duration", type=float, default=None, metavar="S", help="time limit of every episode, s (default: per kind)")
+    parser.add_argument(
+        "--episodes", type=int, default=len(KINDS), help="episodes; episode i is kind i mod 6 (default %(default)s)"
+    )
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help="comma-separated scenario kinds to cycle (default: all six)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="time limit of every episode, s (default: per kind)"
+    )
     parser.add_argument("--mode", choices=MODES, default="lockstep", help="lockstep (default) or realtime")
     parser.add_argument("--rate", type=float, default=1.0, help="realtime mode: sim seconds per wall second")
     parser.add_argument("--plan-timeout", type=float, default=None, metavar="S",
                         help="lockstep: wall s to wait for a plan (10); realtime: sim s a plan stays valid (1.5)")  # fmt: skip
-    parser.add_argument("--width", type=int, default=480, help="camera width, pixels (default 480, the default checkpoint's)")
+    parser.add_argument(
+        "--width", type=int, default=480, help="camera width, pixels (default 480, the default checkpoint's)"
+    )
     parser.add_argument("--height", type=int, default=270, help="camera height, pixels (default %(default)s)")
-    parser.add_argument("--baselines", default=",".join(BASELINES), help="comma-separated baselines, or 'none' (default: all three)")
+    parser.add_argument(
+        "--baselines", default=",".join(BASELINES), help="comma-separated baselines, or 'none' (default: all three)"
+    )
     parser.add_argument("--no-model", action="store_true", help="skip the model (no ROS): baselines only")
     parser.add_argument("--no-record", action="store_true", help="do not record an MCAP")
     parser.add_argument("--out", default=None, help="output folder (default outputs/closed_loop-<YYYYmmdd-HHMMSS>)")
     parser.add_argument("--params-file", default=None, help="driving node parameters (default config/driving.yaml)")
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE", help="extra driving node parameter")
+    parser.add_argument(
+        "-p", "--param", action="append", default=[], metavar="NAME:=VALUE", help="extra driving node parameter"
+    )
     parser.add_argument("--quiet", action="store_true", help="one progress line per episode instead of per key frame")
 
 
@@ -384,15 +430,24 @@ def run(args: argparse.Namespace) -> int:
         out,
         runs,
         report_info(
-            episodes=len(specs), seed=args.seed, kinds=sorted({s.kind for s in specs}), mode=args.mode,
-            checkpoint=None if checkpoint is None else str(checkpoint), interrupted=stopped.is_set(),
+            episodes=len(specs),
+            seed=args.seed,
+            kinds=sorted({s.kind for s in specs}),
+            mode=args.mode,
+            checkpoint=None if checkpoint is None else str(checkpoint),
+            interrupted=stopped.is_set(),
             machine=f"{os.cpu_count()} CPUs, load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at "
             "the end (other jobs on the machine slow the real-time factor)",
-            mean_trajectory=mean_info, **info,
+            mean_trajectory=mean_info,
+            **info,
         ),  # fmt: skip
         progress=lambda text: progress("report", text),
     )
-    progress("report", f"{report['html']} (+ {report['md'].name}, {report['json'].name}, {len(report['images'])} strips)", always=True)
+    progress(
+        "report",
+        f"{report['html']} (+ {report['md'].name}, {report['json'].name}, {len(report['images'])} strips)",
+        always=True,
+    )
     return code
 
 

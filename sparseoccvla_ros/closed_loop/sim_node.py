@@ -29,7 +29,6 @@ The node owns no thread: :meth:`SimNode.run_episode` is called by the bringup (:
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 import time
@@ -125,8 +124,9 @@ class SimNode(Node):
         from diagnostic_msgs.msg import DiagnosticArray
         from rosgraph_msgs.msg import Clock
         from sensor_msgs.msg import PointCloud2
-        from sparseoccvla_msgs.msg import DrivingPlan
         from std_msgs.msg import String
+
+        from sparseoccvla_msgs.msg import DrivingPlan
 
         self._String, self._DiagnosticArray, self._Clock = String, DiagnosticArray, Clock
         self._clock_pub = self.create_publisher(Clock, topics.CLOCK_TOPIC, 10)
@@ -200,7 +200,9 @@ class SimNode(Node):
         boxes, cats = agent_boxes_ego(episode)
         near = np.linalg.norm(boxes[:, :2], axis=1) < 60.0 if len(boxes) else np.zeros(0, bool)
         zh = np.array([[0.85, 1.7]] * int(near.sum())).reshape(-1, 2)
-        self._publish(topics.GT_BOXES_TOPIC, bw.boxes_msg(stamp, [(boxes[near], zh, [c for c, n in zip(cats, near) if n])]))
+        self._publish(
+            topics.GT_BOXES_TOPIC, bw.boxes_msg(stamp, [(boxes[near], zh, [c for c, n in zip(cats, near) if n])])
+        )
         info = {"scene": episode.spec.name, "frame_index": kf.index, "scene_length": episode.num_frames,
                 "t": round(kf.t, 3), "kind": episode.spec.kind}  # fmt: skip
         self._publish(topics.GT_FRAME_TOPIC, make_msg(bw.TYPE_STRING, data=json.dumps(info)))
@@ -316,7 +318,9 @@ class SimNode(Node):
                         self._fallback(episode, status)
                 stale = episode.t - newest_plan_t > self.plan_timeout_s
                 if stale and not braking_reported:
-                    episode.apply_plan(None, frame=kf.index, reason=f"none newer than {self.plan_timeout_s:g} s (real time)")
+                    episode.apply_plan(
+                        None, frame=kf.index, reason=f"none newer than {self.plan_timeout_s:g} s (real time)"
+                    )
                     self._fallback(episode, "missing")
                     braking_reported = True
                 episode.step()
