@@ -43,7 +43,7 @@ import numpy as np
 import yaml
 
 from .batch import CAMERA_NAMES
-from .data.camera import pose_matrix
+from .geometry.camera import pose_matrix
 
 CALIBRATION_FORMAT = "sparseoccvla_calibration"
 CALIBRATION_VERSION = 1

@@ -43,12 +43,12 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import metrics
 from .batch import CAMERA_NAMES, EGO_STATE_DIM
 from .config import SparseOccVLAConfig
-from .data.camera import ResizeCrop, invert_pose, resize_crop_for
-from .data.ego_motion import COMMAND_STRAIGHT
 from .data.images import resize_crop_array
+from .geometry.camera import ResizeCrop, invert_pose, resize_crop_for
+from .geometry.ego_box import path_headings as _path_headings
+from .geometry.ego_motion import COMMAND_STRAIGHT
 from .llm import ScenePrefix
 from .model import DEFAULT_SCORE_THRESHOLD, SparseOccVLA
 from .occupancy_encoder import decode_occupancy
@@ -225,7 +225,7 @@ class PipelineOptions:
 def path_headings(waypoints: np.ndarray) -> np.ndarray:
     """Heading (rad) along a path starting at the ego origin: direction from the previous point to each waypoint.
 
-    The same tangent rule the planning metrics use for the ego box (:func:`metrics.path_headings`), for one path
+    The same tangent rule the planning metrics use for the ego box (:func:`sparseoccvla_core.geometry.ego_box.path_headings`), for one path
     and with a 1 cm stand-still threshold.
 
     Args:
@@ -233,7 +233,7 @@ def path_headings(waypoints: np.ndarray) -> np.ndarray:
     Returns:
         [T] float64 yaw; a waypoint that does not move (< 1 cm) keeps the previous heading (0 at the start).
     """
-    return metrics.path_headings(np.asarray(waypoints, dtype=np.float64)[None], min_move=0.01)[0]
+    return _path_headings(np.asarray(waypoints, dtype=np.float64)[None], min_move=0.01)[0]
 
 
 def poses_along_path(waypoints: np.ndarray, waypoint_dt: float, times_s: Sequence[float]) -> np.ndarray:

@@ -33,8 +33,8 @@ from torch import nn
 
 from .config import SparseOccVLAConfig
 from .connector import EgoStateEncoder, PointPositionalEncoding, sine_embedding
-from .data.ego_motion import FAN_MAX_SPEED, FAN_TURN_YAW_RATE  # noqa: F401  (re-exported: the fan's parameters)
-from .data.ego_motion import kinematic_fan as ego_kinematic_fan
+from .geometry.ego_motion import FAN_MAX_SPEED, FAN_TURN_YAW_RATE  # noqa: F401  (re-exported: the fan's parameters)
+from .geometry.ego_motion import kinematic_fan as ego_kinematic_fan
 
 #: Scaled-linear beta schedule end points: diffusers' DDIMScheduler defaults, which DiffusionDrive instantiates
 #: with ``beta_schedule="scaled_linear"`` (docs/reference_choices.md §7.2).
@@ -122,7 +122,7 @@ def _randn(
 
 # ---------------------------------------------------------------------------------------------------------- anchors
 def kinematic_fan(cfg: SparseOccVLAConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic default anchors: :func:`~sparseoccvla_core.data.ego_motion.kinematic_fan` for this config
+    """Deterministic default anchors: :func:`~sparseoccvla_core.geometry.ego_motion.kinematic_fan` for this config
     (constant-speed, constant-yaw-rate arcs per command; ``FAN_MAX_SPEED``, ``FAN_TURN_YAW_RATE``).
 
     Returns:

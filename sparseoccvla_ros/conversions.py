@@ -43,8 +43,8 @@ from sparseoccvla_core.calibration_file import (  # noqa: F401 - re-exported: th
     matrix_to_wxyz,
     save_calibration,
 )
-from sparseoccvla_core.data.camera import pose_matrix
 from sparseoccvla_core.data.images import CorruptImageError
+from sparseoccvla_core.geometry.camera import pose_matrix
 from sparseoccvla_core.pipeline import OccupancyFrame, PlanResult, path_headings
 from sparseoccvla_msgs.msg import AnchorTrajectory, DrivingPlan, OccupancyForecast
 

@@ -454,7 +454,7 @@ class OdometryHistory:
 
         The velocity at ``stamp_ns - window`` is rotated into the odometry frame with its own orientation, differenced
         with the current one and expressed in the current ego frame (as the loaders derive ``ax, ay`` from key-frame
-        poses, sparseoccvla_core.data.ego_motion).  Zero when the history does not reach back that far (start of a
+        poses, sparseoccvla_core.geometry.ego_motion).  Zero when the history does not reach back that far (start of a
         stream): the only honest value without motion history.
         """
         now = self.lookup(stamp_ns)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from sparseoccvla_core.batch import CAMERA_NAMES
-from sparseoccvla_core.data.camera import invert_pose, pose_matrix, project_points, transform_points
+from sparseoccvla_core.geometry.camera import invert_pose, pose_matrix, project_points, transform_points
 
 IMAGE_HW = (90, 160)
 CAMERA_YAWS_DEG = {

@@ -11,10 +11,10 @@ from data_fixtures import camera_calibration, car_box_world, ego_pose_at, landma
 
 from sparseoccvla_core.batch import CAMERA_NAMES, EGO_STATE_DIM, FREE_CLASS, IGNORE_INDEX
 from sparseoccvla_core.config import SparseOccVLAConfig
-from sparseoccvla_core.data.camera import invert_pose, project_points, transform_points
 from sparseoccvla_core.data.dataset import DatasetOptions, DrivingDataset, collate, make_collate
 from sparseoccvla_core.data.images import CorruptImageError
 from sparseoccvla_core.data.layout import resolve_layout
+from sparseoccvla_core.geometry.camera import invert_pose, project_points, transform_points
 
 OCC_OPTS = dict(qa_choice="first")
 

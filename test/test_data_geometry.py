@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from sparseoccvla_core.data.anchors import TrajectorySet, compute_anchors, kmeans, load_anchors, save_anchors
-from sparseoccvla_core.data.camera import invert_pose, pose_matrix, quaternion_to_matrix, transform_points
-from sparseoccvla_core.data.ego_motion import driving_command, ego_states, future_waypoints
 from sparseoccvla_core.data.occ3d import EXTENDED_RANGE_EGO, concat_gt, to_future_frame
+from sparseoccvla_core.geometry.camera import invert_pose, pose_matrix, quaternion_to_matrix, transform_points
+from sparseoccvla_core.geometry.ego_motion import driving_command, ego_states, future_waypoints
 
 
 def _pose(x, y, yaw, z=0.0):

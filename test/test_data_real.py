@@ -12,7 +12,6 @@ import pytest
 
 from sparseoccvla_core.batch import CAMERA_NAMES, FREE_CLASS, IGNORE_INDEX, OCC3D_CLASSES
 from sparseoccvla_core.config import SparseOccVLAConfig
-from sparseoccvla_core.data.camera import invert_pose, project_points, resize_crop_for, transform_points
 from sparseoccvla_core.data.images import CorruptImageError, jpeg_size, load_image
 from sparseoccvla_core.data.occ3d import load_occ3d_labels, occ3d_points
 from sparseoccvla_core.data.qa import (
@@ -23,6 +22,7 @@ from sparseoccvla_core.data.qa import (
     load_omnidrive_planning_anchors,
     planning_answer,
 )
+from sparseoccvla_core.geometry.camera import invert_pose, project_points, resize_crop_for, transform_points
 from sparseoccvla_core.occ_grid import points_to_labels
 
 # nuscenes_demo/README.md, "Geometry sanity check": points inside each 1600x900 image with depth > 0.1 m.
@@ -272,8 +272,8 @@ def test_planning_answer_format():
 
 def test_concat_gt_on_real_occ3d_sample_matches_set_union(occ3d_sample_dir):
     """G of the real sample and a copy seen from 2 m further ahead equals the independent voxel-set union."""
-    from sparseoccvla_core.data.camera import pose_matrix
     from sparseoccvla_core.data.occ3d import EXTENDED_RANGE_EGO, concat_gt, to_future_frame
+    from sparseoccvla_core.geometry.camera import pose_matrix
 
     cfg = SparseOccVLAConfig.tiny()
     labels = load_occ3d_labels(occ3d_sample_dir / "29796060110c4163b07f06eff4af0753" / "labels.npz")

@@ -7,8 +7,8 @@ import pytest
 
 from sparseoccvla_core.batch import OCC3D_CLASSES
 from sparseoccvla_core.config import SparseOccVLAConfig
-from sparseoccvla_core.data.camera import invert_pose, transform_points
 from sparseoccvla_core.data.dataset import DatasetOptions, DrivingDataset, make_collate
+from sparseoccvla_core.geometry.camera import invert_pose, transform_points
 
 # generating the world (2 scenes x 12 key frames at 160x96) takes ~10 s on 2 cores, once per session
 pytestmark = pytest.mark.slow

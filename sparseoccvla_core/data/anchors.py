@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from ..batch import COMMANDS, EGO_STATE_FIELDS
-from .ego_motion import COMMAND_LEFT, COMMAND_RIGHT, driving_command, future_waypoints, kinematic_fan
+from ..geometry.ego_motion import COMMAND_LEFT, COMMAND_RIGHT, driving_command, future_waypoints, kinematic_fan
 from .frames import index_split
 from .layout import resolve_layout
 

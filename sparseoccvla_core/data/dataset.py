@@ -40,8 +40,8 @@ from torch.utils.data import Dataset
 
 from ..batch import CAMERA_NAMES, FREE_CLASS, DrivingBatch, pad_text
 from ..config import SparseOccVLAConfig
-from .camera import ResizeCrop, invert_pose, resize_crop_for
-from .ego_motion import driving_command, future_waypoints
+from ..geometry.camera import ResizeCrop, invert_pose, resize_crop_for
+from ..geometry.ego_motion import driving_command, future_waypoints
 from .frames import SceneFrames, index_split
 from .images import CorruptImageError, load_image
 from .layout import DatasetLayout, qa_split_name, resolve_layout
@@ -446,12 +446,8 @@ class DrivingDataset(Dataset):
 
     # ------------------------------------------------------------------ trajectory
     def _waypoints(self, scene: SceneFrames, i: int) -> tuple[np.ndarray, np.ndarray]:
-        step, horizon = self.plan_step, self.cfg.plan_horizon
-        if step == 1:
-            return future_waypoints(scene.ego2global, i, horizon)
-        # sub-sample the key frames at plan_dt: frames i, i + step, i + 2 step, ...
-        idx = np.arange(i, len(scene), step)
-        return future_waypoints(scene.ego2global[idx], 0, horizon)
+        # the key frames at plan_dt: frames i + step, i + 2 step, ...
+        return future_waypoints(scene.ego2global, i, self.cfg.plan_horizon, self.plan_step)
 
     # ------------------------------------------------------------------ occupancy
     def _frame_points(self, scene: SceneFrames, j: int) -> tuple[np.ndarray, np.ndarray]:

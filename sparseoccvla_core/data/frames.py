@@ -25,8 +25,8 @@ from typing import Optional
 import numpy as np
 
 from ..batch import CAMERA_NAMES
-from .camera import invert_pose, pose_matrix
-from .ego_motion import ego_states
+from ..geometry.camera import invert_pose, pose_matrix
+from ..geometry.ego_motion import ego_states
 from .layout import DatasetLayout, split_scene_names
 
 PAST_MODES: tuple[str, ...] = ("keyframes", "sweeps")

@@ -4,7 +4,7 @@ Speed: a JPEG is decoded straight at 1/2, 1/4 or 1/8 resolution when the target 
 (libjpeg's DCT-domain scaling through ``cv2.IMREAD_REDUCED_COLOR_*``, several times faster than a full decode),
 then resized once with ``cv2.INTER_AREA`` and cropped.  A reduced decode is only used when both sides divide
 exactly, so pixel ``j`` of the decoded image covers input pixels ``[r j, r (j + 1))`` and the intrinsics of
-:class:`~sparseoccvla_core.data.camera.ResizeCrop` stay exact.
+:class:`~sparseoccvla_core.geometry.camera.ResizeCrop` stay exact.
 
 Corrupt input: a file that does not start with the JPEG SOI marker, does not end with the EOI marker
 (truncated download) or that OpenCV cannot decode raises :class:`CorruptImageError` naming the file; the
@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .camera import ResizeCrop
+from ..geometry.camera import ResizeCrop
 
 _REDUCED_FLAGS: dict[int, int] = {
     1: cv2.IMREAD_COLOR,

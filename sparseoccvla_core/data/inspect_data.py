@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..batch import COMMANDS
+from ..geometry.ego_motion import driving_command, future_waypoints
 from .dataset import DrivingDataset
-from .ego_motion import driving_command, future_waypoints
 
 
 def summarize(ds: DrivingDataset) -> dict:

@@ -103,10 +103,10 @@ def training_statistics(
     Raises:
         ValueError: the split does not exist in the dataset.
     """
-    from ..data.ego_motion import future_waypoints
     from ..data.frames import index_split
     from ..data.layout import qa_split_name
     from ..data.occ3d import load_occ3d_labels
+    from ..geometry.ego_motion import future_waypoints
 
     scenes = index_split(layout, split, num_frames=1, nusc=nusc)
     trajs = []

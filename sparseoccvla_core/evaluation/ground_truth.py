@@ -71,7 +71,7 @@ def future_agent_boxes(
     Returns:
         boxes [T, A, 5] (cx, cy, length, width, yaw) and mask [T, A] bool.
     """
-    from ..data.camera import invert_pose, quaternion_to_matrix
+    from ..geometry.camera import invert_pose, quaternion_to_matrix
 
     g2e = invert_pose(np.asarray(ego2global, dtype=np.float64))
     ego_yaw = math.atan2(ego2global[1, 0], ego2global[0, 0])

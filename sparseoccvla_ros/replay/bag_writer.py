@@ -13,7 +13,7 @@ Topics and types follow the de-facto nuScenes converter (foxglove ``nuscenes2mca
   (the images are rectified), image size of the sample_data; same stamp and frame id as the image.
 * ``/odom`` nav_msgs/Odometry: pose of ``ego_pose`` in ``map`` (copied verbatim), twist in ``base_link`` by finite
   differences of the ego poses exactly as the loaders compute the model's ego state
-  (:func:`sparseoccvla_core.data.ego_motion.ego_states`: backward differences, vx, vy and the yaw rate).
+  (:func:`sparseoccvla_core.geometry.ego_motion.ego_states`: backward differences, vx, vy and the yaw rate).
   Key-frame bags carry one sample per key frame, the key frame's reference pose (the LIDAR_TOP ego pose, or
   CAM_FRONT's without lidar: :mod:`sparseoccvla_core.data.frames`), so the node's ego pose and ego state at a key
   frame are those ``sparseoccvla eval`` feeds the model.  With ``--sweeps`` odometry comes at every CAM_FRONT
@@ -34,7 +34,7 @@ frame's CAM_FRONT stamp, the stamp the node gives its outputs of that camera set
 * ``/gt/occupancy_camera_mask`` sensor_msgs/Image ``16UC1`` [X rows, Y columns]: bit z of pixel (x, y) is Occ3D's
   ``mask_camera[x, y, z]`` (the official current-frame protocol's mask; it covers free voxels too, so it cannot
   ride on the cloud).
-* ``/gt/trajectory`` nav_msgs/Path: the GT waypoints of :func:`~sparseoccvla_core.data.ego_motion.future_waypoints`
+* ``/gt/trajectory`` nav_msgs/Path: the GT waypoints of :func:`~sparseoccvla_core.geometry.ego_motion.future_waypoints`
   in the current ego frame (only the valid ones: fewer than 6 poses near the scene end); each pose is stamped with
   its future key frame's CAM_FRONT stamp and oriented with the GT relative heading.
 * ``/gt/boxes`` visualization_msgs/MarkerArray: a DELETEALL marker, then one CUBE per vehicle / pedestrian box,
@@ -42,7 +42,7 @@ frame's CAM_FRONT stamp, the stamp the node gives its outputs of that camera set
   metric uses), in the current ego frame: x, y, yaw, length (scale.x), width (scale.y) are exactly
   :func:`sparseoccvla_core.evaluation.future_agent_boxes` (the collision GT of ``sparseoccvla eval``); z and
   height are the annotation's, for display only.
-* ``/gt/command`` std_msgs/UInt8: the driving command of :func:`~sparseoccvla_core.data.ego_motion.driving_command`.
+* ``/gt/command`` std_msgs/UInt8: the driving command of :func:`~sparseoccvla_core.geometry.ego_motion.driving_command`.
   It has no header, so it is logged at the key frame's FIRST camera stamp: the node holds it before the camera set
   completes (it subscribes to it on ``~/input/command``).
 * ``/gt/frame_info`` std_msgs/String, JSON ``{"scene", "scene_token", "sample_token", "frame_index",
@@ -458,8 +458,8 @@ class _SceneConverter:
     # ------------------------------------------------------------------ events
     def events(self, scene) -> tuple[list[_Event], SceneSummary, dict[str, dict]]:
         """All messages of one scene (+ its summary and calibration)."""
-        from sparseoccvla_core.data.camera import pose_matrix
-        from sparseoccvla_core.data.ego_motion import ego_states
+        from sparseoccvla_core.geometry.camera import pose_matrix
+        from sparseoccvla_core.geometry.ego_motion import ego_states
 
         nusc, ev = self.nusc, []
         calib = self.calibration(scene)
@@ -598,13 +598,12 @@ class _SceneConverter:
 
     def _trajectory(self, scene, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
         """GT waypoints [T, 2], valid [T], relative GT headings [T], future key-frame indices (dataset rules)."""
-        from sparseoccvla_core.data.camera import invert_pose, yaw_of
-        from sparseoccvla_core.data.ego_motion import future_waypoints
+        from sparseoccvla_core.geometry.camera import invert_pose, yaw_of
+        from sparseoccvla_core.geometry.ego_motion import future_frames, future_waypoints
 
         horizon, step = self.cfg.plan_horizon, self.plan_step
-        idx = np.arange(i, len(scene), step)  # key frames i, i + step, ... (DrivingDataset._waypoints)
-        wp, valid = future_waypoints(scene.ego2global[idx], 0, horizon)
-        fut = [int(idx[t + 1]) if t + 1 < len(idx) else -1 for t in range(horizon)]
+        wp, valid = future_waypoints(scene.ego2global, i, horizon, step)  # the dataset's rule
+        fut = [int(j) for j in future_frames(len(scene), i, horizon, step)]
         yaws = np.zeros(horizon)
         for t, j in enumerate(fut):
             if j >= 0:
@@ -613,15 +612,15 @@ class _SceneConverter:
 
     @staticmethod
     def _command(wp: np.ndarray, valid: np.ndarray) -> int:
-        from sparseoccvla_core.data.ego_motion import driving_command
+        from sparseoccvla_core.geometry.ego_motion import driving_command
 
         return int(driving_command(wp, valid))
 
     def _boxes(self, scene, i: int) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
         """Per step 0..T: boxes of :func:`future_agent_boxes` + (z, height) and category of each, same order."""
         from sparseoccvla_core import metrics as M
-        from sparseoccvla_core.data.camera import invert_pose
         from sparseoccvla_core.evaluation import future_agent_boxes
+        from sparseoccvla_core.geometry.camera import invert_pose
 
         horizon, step = self.cfg.plan_horizon, self.plan_step
         tokens = [
@@ -831,7 +830,7 @@ def write_bag(
 def calibration_entries(calib: dict[str, dict]) -> dict:
     """{camera: CameraCalibration} of a converter calibration dict (see ``_SceneConverter.calibration``)."""
     from sparseoccvla_core.calibration_file import CameraCalibration
-    from sparseoccvla_core.data.camera import pose_matrix
+    from sparseoccvla_core.geometry.camera import pose_matrix
 
     return {
         cam: CameraCalibration(

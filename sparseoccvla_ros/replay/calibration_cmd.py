@@ -75,7 +75,7 @@ def calibration_from_tables(data: str | Path, scene: Optional[str] = None, versi
 
 def _transform_matrix(t: Any) -> np.ndarray:
     """geometry_msgs/Transform (rosbags or rclpy) -> [4, 4]."""
-    from sparseoccvla_core.data.camera import pose_matrix
+    from sparseoccvla_core.geometry.camera import pose_matrix
 
     r, p = t.rotation, t.translation
     return pose_matrix((r.w, r.x, r.y, r.z), (p.x, p.y, p.z))

@@ -1,5 +1,5 @@
-"""Pinhole camera and rigid-pose geometry shared by the loaders (paper sec. 3.1: points are projected into the
-views with the intrinsics, cam2ego and ego poses).
+"""Pinhole camera and rigid-pose geometry shared by the loaders, the pipeline and the calibration (paper sec. 3.1:
+points are projected into the views with the intrinsics, cam2ego and ego poses).
 
 Conventions (as :mod:`sparseoccvla_core.batch`): 4x4 homogeneous matrices map column vectors,
 ``p_dst = M @ [x, y, z, 1]``; cameras are OpenCV (x right, y down, z forward); pixel coordinates are continuous

@@ -74,19 +74,28 @@ def ego_states(ego2global: np.ndarray, timestamps_us: np.ndarray) -> np.ndarray:
     return out
 
 
-def future_waypoints(ego2global: np.ndarray, index: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
-    """The next ``horizon`` key-frame positions in the ego frame of key frame ``index``.
+def future_frames(num_frames: int, index: int, horizon: int, step: int = 1) -> np.ndarray:
+    """Key-frame indices of the ``horizon`` future waypoints of key frame ``index``: ``index + step * t`` for
+    t = 1..T, -1 past the scene's last key frame (``step`` > 1 sub-samples the key frames, e.g. at ``plan_dt``)."""
+    fut = index + step * np.arange(1, horizon + 1)
+    return np.where(fut < num_frames, fut, -1)
+
+
+def future_waypoints(ego2global: np.ndarray, index: int, horizon: int, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The ``horizon`` future key-frame positions (:func:`future_frames`) in the ego frame of key frame ``index``.
+
+    The one rule the dataset's GT trajectory, the anchors, the GT bag and the evaluation share.
 
     Args:
         ego2global: [S, 4, 4] key-frame ego poses of the scene.
         index: current key frame.
         horizon: number of waypoints T.
+        step: key frames between waypoints (1: every key frame).
     Returns:
         waypoints [T, 2] float32 (x forward, y left, m; zeros where invalid), valid [T] bool.
     """
-    s = ego2global.shape[0]
-    fut = np.arange(index + 1, index + 1 + horizon)
-    valid = fut < s
+    fut = future_frames(ego2global.shape[0], index, horizon, step)
+    valid = fut >= 0
     wp = np.zeros((horizon, 2), dtype=np.float32)
     if valid.any():
         global2ego = invert_pose(ego2global[index])
