@@ -99,6 +99,69 @@ def test_sim_node_brakes_on_nan_and_missing_plans_and_reports_them():
     assert len(warn) == 2 and "no plan" in warn[1].message
 
 
+def test_sim_node_real_time_applies_late_plans_and_brakes_when_they_stop():
+    """Real time: the world does not wait; plans arriving 0.2 s late are applied, silence past the timeout brakes."""
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CompressedImage
+
+    from sparseoccvla_core.batch import CAMERA_NAMES
+    from sparseoccvla_core.closed_loop.scenarios import ScenarioSpec
+    from sparseoccvla_msgs.msg import DrivingPlan
+    from sparseoccvla_ros.closed_loop.sim_node import SimNode
+
+    ctx = rclpy.context.Context()
+    rclpy.init(context=ctx)
+    sim = SimNode("realtime", plan_timeout_s=1.0, width=160, height=90, context=ctx,
+                  cli_args=["--ros-args", "-r", "~/input/plan:=/fake/plan"])  # fmt: skip
+    fake = rclpy.create_node("fake_planner", context=ctx)
+    pub = fake.create_publisher(DrivingPlan, "/fake/plan", 10)
+    frames = []
+
+    def answer(header):
+        plan = DrivingPlan()
+        plan.header = header
+        for i in range(6):
+            p = PoseStamped()
+            p.pose.position.x = 5.0 * (i + 1)
+            plan.path.poses.append(p)
+        pub.publish(plan)
+
+    def on_image(msg):  # frames 0..2 answered 0.2 s late, then silence
+        frames.append(msg.header.stamp)
+        if len(frames) <= 3:
+            threading.Timer(0.2, answer, args=(msg.header,)).start()
+
+    for cam in CAMERA_NAMES:
+        fake.create_subscription(CompressedImage, f"/{cam}/image_rect_compressed",
+                                 on_image if cam == "CAM_FRONT" else (lambda m: None), 10)  # fmt: skip
+    executors = []
+    for n in (sim, fake):
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(n)
+        threading.Thread(target=ex.spin, daemon=True).start()
+        executors.append(ex)
+    try:
+        assert sim.wait_for_driver(10.0)
+        t0 = time.monotonic()
+        res = sim.run_episode(ScenarioSpec(0, 2000, "straight", duration_s=3.0))
+        wall = time.monotonic() - t0
+    finally:
+        for ex in executors:
+            ex.shutdown(timeout_sec=2.0)
+        sim.destroy_node()
+        fake.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    assert wall >= 2.9  # paced by the wall clock
+    assert [f.status for f in res.log.frames[:3]] == ["ok", "ok", "ok"]
+    stale = [e for e in res.events if e.kind == "no_plan"]
+    assert len(stale) == 1 and "real time" in stale[0].text and 2.0 <= stale[0].t <= 2.1
+    v = res.log.ego[:, 3]
+    braking = res.log.t > stale[0].t
+    assert np.all(np.diff(v)[braking[1:]] < 0) and not res.log.braking[res.log.t <= 2.0].any()
+
+
 def _read_bag(path: Path) -> dict:
     from rosbags.rosbag2 import Reader
 

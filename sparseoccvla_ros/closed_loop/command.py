@@ -18,7 +18,7 @@ Stages (progress lines ``[closed-loop <elapsed> s] <stage>: ...``):
    same episodes, in-process (they read no images, so nothing is rendered for them);
 4. **report**: ``<out>/closed_loop.html``, ``closed_loop.md``, ``metrics.json``, ``images/`` (top-down strips).
 
-Exit status 0; 1 when a stage fails (the message says which); 130 after Ctrl-C, which stops the episode in
+Exit status 0; 2 for bad input (one line); 1 when a stage fails (the message says which); 130 after Ctrl-C, which stops the episode in
 progress, finalizes the recording and still writes the report of what was driven (the cut episode marked).
 """
 
@@ -378,11 +378,11 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = None if args.no_model else resolve_checkpoint(args.ckpt)
     except (ValueError, DemoError) as exc:
         print(f"sparseoccvla closed-loop: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     out = Path(args.out) if args.out else Path("outputs") / f"closed_loop-{datetime.now():%Y%m%d-%H%M%S}"
     if (out / "recording").exists() and not args.no_model and not args.no_record:
         print(f"sparseoccvla closed-loop: error: {out / 'recording'} exists; choose a new --out", file=sys.stderr)
-        return 1
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(args.quiet)
     stopped = threading.Event()
@@ -471,7 +471,7 @@ def sim_node_main(argv: list[str]) -> int:
         specs, _ = _validate(args)
     except ValueError as exc:
         print(f"sim_node: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     rclpy.init(args=["sim_node", *argv])
     node = SimNode(args.mode, args.plan_timeout, args.width, args.height, rate=args.rate)
     install_stop_signals(node.stop_event.set)
