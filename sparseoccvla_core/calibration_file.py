@@ -114,6 +114,14 @@ def save_calibration(path: str | Path, cameras: Mapping[str, CameraCalibration],
     return path
 
 
+def _numbers(path: Path, camera: str, key: str, value: Any) -> np.ndarray:
+    """``cameras.<camera>.<key>`` as a float array; a value that is not numeric names file, camera and field."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: cameras.{camera}.{key} must hold numbers, got {value!r}") from None
+
+
 def load_calibration(path: str | Path) -> tuple[dict[str, CameraCalibration], str]:
     """Read the calibration YAML.
 
@@ -123,9 +131,21 @@ def load_calibration(path: str | Path) -> tuple[dict[str, CameraCalibration], st
         FileNotFoundError: missing file.  ValueError: a schema violation, naming the key to fix.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"calibration file {path} is a directory: give the calibration YAML inside it")
     if not path.is_file():
         raise FileNotFoundError(f"calibration file {path} not found (set calibration_file to the YAML beside the bag)")
-    doc = yaml.safe_load(path.read_text()) or {}
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(
+            f"{path}: not valid YAML{where} ({problem}); fix the file or rewrite it with 'sparseoccvla calibration'"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (a calibration YAML is expected)") from None
     if not isinstance(doc, dict) or doc.get("format") != CALIBRATION_FORMAT:
         raise ValueError(f"{path}: not a SparseOccVLA calibration file (expected 'format: {CALIBRATION_FORMAT}')")
     if doc.get("version") != CALIBRATION_VERSION:
@@ -144,8 +164,8 @@ def load_calibration(path: str | Path) -> tuple[dict[str, CameraCalibration], st
         for key in ("translation", "rotation_wxyz"):
             if key not in entry:
                 raise ValueError(f"{path}: cameras.{name}.{key} is required")
-        t = np.asarray(entry["translation"], dtype=np.float64)
-        q = np.asarray(entry["rotation_wxyz"], dtype=np.float64)
+        t = _numbers(path, name, "translation", entry["translation"])
+        q = _numbers(path, name, "rotation_wxyz", entry["rotation_wxyz"])
         if t.shape != (3,) or q.shape != (4,) or not np.all(np.isfinite(t)) or not np.all(np.isfinite(q)):
             raise ValueError(f"{path}: cameras.{name} needs translation [x, y, z] and rotation_wxyz [w, x, y, z]")
         if abs(np.linalg.norm(q) - 1.0) > 1e-3:
@@ -154,10 +174,14 @@ def load_calibration(path: str | Path) -> tuple[dict[str, CameraCalibration], st
             )
         k = entry.get("intrinsics")
         if k is not None:
-            k = np.asarray(k, dtype=np.float64)
+            k = _numbers(path, name, "intrinsics", k)
             if k.shape != (3, 3):
                 raise ValueError(f"{path}: cameras.{name}.intrinsics must be a 3x3 matrix")
         size = entry.get("image_size")
+        if size is not None:
+            size = _numbers(path, name, "image_size", size)
+            if size.shape != (2,) or not np.all(size > 0) or not np.all(size == np.round(size)):
+                raise ValueError(f"{path}: cameras.{name}.image_size must be [width, height] in pixels, got {size}")
         out[name] = CameraCalibration(
             name=name,
             cam2ego=pose_matrix(q, t),

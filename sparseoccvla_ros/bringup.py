@@ -16,7 +16,9 @@ Order of events: the recorder and the node start; the player waits until the mod
 inputs are subscribed (so no camera set is lost to loading or discovery), plays the bag, then the bringup waits
 until the node has published its last outputs and the recorder has them (no new output for ``--linger`` s, or
 ``--max-linger`` s at most), closes the bag and exits 0.  Ctrl-C stops it at any point, still finalizing the
-recording.  Exit status 1 on a startup error (bad parameters, missing checkpoint, unreadable bag).
+recording.  Inputs (bag, checkpoint, params and calibration files, ``--record``) are checked before ROS starts
+(:mod:`sparseoccvla_core.cli_inputs`): a bad one ends the command with one line and exit status 2, as does a
+parameter the node rejects; a bag without camera images is refused (the node could do nothing with it).
 """
 
 from __future__ import annotations
@@ -362,8 +364,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
-        print(f"sparseoccvla drive: error: {exc}", file=sys.stderr)
-        return 1
+        # inputs were checked before anything started (sparseoccvla_core.cli_inputs); what is left is a bad
+        # parameter or file the node itself rejects: one line, exit 2, and cli.main removes a created recording
+        print(f"sparseoccvla drive: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     from .replay.player import install_stop_signals
 
     install_stop_signals(bringup.stop)  # Ctrl-C: stop playing, finalize the recording, exit 0

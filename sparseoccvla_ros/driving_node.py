@@ -79,6 +79,7 @@ from sparseoccvla_core.calibration_file import (
     load_calibration,
     resolve_camera_models,
 )
+from sparseoccvla_core.cli_inputs import check_checkpoint
 from sparseoccvla_core.data.images import CorruptImageError
 from sparseoccvla_core.pipeline import CameraFrame, FrameInput, PipelineOptions, SparseOccVLAPipeline, StepResult
 from sparseoccvla_msgs.msg import DrivingPlan, OccupancyForecast
@@ -466,6 +467,7 @@ class DrivingNode(Node):
     # ------------------------------------------------------------------ worker
     def _run_worker(self) -> None:
         try:
+            check_checkpoint(self._p["checkpoint"])  # one clear line for a missing / truncated checkpoint
             pipe = SparseOccVLAPipeline.from_pretrained(
                 self._p["checkpoint"], options=self._options(), device=self._p["device"], dtype=self._p["dtype"]
             )
@@ -873,7 +875,8 @@ def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
             interpreter's own teardown of torch alone takes 1-3 s on a loaded machine, which made Ctrl-C look
             ignored); False returns the exit code instead (for callers that embed the node).
     Returns:
-        0 on a clean stop, 1 on invalid parameters / a missing file (only when ``exit_process`` is False).
+        0 on a clean stop, 2 on invalid parameters, a missing or unreadable file (calibration, checkpoint) (only
+        when ``exit_process`` is False; otherwise the process exits with it).
     """
     rclpy.init(args=args)
     node = None
@@ -884,11 +887,15 @@ def main(args: Optional[list[str]] = None, exit_process: bool = True) -> int:
         executor.add_node(node)
         while rclpy.ok():
             executor.spin_once(timeout_sec=SPIN_WAKE_S)  # returns at least every SPIN_WAKE_S: signals are seen
+            if node.model_status[0] >= ERROR:  # the checkpoint could not be loaded: a process has nothing to do
+                print(f"driving_node: error: {node.model_status[1]}", file=sys.stderr)
+                code = 2
+                break
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"driving_node: {exc}")
-        code = 1
+    except (ValueError, FileNotFoundError) as exc:  # bad parameters, calibration file: one line, no traceback
+        print(f"driving_node: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        code = 2
     except Exception:
         # SIGINT between the rclpy.ok() check and the wait: rclpy's handler has already shut the context down and
         # the wait set cannot be built (RCLError "the given context is not valid"): a normal stop, not a crash

@@ -168,9 +168,7 @@ class CameraSetSynchronizer:
             # it until a second camera (or the same camera's next message) goes back too; a single straggler is
             # dropped as late when its camera moves on.
             self._jump_candidates.setdefault(topic, []).append(_Pending(stamp_ns, payload))
-            confirmed = len(self._jump_candidates) >= min(2, len(self.topics)) or len(
-                self._jump_candidates[topic]
-            ) >= 2
+            confirmed = len(self._jump_candidates) >= min(2, len(self.topics)) or len(self._jump_candidates[topic]) >= 2
             if not confirmed:
                 return []
             held = sorted(

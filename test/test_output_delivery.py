@@ -271,7 +271,13 @@ def test_eval_bag_reports_incomplete_sets(tmp_path):
     assert comp["frames_published"] == 4 and comp["not_recorded"] == 1
     lines = completeness_warnings(comp)
     assert len(lines) == 2 and "forecast 1" in lines[0] and "never reached the recorder" in lines[1]
-    whole = PredBag(Path(tmp_path), {k: dict(outputs["plan"]) for k in outputs}, pred.duplicates, {}, {},
-                    pred.topics_found, {"frames_published": "3"})
+    whole = PredBag(
+        Path(tmp_path),
+        {k: dict(outputs["plan"]) for k in outputs},
+        pred.duplicates,
+        {},
+        {},
+        pred.topics_found,
+        {"frames_published": "3"},
+    )
     assert completeness_warnings(output_completeness(whole)) == []
-

@@ -526,6 +526,12 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         install_stop_signals(player.stop_event.set)
+        if not any(t.msgtype in SENSOR_TYPES[:2] for t in player._topics.values()):
+            print(
+                f"sparseoccvla play: warning: {player.path} has no camera image topics (it has: "
+                f"{', '.join(sorted(player._topics))}); a driving node will produce nothing from it",
+                file=sys.stderr,
+            )
         if args.delay is None:
             player.wait_for_subscribers(args.wait_timeout, args.settle, also=args.wait_for_subscriber)
         else:
