@@ -112,6 +112,21 @@ COMMANDS: tuple[str, ...] = ("left", "straight", "right")
 IGNORE_INDEX: int = -100
 
 
+@dataclass(frozen=True)
+class CameraRig:
+    """The cameras of a stack of frames: what projects an ego-frame point into each view's pixels.
+
+    Args:
+        intrinsics: [B, F, V, 3, 3] pinhole K of the network-size images, pixels.
+        cam2ego: [B, F, V, 4, 4] extrinsics, camera -> ego of each frame, m.
+        image_hw: (H, W) of those images, pixels.
+    """
+
+    intrinsics: torch.Tensor
+    cam2ego: torch.Tensor
+    image_hw: tuple[int, int]
+
+
 @dataclass
 class DrivingBatch:
     """One batch of B key frames. Shapes use B batch, F frames, V views, G GT points, T horizon, L tokens.
@@ -191,6 +206,11 @@ class DrivingBatch:
     @property
     def batch_size(self) -> int:
         return int(self.images.shape[0])
+
+    @property
+    def camera_rig(self) -> CameraRig:
+        """The batch's cameras: ``intrinsics``, ``cam2ego`` and the (H, W) of ``images``."""
+        return CameraRig(self.intrinsics, self.cam2ego, (int(self.images.shape[-2]), int(self.images.shape[-1])))
 
     def to(self, device: torch.device | str, dtype: Optional[torch.dtype] = None) -> "DrivingBatch":
         """Move every tensor to ``device``; floating tensors are cast to ``dtype`` when given."""

@@ -58,6 +58,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .batch import CameraRig
 from .config import SparseOccVLAConfig
 from .default_checkpoint import default_checkpoint
 from .model import SparseOccVLA
@@ -600,15 +601,8 @@ def ask_ratio(
         feats = model.image_features(s["images"])
 
         def encode():
-            enc = model.encode_features(
-                feats,
-                s["intrinsics"],
-                s["cam2ego"],
-                s["ego2global"],
-                s["frame_valid"],
-                s["ego_state"],
-                s["image_size"],
-            )
+            rig = CameraRig(s["intrinsics"], s["cam2ego"], s["image_size"])
+            enc = model.encode_features(feats, rig, s["ego2global"], s["frame_valid"], s["ego_state"])
             return model.scene_prefix(model.scene_tokens(enc), s["ego_state"], s["command"])
 
         prefix = encode()

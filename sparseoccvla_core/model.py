@@ -49,7 +49,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .backbone import ImageBackbone
-from .batch import IGNORE_INDEX, DrivingBatch
+from .batch import IGNORE_INDEX, CameraRig, DrivingBatch
 from .config import SparseOccVLAConfig
 from .connector import EgoStateEncoder, GlobalSceneQueries, OccupancyConnector
 from .distill import DistillationLoss
@@ -246,12 +246,10 @@ class SparseOccVLA(nn.Module):
     def encode_features(
         self,
         features: Sequence[torch.Tensor],
-        intrinsics: torch.Tensor,
-        cam2ego: torch.Tensor,
+        rig: CameraRig,
         ego2global: torch.Tensor,
         frame_valid: torch.Tensor,
         ego_state: torch.Tensor,
-        image_size: tuple[int, int],
     ) -> EncoderOutput:
         """Step 2 from backbone features: the sparse occupancy encoder (sec. 3.1).
 
@@ -259,16 +257,15 @@ class SparseOccVLA(nn.Module):
 
         Args:
             features: per FPN level [B, F, V, C, h, w] (frame 0 = current, then past frames most recent first).
-            intrinsics: [B, F, V, 3, 3] pinhole K of the network-size images, pixels.
-            cam2ego: [B, F, V, 4, 4] camera -> ego of each frame, m.
+            rig: the cameras the features came from: pinhole K of the network-size images [B, F, V, 3, 3] (pixels),
+                cam2ego [B, F, V, 4, 4] of each frame (m) and the images' (H, W).
             ego2global: [B, F, 4, 4] ego poses (any common frame; only relative motion is used), m.
             frame_valid: [B, F] bool, False for padded history frames.
             ego_state: [B, 6] (vx, vy, ax, ay, yaw rate, speed), SI units.
-            image_size: (H, W) of the images the features came from, pixels.
         Returns:
             :class:`EncoderOutput`: queries Q_L [B, N, D], their points, per-layer points and class logits.
         """
-        return self.occupancy_encoder(features, intrinsics, cam2ego, ego2global, frame_valid, ego_state, image_size)
+        return self.occupancy_encoder(features, rig, ego2global, frame_valid, ego_state)
 
     def encode_scene(self, batch: DrivingBatch) -> EncoderOutput:
         """Steps 1-2 from images: :meth:`image_features` of ``batch.images``, then :meth:`encode_features`.
@@ -278,15 +275,8 @@ class SparseOccVLA(nn.Module):
         Returns:
             :class:`EncoderOutput`.
         """
-        image_size = (int(batch.images.shape[-2]), int(batch.images.shape[-1]))
         return self.encode_features(
-            self.image_features(batch.images),
-            batch.intrinsics,
-            batch.cam2ego,
-            batch.ego2global,
-            batch.frame_valid,
-            batch.ego_state,
-            image_size,
+            self.image_features(batch.images), batch.camera_rig, batch.ego2global, batch.frame_valid, batch.ego_state
         )
 
     def scene_tokens(self, enc: EncoderOutput) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .batch import EGO_STATE_DIM
+from .batch import EGO_STATE_DIM, CameraRig
 from .config import SparseOccVLAConfig
 from .sampling import ego_to_camera_matrices, group_feature_volumes, sample_multiview_features
 
@@ -365,23 +365,19 @@ class SparseOccupancyEncoder(nn.Module):
     def forward(
         self,
         features: Sequence[torch.Tensor],
-        intrinsics: torch.Tensor,
-        cam2ego: torch.Tensor,
+        rig: CameraRig,
         ego2global: torch.Tensor,
         frame_valid: torch.Tensor,
         ego_state: torch.Tensor,
-        image_size: Sequence[int],
     ) -> EncoderOutput:
         """Encode multi-view multi-frame features into sparse occupancy queries.
 
         Args:
             features: per level [B, F, V, C, H_s, W_s] (``ImageBackbone.forward_multiview``).
-            intrinsics: [B, F, V, 3, 3] pixels of the input images.
-            cam2ego: [B, F, V, 4, 4].
+            rig: the cameras of the input images (intrinsics [B, F, V, 3, 3], cam2ego [B, F, V, 4, 4], (H, W)).
             ego2global: [B, F, 4, 4] (index 0 = current frame).
             frame_valid: [B, F] bool.
             ego_state: [B, EGO_STATE_DIM].
-            image_size: (H, W) of the input images.
 
         Returns:
             :class:`EncoderOutput`.
@@ -390,6 +386,7 @@ class SparseOccupancyEncoder(nn.Module):
         if len(features) != cfg.num_levels:
             raise ValueError(f"expected {cfg.num_levels} feature levels, got {len(features)}")
         b, f, v = features[0].shape[:3]
+        intrinsics, cam2ego, image_size = rig.intrinsics, rig.cam2ego, rig.image_hw
         if f != cfg.num_frames:
             raise ValueError(
                 f"features hold {f} frames but the encoder was built for num_frames={cfg.num_frames}; pad missing "

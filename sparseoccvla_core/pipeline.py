@@ -43,7 +43,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .batch import CAMERA_NAMES, EGO_STATE_DIM
+from .batch import CAMERA_NAMES, EGO_STATE_DIM, CameraRig
 from .config import SparseOccVLAConfig
 from .data.images import resize_crop_array
 from .geometry.camera import ResizeCrop, invert_pose, resize_crop_for
@@ -558,8 +558,8 @@ class SparseOccVLAPipeline:
         features, ks, c2es, e2gs, valid = self._stack_frames(current)
         ego = ego_state[None].to(self.dtype)  # [1, 6]
         command = torch.tensor([int(frame.command)], dtype=torch.long, device=self.device)  # [1]
-        image_size = tuple(int(s) for s in images.shape[-2:])
-        enc = model.encode_features(features, ks, c2es, e2gs, valid, ego, image_size)
+        rig = CameraRig(ks, c2es, (int(images.shape[-2]), int(images.shape[-1])))
+        enc = model.encode_features(features, rig, e2gs, valid, ego)
         tokens = model.scene_tokens(enc)  # [1, N, H]
         lap("encoder")
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from perception_helpers import ring_rig
 
+from sparseoccvla_core.batch import CameraRig
 from sparseoccvla_core.config import SparseOccVLAConfig
 from sparseoccvla_core.losses import occupancy_losses
 from sparseoccvla_core.occ_grid import points_to_index
@@ -26,12 +27,10 @@ def random_inputs(cfg, b=1, v=6, seed=0):
     K, c2e, e2g = ring_rig(b, f, v, (h, w))
     return dict(
         features=feats,
-        intrinsics=K,
-        cam2ego=c2e,
+        rig=CameraRig(K, c2e, (h, w)),
         ego2global=e2g,
         frame_valid=torch.ones(b, f, dtype=torch.bool),
         ego_state=torch.randn(b, 6, generator=g),
-        image_size=(h, w),
     )
 
 
