@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # command -> (module implementing it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bag": ("sparseoccvla_ros.replay.bag_writer", "nuScenes / synthetic scenes -> rosbag2 MCAP (+ GT topics)"),
+    "bag": ("sparseoccvla_ros.replay.bag_command", "nuScenes / synthetic scenes -> rosbag2 MCAP (+ GT topics)"),
     "eval-bag": ("sparseoccvla_ros.replay.eval_bag", "score a recording of the node's outputs against a GT bag"),
     "calibration": ("sparseoccvla_ros.replay.calibration_cmd", "camera calibration YAML from nuScenes tables or a bag"),
     "play": ("sparseoccvla_ros.replay.player", "play a rosbag2 bag in real time (raw CDR, /clock, latched /tf_static)"),

@@ -266,7 +266,7 @@ def test_known_errors_give_hand_computed_scores(gt, tmp_path):
     counts = np.zeros(18, int)
     counts_cam = np.zeros(18, int)
     from sparseoccvla_core.occ_grid import points_to_labels
-    from sparseoccvla_ros.replay.bag_writer import unpack_camera_mask
+    from sparseoccvla_ros.replay.bag_messages import unpack_camera_mask
 
     for f in frames:
         pts, cls = f["occ"]

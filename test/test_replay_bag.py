@@ -21,7 +21,8 @@ import yaml
 from sparseoccvla_core.batch import CAMERA_NAMES
 from sparseoccvla_core.cli import main as cli_main
 from sparseoccvla_ros.replay import topics
-from sparseoccvla_ros.replay.bag_writer import bag_topics, unpack_camera_mask, write_bag
+from sparseoccvla_ros.replay.bag_messages import bag_topics, unpack_camera_mask
+from sparseoccvla_ros.replay.bag_writer import write_bag
 from sparseoccvla_ros.replay.typestore import deserialize, replay_typestore, serialize, stamp_to_ns
 
 pytest.importorskip("rosbags")
@@ -396,7 +397,7 @@ def test_gt_occupancy_and_camera_mask_roundtrip(mini_bag):
 
 
 def test_camera_mask_packing_is_bitwise():
-    from sparseoccvla_ros.replay.bag_writer import pack_camera_mask
+    from sparseoccvla_ros.replay.bag_messages import pack_camera_mask
 
     rng = np.random.default_rng(0)
     mask = rng.random((5, 4, 16)) > 0.5

@@ -1,7 +1,7 @@
 """``sim_node``: the synthetic world as a ROS 2 simulator the driving node drives in (docs/closed_loop.md §6).
 
 Per key frame it publishes exactly what a bag of ``sparseoccvla bag`` holds (topic names and message builders of
-:mod:`sparseoccvla_ros.replay.bag_writer`, stamped with the key frame's sim time):
+:mod:`sparseoccvla_ros.replay.bag_messages`, stamped with the key frame's sim time):
 
 * ``/<CAM>/image_rect_compressed`` (JPEG rendered by the synthetic renderer with the nuScenes calibration) and
   ``/<CAM>/camera_info``, ``/odom`` (twist by backward difference over the last key frame, as the bags), ``/tf``
@@ -44,7 +44,7 @@ from sparseoccvla_core.closed_loop.scenarios import ScenarioSpec
 from sparseoccvla_core.closed_loop.sim import KEY_FRAME_DT, Episode, agent_boxes_ego, render_cameras
 from sparseoccvla_core.synthetic.calibration import camera_calibrations, yaw_to_quaternion
 
-from ..replay import bag_writer as bw
+from ..replay import bag_messages as bw
 from ..replay import topics
 from ..replay.player import resolve_message_class
 from ..replay.typestore import make_msg, serialize

@@ -59,7 +59,7 @@ from sparseoccvla_core.batch import CAMERA_NAMES, FREE_CLASS
 
 from ..pointcloud import PointCloudFormatError, cloud_to_array
 from . import topics
-from .bag_writer import BAG_FORMAT_VERSION, unpack_camera_mask
+from .bag_messages import BAG_FORMAT_VERSION, unpack_camera_mask
 from .typestore import deserialize, replay_typestore, stamp_to_ns
 
 NS_PER_S = 1_000_000_000
