@@ -153,9 +153,10 @@ def check_camera_bag(path: str | Path, what: str = "bag") -> list[tuple[str, str
     conns = check_bag(path, what)
     cams = [t for t, typ, n in conns if typ in ("sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/Image") and n]
     if not cams:
-        have = ", ".join(f"{t} ({typ.rsplit('/', 1)[-1]})" for t, typ, _ in conns) or "no topics"
+        have = ", ".join(f"{t} ({n} {typ.rsplit('/', 1)[-1]})" for t, typ, n in conns) or "no topics"
         raise InputError(
-            f"{what} {bag_folder(path, what)} has no camera image topics (it has: {have}); the driving node needs "
+            f"{what} {bag_folder(path, what)} holds no camera images (its topics, with message counts: {have}); "
+            "the driving node needs "
             "the six cameras' images: play a bag written by 'sparseoccvla bag' or a nuScenes MCAP"
         )
     return conns

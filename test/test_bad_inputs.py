@@ -124,7 +124,7 @@ CASES = [
     ("drive-truncated-mcap", "drive --bag {bag_truncated} --record {fresh}", "cannot be read"),
     ("drive-empty-mcap", "drive --bag {bag_empty}", "cannot be read"),
     ("drive-wrong-kind-mcap", "drive --bag {bag_wrong_kind}", "cannot be read"),
-    ("drive-no-camera-topics", "drive --bag {bag_no_cameras} --checkpoint {ckpt}", "no camera image topics"),
+    ("drive-no-camera-topics", "drive --bag {bag_no_cameras} --checkpoint {ckpt}", "holds no camera images"),
     ("drive-truncated-weights", "drive --bag {bag} --checkpoint {ckpt_truncated}", "truncated or not safetensors"),
     (
         "drive-calibration-syntax",
