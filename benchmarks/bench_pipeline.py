@@ -6,8 +6,8 @@ camera frames (random RGB, the synthetic world's nuScenes camera rig, the ego dr
 Prints the median and 95th percentile of the step time, the median of every stage of ``StepResult.timings_s``
 and the median ``ask`` latency.
 
-Only the pipeline's public interface is used (``SparseOccVLAPipeline``, ``PipelineOptions``, ``FrameInput``,
-``CameraFrame``, ``step``, ``ask``), so the same script times older revisions of the package too.  An untrained
+The inputs and questions are the benchmark harness's (:func:`sparseoccvla_core.bench.synthetic_frames`,
+``sparseoccvla bench``), so the two time the same stream; this script adds the device, dtype and camera size.  An untrained
 model rarely emits EOS, so its reasoning runs to ``max_new_tokens`` every frame: the LLM stage is the worst case
 for that cap.  Run it on a quiet machine; other processes on the same cores move every number.
 
@@ -28,42 +28,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from sparseoccvla_core.bench import DTYPES, QUESTIONS, synthetic_frames
 from sparseoccvla_core.config import SparseOccVLAConfig
 from sparseoccvla_core.model import SparseOccVLA
-from sparseoccvla_core.pipeline import CameraFrame, FrameInput, PipelineOptions, SparseOccVLAPipeline
-from sparseoccvla_core.synthetic.calibration import camera_calibrations
-
-KEYFRAME_NS = 500_000_000  # nuScenes key frames: 2 Hz
-T0_NS = 1_532_402_927_612_460_000
-SPEED_MPS = 8.0
-QUESTIONS = (
-    "Is there a pedestrian ahead?",
-    "What is the traffic light state?",
-    "How many cars are in front of the ego vehicle?",
-)
-
-
-def synthetic_frame(index: int, height: int, width: int, rng: np.random.Generator) -> FrameInput:
-    """Frame ``index`` of a straight drive: six random [height, width, 3] images with the synthetic camera rig."""
-    cameras = [
-        CameraFrame(
-            c.channel,
-            rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8),
-            c.scaled_intrinsics(width, height),
-            c.sensor2ego,
-        )
-        for c in camera_calibrations()
-    ]
-    pose = np.eye(4)
-    pose[:3, 3] = [400.0 + SPEED_MPS * 0.5 * index, 1180.0, 0.0]
-    return FrameInput(
-        cameras,
-        pose,
-        velocity=(SPEED_MPS, 0.0),
-        acceleration=(0.0, 0.0),
-        yaw_rate=0.0,
-        stamp_ns=T0_NS + index * KEYFRAME_NS,
-    )
+from sparseoccvla_core.pipeline import PipelineOptions, SparseOccVLAPipeline
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -80,8 +48,7 @@ def build_pipeline(args: argparse.Namespace) -> SparseOccVLAPipeline:
         overrides["max_new_tokens"] = args.max_new_tokens
     torch.manual_seed(args.seed)
     model = SparseOccVLA(SparseOccVLAConfig.tiny(**overrides))
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    return SparseOccVLAPipeline(model, options, device=args.device, dtype=dtype)
+    return SparseOccVLAPipeline(model, options, device=args.device, dtype=DTYPES[args.dtype])
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -92,8 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     pipe = build_pipeline(args)
     build_s = time.perf_counter() - t_build
     height, width = args.camera_size or tuple(pipe.cfg.image_size)
-    rng = np.random.default_rng(args.seed)
-    frames = [synthetic_frame(i, height, width, rng) for i in range(args.warmup + args.frames)]
+    frames = synthetic_frames(pipe.cfg, args.warmup + args.frames, args.seed, image_hw=(height, width))
     for frame in frames[: args.warmup]:
         pipe.step(frame)
     totals, stages, reasoning_chars = [], {}, []

@@ -1,4 +1,4 @@
-"""``sparseoccvla bench``: per-stage latency and the paper's efficiency ratios, measured side by side in one run.
+"""The benchmark harness: per-stage latency and the paper's efficiency ratios, measured side by side in one run.
 
     sparseoccvla bench [--ckpt checkpoints/default | --preset tiny] [--threads 1 2] [--repeats 20] [--warmup 3]
                        [--stream-frames 8] [--stream-paper-repeats 3] [--prefill-layers 2] [--node | --no-node] [--soak-minutes 10]
@@ -37,14 +37,15 @@ absolute times it divides (``ratio = baseline.median_s / ours.median_s``).  Sect
    weights: step time, stages and peak GPU memory, and the prefill ratios on its full-depth LLM.
 
 Never run this as a timed test: other processes on the same cores move every number.
+
+The command line: sparseoccvla_core/commands/bench.py; ``benchmarks/bench_pipeline.py`` times a stream with the
+same inputs (:func:`synthetic_frames`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -52,6 +53,7 @@ import statistics
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -206,17 +208,20 @@ def _camera_rig(height: int, width: int) -> list[tuple[str, np.ndarray, np.ndarr
     return [(c.channel, c.scaled_intrinsics(width, height), c.sensor2ego) for c in camera_calibrations()]
 
 
-def synthetic_frames(cfg: SparseOccVLAConfig, count: int, seed: int = 0) -> list[FrameInput]:
-    """``count`` key frames of a straight drive: random RGB at ``cfg.image_size``, the synthetic camera rig.
+def synthetic_frames(
+    cfg: SparseOccVLAConfig, count: int, seed: int = 0, image_hw: Optional[Sequence[int]] = None
+) -> list[FrameInput]:
+    """``count`` key frames of a straight drive: random RGB images, the synthetic camera rig.
 
     Args:
         cfg: the model's config (image size, views).
         count: frames.
         seed: image noise seed.
+        image_hw: (H, W) of the camera images (default ``cfg.image_size``; a larger one adds the resizing).
     Returns:
         :class:`FrameInput` list 0.5 s apart, the ego 4 m further along +x each frame.
     """
-    height, width = cfg.image_size
+    height, width = image_hw if image_hw is not None else cfg.image_size
     rig = _camera_rig(height, width)[: cfg.num_views]
     rng = np.random.default_rng(seed)
     frames = []
@@ -667,8 +672,58 @@ def cuda_section(repeats: int, warmup: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class BenchOptions:
+    """What :func:`run_bench` measures and how often (``sparseoccvla bench``'s flags, same names and defaults).
+
+    Args:
+        ckpt: checkpoint folder (None: the default checkpoint unless ``preset`` is given).
+        preset: 'tiny' / 'paper' random weights instead of a checkpoint.
+        threads: CPU thread counts of the stage section (the ratios run at the largest).
+        repeats, warmup: timed and untimed runs of each measurement.
+        stream_frames: F of ratio (b).
+        stream_paper_repeats: timed runs of ratio (b) at the paper's ResNet-50 (0 skips it).
+        stream_paper_image_size: (H, W) input of that backbone.
+        ask_tokens: answer cap of ratio (c) (None: the model's).
+        prefill_layers, prefill_width, prefill_heads, prefill_mlp, prefill_repeats: the LLM of ratio (a) on CPU.
+        node: run the ROS node section (section 3; needs the node section callable).
+        node_rates, node_bag, node_frames, node_image_size, soak_minutes, rss_sample_s: that section's replay
+            speeds, GT bag (None: a synthetic one), its key frames and (W, H) camera size, the soak and its RSS
+            sampling period.
+        cuda: the CUDA section when a GPU is present.
+        seed: every random input.
+        json: where the command writes the report (recorded in it).
+    """
+
+    ckpt: Optional[str] = None
+    preset: Optional[str] = None
+    threads: Sequence[int] = (1, 2)
+    repeats: int = 20
+    warmup: int = 3
+    stream_frames: int = 8
+    stream_paper_repeats: int = 3
+    stream_paper_image_size: Sequence[int] = (256, 704)
+    ask_tokens: Optional[int] = None
+    prefill_layers: int = 2
+    prefill_width: int = 4096
+    prefill_heads: int = 32
+    prefill_mlp: int = 11008
+    prefill_repeats: int = 5
+    node: bool = True
+    node_rates: Sequence[float] = (1.0, 2.0, 4.0)
+    node_bag: Optional[str] = None
+    node_frames: int = 20
+    node_image_size: Sequence[int] = (1600, 900)
+    soak_minutes: float = 10.0
+    rss_sample_s: float = 5.0
+    cuda: bool = True
+    seed: int = 0
+    json: Optional[str] = None
+
+
 # ---------------------------------------------------------------------------------------------- the run
-def run_bench(args: argparse.Namespace, node_section: Optional[NodeSection] = None) -> dict[str, Any]:
+def run_bench(args: BenchOptions, node_section: Optional[NodeSection] = None) -> dict[str, Any]:
     """Every section of the module docstring; returns the JSON document."""
     if any(t < 1 for t in args.threads):
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -679,7 +734,7 @@ def run_bench(args: argparse.Namespace, node_section: Optional[NodeSection] = No
     if args.stream_paper_repeats < 0:
         raise ValueError("--stream-paper-repeats must be >= 0")
     initial_threads = torch.get_num_threads()
-    options = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    options = dataclasses.asdict(args)
     report: dict[str, Any] = {"command": "sparseoccvla bench", "options": options, "machine": machine_info()}
     model, description = load_model(args.ckpt, args.preset, args.seed)
     model.eval()
@@ -752,8 +807,8 @@ def run_bench(args: argparse.Namespace, node_section: Optional[NodeSection] = No
     return report
 
 
-#: Section 3: ``f(args, model) -> dict`` (:func:`sparseoccvla_ros.replay.bench_node.bench_node_section`).
-NodeSection = Callable[[argparse.Namespace, SparseOccVLA], dict[str, Any]]
+#: Section 3: ``f(options, model) -> dict``, given by the ROS package (``sparseoccvla bench`` passes it).
+NodeSection = Callable[["BenchOptions", SparseOccVLA], dict[str, Any]]
 
 
 def _progress(text: str) -> None:
@@ -868,78 +923,3 @@ def format_report(report: dict[str, Any]) -> str:
         for name, entry in cuda["prefill"]["ratios"].items():
             lines.append(_ratio_row(f"(a) {name}", entry))
     return "\n".join(lines) + "\n"
-
-
-def default_json_path() -> Path:
-    """outputs/bench/<UTC timestamp>.json (relative to the working directory)."""
-    return Path("outputs") / "bench" / (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ".json")
-
-
-# ---------------------------------------------------------------------------------------------- command line
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--ckpt", default=None, help=f"checkpoint folder (default {DEFAULT_CHECKPOINT})")
-    which.add_argument("--preset", choices=("tiny", "paper"), default=None, help="random weights of a preset instead")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU thread counts (default 1 2)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (default %(default)s)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default %(default)s)")
-    parser.add_argument("--stream-frames", type=int, default=8, help="F of ratio (b) (paper: %(default)s)")
-    parser.add_argument(
-        "--stream-paper-repeats",
-        type=int,
-        default=3,
-        help="timed runs of ratio (b) at the paper's ResNet-50 backbone (0 skips it; default %(default)s)",
-    )
-    parser.add_argument(
-        "--stream-paper-image-size",
-        type=int,
-        nargs=2,
-        default=[256, 704],
-        metavar=("H", "W"),
-        help="input of that backbone (paper: 256 704)",
-    )
-    parser.add_argument("--ask-tokens", type=int, default=None, help="answer cap of ratio (c) (default the model's)")
-    parser.add_argument("--prefill-layers", type=int, default=2, help="LLM layers of ratio (a) on CPU (default 2)")
-    parser.add_argument("--prefill-width", type=int, default=4096, help="LLM width of ratio (a) (paper: 4096)")
-    parser.add_argument("--prefill-heads", type=int, default=32, help="LLM heads of ratio (a) (paper: 32)")
-    parser.add_argument("--prefill-mlp", type=int, default=11008, help="LLM MLP width of ratio (a) (paper: 11008)")
-    parser.add_argument("--prefill-repeats", type=int, default=5, help="timed prefills per length (default 5)")
-    parser.add_argument(
-        "--node", action=argparse.BooleanOptionalAction, default=True, help="run the ROS node section (default on)"
-    )
-    parser.add_argument("--node-rates", type=float, nargs="+", default=[1.0, 2.0, 4.0], help="replay speeds")
-    parser.add_argument("--node-bag", default=None, help="GT bag to replay (default: a synthetic scene written here)")
-    parser.add_argument("--node-frames", type=int, default=20, help="key frames of the synthetic bag (default 20)")
-    parser.add_argument(
-        "--node-image-size", type=int, nargs=2, default=[1600, 900], metavar=("W", "H"), help="synthetic camera size"
-    )
-    parser.add_argument("--soak-minutes", type=float, default=10.0, help="looped replay for RSS (default 10)")
-    parser.add_argument("--rss-sample-s", type=float, default=5.0, help="RSS sampling period of the soak, s")
-    parser.add_argument(
-        "--cuda", action=argparse.BooleanOptionalAction, default=True, help="the CUDA section when a GPU is present"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, help="output JSON (default outputs/bench/<timestamp>.json)")
-
-
-def run(args: argparse.Namespace, node_section: Optional[NodeSection] = None) -> int:
-    """The command (``sparseoccvla bench`` runs it through :mod:`sparseoccvla_ros.replay.bench_node`, which passes
-    the ROS node section; this package never imports ROS)."""
-    if args.preset is None and args.ckpt is None and not DEFAULT_CHECKPOINT.is_dir():
-        print(
-            f"sparseoccvla bench: error: no checkpoint at {DEFAULT_CHECKPOINT}: train one, pass --ckpt DIR, "
-            "or time random weights with --preset tiny",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        report = run_bench(args, node_section)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"sparseoccvla bench: error: {exc}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    path = Path(args.json) if args.json else default_json_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"[bench] wrote {path}")
-    return 0

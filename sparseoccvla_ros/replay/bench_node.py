@@ -252,7 +252,7 @@ def node_section(
 # ---------------------------------------------------------------------- the `sparseoccvla bench` command
 def bench_node_section(args, model) -> dict[str, Any]:
     """Section 3 of :func:`sparseoccvla_core.bench.run_bench`: :func:`node_section` with the command's options
-    (skipped with the reason when rclpy is missing)."""
+    (``args``: :class:`sparseoccvla_core.bench.BenchOptions`; skipped with the reason when rclpy is missing)."""
     import tempfile
 
     try:
@@ -282,14 +282,14 @@ def bench_node_section(args, model) -> dict[str, Any]:
 
 
 def add_arguments(parser) -> None:
-    """``sparseoccvla bench``'s options (:func:`sparseoccvla_core.bench.add_arguments`)."""
-    from sparseoccvla_core import bench
+    """``sparseoccvla bench``'s options (:func:`sparseoccvla_core.commands.bench.add_arguments`)."""
+    from sparseoccvla_core.commands import bench
 
     bench.add_arguments(parser)
 
 
 def run(args) -> int:
     """``sparseoccvla bench``: the model sections of :mod:`sparseoccvla_core.bench` plus this module's node section."""
-    from sparseoccvla_core import bench
+    from sparseoccvla_core.commands import bench
 
     return bench.run(args, bench_node_section)
