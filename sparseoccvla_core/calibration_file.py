@@ -63,14 +63,14 @@ class CameraCalibration:
         cam2ego: [4, 4] camera -> ego transform.
         frame_id: TF frame of the camera.
         intrinsics: [3, 3] K (optional; CameraInfo takes precedence).
-        image_size: (W, H) pixels (optional).
+        image_wh: (W, H) pixels the intrinsics belong to (optional; the YAML's ``image_size: [width, height]``).
     """
 
     name: str
     cam2ego: np.ndarray
     frame_id: str
     intrinsics: Optional[np.ndarray] = None
-    image_size: Optional[tuple[int, int]] = None
+    image_wh: Optional[tuple[int, int]] = None
 
 
 def matrix_to_wxyz(rot: np.ndarray) -> list[float]:
@@ -103,8 +103,8 @@ def save_calibration(path: str | Path, cameras: Mapping[str, CameraCalibration],
             "translation": [float(x) for x in m[:3, 3]],
             "rotation_wxyz": [float(x) for x in matrix_to_wxyz(m[:3, :3])],
         }
-        if cal.image_size is not None:
-            entry["image_size"] = [int(cal.image_size[0]), int(cal.image_size[1])]
+        if cal.image_wh is not None:
+            entry["image_size"] = [int(cal.image_wh[0]), int(cal.image_wh[1])]
         if cal.intrinsics is not None:
             entry["intrinsics"] = np.asarray(cal.intrinsics, dtype=np.float64).tolist()
         entries[name] = entry
@@ -187,7 +187,7 @@ def load_calibration(path: str | Path) -> tuple[dict[str, CameraCalibration], st
             cam2ego=pose_matrix(q, t),
             frame_id=str(entry.get("frame_id", name)),
             intrinsics=k,
-            image_size=(int(size[0]), int(size[1])) if size is not None else None,
+            image_wh=(int(size[0]), int(size[1])) if size is not None else None,
         )
     return out, str(doc.get("ego_frame", "base_link"))
 
@@ -204,8 +204,8 @@ class CameraModel:
     Args:
         name: nuScenes camera name.
         cam2ego: [4, 4] camera -> ego transform.
-        intrinsics: [3, 3] K at ``image_size``.
-        image_size: (W, H) the intrinsics belong to, pixels; None when unknown (YAML K without image_size).
+        intrinsics: [3, 3] K at ``image_wh``.
+        image_wh: (W, H) the intrinsics belong to, pixels; None when unknown (YAML K without image_size).
         extrinsics_source: :data:`SOURCE_TF_STATIC` or :data:`SOURCE_CALIBRATION_FILE`.
         intrinsics_source: :data:`SOURCE_CAMERA_INFO` or :data:`SOURCE_CALIBRATION_FILE`.
     """
@@ -213,9 +213,14 @@ class CameraModel:
     name: str
     cam2ego: np.ndarray
     intrinsics: np.ndarray
-    image_size: Optional[tuple[int, int]]
+    image_wh: Optional[tuple[int, int]]
     extrinsics_source: str
     intrinsics_source: str
+
+    @property
+    def image_size(self) -> Optional[tuple[int, int]]:
+        """The former name of :attr:`image_wh` ((W, H)), still read by ``sparseoccvla_ros/driving_node.py``."""
+        return self.image_wh
 
 
 def camera_frame_ids(
@@ -267,7 +272,7 @@ def resolve_camera_models(
             size: Optional[tuple[int, int]] = (int(w), int(h)) if h > 0 and w > 0 else None
             intr_src = SOURCE_CAMERA_INFO
         elif cal is not None and cal.intrinsics is not None:
-            k, size, intr_src = cal.intrinsics, cal.image_size, SOURCE_CALIBRATION_FILE
+            k, size, intr_src = cal.intrinsics, cal.image_wh, SOURCE_CALIBRATION_FILE
         else:
             no_intrinsics.append(cam)
             k = intr_src = None

@@ -147,7 +147,7 @@ def test_node_section_latency_drops_and_rss(checkpoint, tmp_path):
     from sparseoccvla_ros.replay.bench_node import node_section
 
     node = node_section(
-        checkpoint, tmp_path, rates=[4.0], soak_minutes=0.2, frames=4, image_size=(160, 96), threads=1, sample_s=1.0
+        checkpoint, tmp_path, rates=[4.0], soak_minutes=0.2, frames=4, image_wh=(160, 96), threads=1, sample_s=1.0
     )
     assert node["key_frames"] == 4
     (run,) = node["rates"]

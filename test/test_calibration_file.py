@@ -62,7 +62,7 @@ def test_tf_static_wins_per_camera_and_yaml_fills_the_rest():
             assert m.extrinsics_source == SOURCE_CALIBRATION_FILE
             np.testing.assert_array_equal(m.cam2ego, yaml_cal[cam].cam2ego)
         if cam in info:
-            assert m.intrinsics_source == SOURCE_CAMERA_INFO and m.image_size == (W, H)
+            assert m.intrinsics_source == SOURCE_CAMERA_INFO and m.image_wh == (W, H)
             np.testing.assert_array_equal(m.intrinsics, k_info)
         else:
             assert m.intrinsics_source == SOURCE_CALIBRATION_FILE
@@ -105,6 +105,6 @@ def test_yaml_round_trip_and_quaternion(tmp_path):
     assert ego == "ego" and list(loaded) == list(CAMERA_NAMES)
     for name, cal in cams.items():
         np.testing.assert_allclose(loaded[name].cam2ego, cal.cam2ego, atol=1e-9)
-        assert loaded[name].frame_id == cal.frame_id and loaded[name].image_size == (W, H)
+        assert loaded[name].frame_id == cal.frame_id and loaded[name].image_wh == (W, H)
     w, x, y, z = matrix_to_wxyz(_yaw(0.8, [0, 0, 0])[:3, :3])  # rotation about z: (cos(a/2), 0, 0, sin(a/2))
     np.testing.assert_allclose([w, x, y, z], [math.cos(0.4), 0, 0, math.sin(0.4)], atol=1e-12)

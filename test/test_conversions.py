@@ -226,7 +226,7 @@ def test_calibration_yaml_round_trip(tmp_path):
     cams = {}
     for c in camera_calibrations():
         cams[c.channel] = conv.CameraCalibration(
-            name=c.channel, cam2ego=c.sensor2ego, frame_id=c.channel, intrinsics=c.intrinsics, image_size=(1600, 900)
+            name=c.channel, cam2ego=c.sensor2ego, frame_id=c.channel, intrinsics=c.intrinsics, image_wh=(1600, 900)
         )
     path = conv.save_calibration(tmp_path / "calibration.yaml", cams)
     loaded, ego = conv.load_calibration(path)
@@ -234,7 +234,7 @@ def test_calibration_yaml_round_trip(tmp_path):
     for name, cal in cams.items():
         np.testing.assert_allclose(loaded[name].cam2ego, cal.cam2ego, atol=1e-9)
         np.testing.assert_allclose(loaded[name].intrinsics, cal.intrinsics)
-        assert loaded[name].image_size == (1600, 900)
+        assert loaded[name].image_wh == (1600, 900)
     # the stored quaternion is the original nuScenes one (up to sign)
     text = path.read_text()
     q0 = np.array(camera_calibrations()[0].rotation_wxyz)

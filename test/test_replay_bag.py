@@ -475,7 +475,7 @@ def _assert_calibration_matches(cal_path: Path, root: Path) -> None:
         np.testing.assert_allclose(c.cam2ego[:3, :3], quat_matrix(*cs["rotation"]), atol=1e-12)
         np.testing.assert_allclose(c.cam2ego[:3, 3], cs["translation"], atol=1e-12)
         np.testing.assert_allclose(c.intrinsics, cs["camera_intrinsic"], atol=1e-12)
-        assert c.image_size == (sd["width"], sd["height"]) and c.frame_id == cam
+        assert c.image_wh == (sd["width"], sd["height"]) and c.frame_id == cam
 
 
 def test_calibration_yaml_beside_bag_and_calibration_command(synth_bag, tmp_path):

@@ -280,7 +280,7 @@ def calibration_entries(calib: dict[str, dict]) -> dict:
             cam2ego=pose_matrix(c["rotation"], c["translation"]),
             frame_id=cam,
             intrinsics=c["K"],
-            image_size=(c["width"], c["height"]),
+            image_wh=(c["width"], c["height"]),
         )
         for cam, c in calib.items()
     }

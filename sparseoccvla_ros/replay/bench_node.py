@@ -210,7 +210,7 @@ def node_section(
     soak_minutes: float = 10.0,
     bag: Optional[str | Path] = None,
     frames: int = 20,
-    image_size: Sequence[int] = (1600, 900),
+    image_wh: Sequence[int] = (1600, 900),
     threads: int = 2,
     sample_s: float = 5.0,
     replay_timeout_s: float = 1800.0,
@@ -222,7 +222,7 @@ def node_section(
         work_dir: scratch folder (synthetic world, bags, recordings, logs).
         rates: replay speeds.
         soak_minutes: looped replay duration for the RSS, minutes.
-        bag: GT bag to replay (None: a synthetic scene of ``frames`` key frames at ``image_size`` (W, H)).
+        bag: GT bag to replay (None: a synthetic scene of ``frames`` key frames at ``image_wh`` (W, H)).
         threads: the node's torch threads (``OMP_NUM_THREADS`` of its process).
         sample_s: RSS sampling period, s.
         replay_timeout_s: limit of one recorded replay, s.
@@ -235,8 +235,8 @@ def node_section(
         raise ValueError("node rates, --soak-minutes and --rss-sample-s must be > 0")
     work_dir.mkdir(parents=True, exist_ok=True)
     if bag is None:
-        bag_path = make_synthetic_bag(work_dir, frames, int(image_size[0]), int(image_size[1]))
-        source = f"synthetic scene, {frames} key frames, {image_size[0]}x{image_size[1]} cameras"
+        bag_path = make_synthetic_bag(work_dir, frames, int(image_wh[0]), int(image_wh[1]))
+        source = f"synthetic scene, {frames} key frames, {image_wh[0]}x{image_wh[1]} cameras"
     else:
         bag_path, source = Path(bag), str(bag)
     runs = []
@@ -275,7 +275,7 @@ def bench_node_section(args, model) -> dict[str, Any]:
             soak_minutes=args.soak_minutes,
             bag=args.node_bag,
             frames=args.node_frames,
-            image_size=args.node_image_size,
+            image_wh=args.node_image_size,
             threads=max(args.threads),
             sample_s=args.rss_sample_s,
         )

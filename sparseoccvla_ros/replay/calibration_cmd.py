@@ -162,7 +162,7 @@ def calibration_from_bag(bag: str | Path, ego_frame: str = topics.EGO_FRAME) -> 
         if not np.all(np.isfinite(k)) or k[0, 0] <= 0 or k[1, 1] <= 0:
             raise CalibrationSourceError(f"{bag}: {by_cam[cam].topic} has no valid K (fx, fy must be > 0)")
         size = (int(info.width), int(info.height)) if info.width and info.height else None
-        out[cam] = CameraCalibration(name=cam, cam2ego=m, frame_id=frame, intrinsics=k, image_size=size)
+        out[cam] = CameraCalibration(name=cam, cam2ego=m, frame_id=frame, intrinsics=k, image_wh=size)
     return out
 
 
