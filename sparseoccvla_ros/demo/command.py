@@ -37,10 +37,10 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from sparseoccvla_core.default_checkpoint import default_checkpoint
 
@@ -72,6 +72,47 @@ class Progress:
     def __call__(self, stage: str, text: str) -> None:
         if not self.quiet:
             print(f"[demo {self.elapsed():6.1f} s] {stage}: {text}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What one demo run does (``sparseoccvla demo``'s flags, same names and defaults).
+
+    Args:
+        ckpt: checkpoint folder (None: the repository's default checkpoint).
+        data, scene: a nuScenes dataroot and the scene to replay (instead of a synthetic scene).
+        bag: a GT bag written by ``sparseoccvla bag`` (skips the scene and bag stages).
+        layout, frames, seed, width, height: the synthetic scene (layout, key frames, seed, camera W x H).
+        rate: replay speed factor.
+        question: questions to ask (empty: the default three).
+        ask_at: key frames at which the questions are asked.
+        report_frames: about this many key frames shown in the report.
+        out: output folder (None: outputs/<YYYYmmdd-HHMMSS>); overwrite: replace a non-empty one.
+        param: extra driving_node parameters, ``NAME:=VALUE``.
+        diagnostics_period: the node's /diagnostics period, s.
+        timeout: model load / answer timeout, s.
+        quiet: no progress lines.
+    """
+
+    ckpt: Optional[str] = None
+    data: Optional[str] = None
+    bag: Optional[str] = None
+    scene: Optional[str] = None
+    layout: str = "intersection"
+    frames: int = DEFAULT_FRAMES
+    seed: int = DEFAULT_SEED
+    width: int = DEFAULT_SIZE[0]
+    height: int = DEFAULT_SIZE[1]
+    rate: float = DEFAULT_RATE
+    question: Sequence[str] = ()
+    ask_at: int = 3
+    report_frames: int = 20
+    out: Optional[str] = None
+    overwrite: bool = False
+    param: Sequence[str] = ()
+    diagnostics_period: float = 0.2
+    timeout: float = 300.0
+    quiet: bool = False
 
 
 @dataclass
@@ -111,7 +152,7 @@ def resolve_checkpoint(ckpt: Optional[str | Path]) -> Path:
     return path
 
 
-def _synthetic_scene(args, out: Path, progress: Progress) -> Path:
+def _synthetic_scene(args: DemoOptions, out: Path, progress: Progress) -> Path:
     from sparseoccvla_core.synthetic.config import SynthConfig
     from sparseoccvla_core.synthetic.generate import generate_dataset
 
@@ -143,7 +184,7 @@ def _triggers(gt, ask_at: int) -> list[tuple[int, int]]:
     return [(order[p].frame_index, order[p].stamp_ns) for p in picks]
 
 
-def _replay(args, ckpt: Path, gt_bag: Path, recording: Path, gt, progress: Progress) -> tuple[dict, list]:
+def _replay(args: DemoOptions, ckpt: Path, gt_bag: Path, recording: Path, gt, progress: Progress) -> tuple[dict, list]:
     """Bringup (player -> node -> recorder) + questions; returns (replay counters, answers)."""
     import threading
 
@@ -242,7 +283,7 @@ def _replay(args, ckpt: Path, gt_bag: Path, recording: Path, gt, progress: Progr
     return replay, answers
 
 
-def run_demo(args: argparse.Namespace) -> DemoResult:
+def run_demo(args: DemoOptions) -> DemoResult:
     """All stages (module docstring); raises :class:`DemoError` with the failing stage."""
     from sparseoccvla_core.config import SparseOccVLAConfig
     from sparseoccvla_core.model import CONFIG_FILE
@@ -367,7 +408,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--data", default=None, help="nuScenes dataroot (devkit tables); needs --scene")
     src.add_argument("--bag", default=None, help="a GT bag written by 'sparseoccvla bag' (skips scene + bag)")
     parser.add_argument("--scene", default=None, help="scene name with --data, e.g. scene-0103")
-    parser.add_argument("--layout", choices=LAYOUTS, default="intersection", help="synthetic layout (%(default)s)")
+    parser.add_argument("--layout", choices=LAYOUTS, default=DemoOptions.layout, help="synthetic layout (%(default)s)")
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="synthetic key frames (%(default)s)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="synthetic scene seed (%(default)s)")
     parser.add_argument("--width", type=int, default=DEFAULT_SIZE[0], help="synthetic image width (%(default)s)")
@@ -393,8 +434,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    options = DemoOptions(**{f.name: getattr(args, f.name) for f in fields(DemoOptions)})
     try:
-        result = run_demo(args)
+        result = run_demo(options)
     except DemoError as exc:
         print(f"sparseoccvla demo: error: {exc}", file=sys.stderr)
         return 1
