@@ -1,4 +1,4 @@
-"""The three SparseOccVLA training stages (paper sec. 4.2) behind ``sparseoccvla train``.
+"""The loop of the three SparseOccVLA training stages (paper sec. 4.2): :func:`train_stage` and :func:`update_policy`.
 
 Stage 1 trains the sparse occupancy encoder + connector (occupancy Chamfer / focal losses and the CLIP
 distillation, eqs. 1-3); stage 2 freezes the visual encoder and trains the connector, global queries,
@@ -27,6 +27,10 @@ Output folder of a stage (``--out``)::
     train_config.yaml, losses.csv (one row per optimizer update), tensorboard/ (when tensorboard is installed)
 
 ``--resume`` continues a stage at the epoch after its newest checkpoint with the identical schedule.
+
+The loop takes any :class:`StageModel`; :func:`sparseoccvla_core.train_setup.run_stage` builds the model, data and
+configs of ``sparseoccvla train`` (whose flags sparseoccvla_core/commands/train.py parses) and
+:mod:`sparseoccvla_core.text_pretraining` runs the text step of a random LLM through the same loop.
 """
 
 from __future__ import annotations
