@@ -220,7 +220,7 @@ OUTPUTS: dict[str, list[tuple[str, str, Optional[str]]]] = {
 
 #: Commands whose partial output is worth keeping after Ctrl-C or a failure (resumable checkpoints, a finalized
 #: recording); for the others an output this run created is removed when the command does not finish.
-KEEP_PARTIAL = frozenset({"train", "pretrain-llm"})
+KEEP_PARTIAL = frozenset({"train", "pretrain-llm", "closed-loop"})
 
 
 def _bag_checker(command: str) -> Callable[[str | Path, str], object]:

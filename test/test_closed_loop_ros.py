@@ -155,6 +155,8 @@ def test_sim_node_real_time_applies_late_plans_and_brakes_when_they_stop():
         rclpy.try_shutdown(context=ctx)
     assert wall >= 2.9  # paced by the wall clock
     assert [f.status for f in res.log.frames[:3]] == ["ok", "ok", "ok"]
+    delay = res.metrics["plan_delay_s"]
+    assert delay["plans"] == 3 and 0.15 <= delay["mean"] <= delay["max"] < 1.0  # answered 0.2 s (wall) late
     stale = [e for e in res.events if e.kind == "no_plan"]
     assert len(stale) == 1 and "real time" in stale[0].text and 2.0 <= stale[0].t <= 2.1
     v = res.log.ego[:, 3]
@@ -223,3 +225,22 @@ def test_ctrl_c_mid_episode_leaves_a_finalized_recording(tiny_checkpoint, tmp_pa
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["run"]["interrupted"] is True
     assert doc["planners"]["model"]["episodes"]["00-straight"]["metrics"]["duration_s"] < 30
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--episodes", "0"], "--episodes must be >= 1"),
+        (["--kinds", "straight,flying"], "unknown scenario kind(s) flying"),
+        (["--baselines", "oracle", "--no-model"], "unknown baseline(s) oracle"),
+        (["--plan-timeout", "0"], "--plan-timeout must be > 0"),
+        (["--ckpt", "/nonexistent/ckpt"], "/nonexistent/ckpt is missing"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    from sparseoccvla_core.cli import main
+
+    assert main(["closed-loop", *argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sparseoccvla closed-loop: error:") and message in err[0]
+    assert not (tmp_path / "out").exists()

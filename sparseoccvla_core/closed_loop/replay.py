@@ -78,15 +78,15 @@ def draw_panel(ax, result, frame: int) -> None:
         if np.all(np.abs(corners[:, 1]) > 25) or np.all((corners[:, 0] < -20) | (corners[:, 0] > 50)):
             continue
         v = _to_view(corners)
-        ax.fill(v[:, 0], v[:, 1], color=AGENT_RGB.get(log.agent_class[j], "k"), alpha=0.85, lw=0)
+        ax.fill(v[:, 0], v[:, 1], color=AGENT_RGB.get(log.agent_class[j], "k"), alpha=0.9, lw=0.4, ec="k", zorder=5)
     trail = log.ego[max(0, k - int(3.0 / log.dt)) : k + 1, :2]
     tv = _to_view(global_to_ego(trail, pose))
     ax.plot(tv[:, 0], tv[:, 1], color="#2ca02c", lw=1.2)
     v = _to_view(global_to_ego(box_corners(ego_box), pose))
-    ax.fill(v[:, 0], v[:, 1], color="#d62728" if hit.any() else "#2ca02c", alpha=0.95, lw=0.8, ec="k")
+    ax.fill(v[:, 0], v[:, 1], color="#d62728" if hit.any() else "#2ca02c", alpha=0.95, lw=0.8, ec="k", zorder=6)
     if rec.plan_global is not None and rec.status == "ok":
         p = _to_view(global_to_ego(np.concatenate([pose[None, :2], rec.plan_global]), pose))
-        ax.plot(p[:, 0], p[:, 1], color="#ff7f0e", lw=1.5, marker="o", ms=2.5)
+        ax.plot(p[:, 0], p[:, 1], color="#ff7f0e", lw=1.0, marker="o", ms=2.0, alpha=0.8, zorder=4)
     elif rec.status in ("missing", "invalid"):
         ax.text(0, 8, "NO PLAN" if rec.status == "missing" else "BAD PLAN", color="#d62728", ha="center",
                 fontsize=8, weight="bold")  # fmt: skip

@@ -1,6 +1,6 @@
 """The ego vehicle of the closed loop: a kinematic bicycle driven by a plan tracker (docs/closed_loop.md §3).
 
-* **Model**: kinematic bicycle about the rear axle (Rajamani, *Vehicle Dynamics and Control*, §2.2; the model of
+* **Model**: kinematic bicycle about the rear axle (Rajamani, *Vehicle Dynamics and Control*, section 2.2; the model of
   nuPlan's ``KinematicBicycleModel``): ``x' = v cos(yaw)``, ``y' = v sin(yaw)``, ``yaw' = v tan(delta) / L``,
   ``v' = a``; ``L`` = 2.588 m (the nuScenes ego, a Renault Zoe), no reverse (``v >= 0``), steering and its rate and
   the acceleration limited.  The state is the rear-axle centre, the ego-frame origin of docs/frames_and_units.md

@@ -283,6 +283,8 @@ def run_model(args, specs, checkpoint: Path, out: Path, progress: Progress, stop
             progress("model", f"{spec.name}: DS {m['driving_score']:.2f}, RC {m['route_completion']:.2f}, at-fault "
                      f"collisions {m['collisions_at_fault']}, red lights {m['red_light_violations']}, no/bad plans "
                      f"{m['no_plan_frames']}/{m['invalid_plan_frames']}; real-time factor {res.real_time_factor:.2f}"
+                     + (f"; plans took over {m['plan_delay_s']['mean']:.2f} s (sim) after their key frame on average, "
+                        f"{m['plan_delay_s']['max']:.2f} s at most" if "plan_delay_s" in m else "")
                      + (" (interrupted)" if res.interrupted else ""), always=True)  # fmt: skip
         info["real_time_factor"] = round(sim_s / wall_s, 3) if wall_s > 0 else None
         info["simulated_s"], info["wall_s"] = round(sim_s, 2), round(wall_s, 2)

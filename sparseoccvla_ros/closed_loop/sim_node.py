@@ -103,6 +103,7 @@ class SimNode(Node):
         self._cv = threading.Condition()
         self.fallbacks = 0
         self.events_published = 0
+        self._delays: list[float] = []  # real time: sim s from a key frame to when its plan took over
         reliable = QoSProfile(reliability=QoSReliabilityPolicy.RELIABLE, history=QoSHistoryPolicy.KEEP_LAST, depth=10)
         latched = QoSProfile(
             reliability=QoSReliabilityPolicy.RELIABLE,
@@ -254,6 +255,7 @@ class SimNode(Node):
         """
         wall0 = time.perf_counter()
         episode = Episode(spec)
+        self._delays = []
         if self.mode == "lockstep":
             self._run_lockstep(episode, on_frame)
         else:
@@ -261,6 +263,10 @@ class SimNode(Node):
         if episode.frame_index < 0:
             return None
         result = finish_episode(episode, "model", time.perf_counter() - wall0)
+        if self.mode == "realtime":  # sim seconds from a key frame to the moment its plan took over
+            d = np.array(self._delays) if self._delays else np.full(1, np.nan)
+            result.metrics["plan_delay_s"] = {"plans": len(self._delays), "mean": round(float(np.mean(d)), 3),
+                                              "max": round(float(np.max(d)), 3)}  # fmt: skip
         with self._cv:
             for record in result.log.frames:
                 stamp = episode_stamp_ns(spec, record.t)
@@ -313,6 +319,7 @@ class SimNode(Node):
                         continue  # older than the plan in force
                     status = episode.apply_plan(plan, frame=j)
                     newest_plan_t = j * KEY_FRAME_DT
+                    self._delays.append(episode.t - newest_plan_t)
                     braking_reported = status != "ok"
                     if status != "ok":
                         self._fallback(episode, status)
