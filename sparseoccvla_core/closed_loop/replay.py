@@ -17,7 +17,7 @@ import numpy as np
 
 from ..batch import OCC3D_COLORS
 from ..metrics import boxes_overlap
-from .sim import KEY_FRAME_DT, VIEW_RES, VIEW_X, VIEW_Y, box_corners, ego_box_of
+from .sim import VIEW_X, VIEW_Y, box_corners, ego_box_of
 from .vehicle import global_to_ego
 
 GROUND_RGB = np.array([[0.55, 0.68, 0.45], [0.42, 0.42, 0.44], [0.78, 0.77, 0.74], [0.70, 0.66, 0.55]])
@@ -126,4 +126,4 @@ def strip_png(result, path: str | Path, panels: int = 6) -> Path:
     return path
 
 
-__all__ = ["strip_png", "pick_frames", "draw_panel", "KEY_FRAME_DT", "VIEW_RES"]
+__all__ = ["strip_png", "pick_frames", "draw_panel"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Optional
 
 from .metrics import COMFORT, PENALTY
 from .replay import strip_png
@@ -202,4 +201,4 @@ def report_info(**kwargs) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items() if v is not None}
 
 
-__all__ = ["write_report", "report_info", "metrics_doc", "Optional"]
+__all__ = ["write_report", "report_info", "metrics_doc"]

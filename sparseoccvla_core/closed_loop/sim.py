@@ -215,10 +215,6 @@ class Episode:
     def pose(self) -> np.ndarray:
         return np.array([self.state.x, self.state.y, self.state.yaw])
 
-    @property
-    def done(self) -> bool:
-        return self.frame_index >= self.num_frames - 1 and self.t >= self.num_frames * KEY_FRAME_DT - 1e-9
-
     def project(self, xy: np.ndarray) -> tuple[float, float]:
         """(arc length, signed lateral offset) of a point on the ego route near the last projection."""
         path = self.route.path
