@@ -150,7 +150,9 @@ def write_report(out: str | Path, runs: dict, info: dict, strips: bool = True, p
         f"Recording: {info.get('recording', '-')}.",
         "Composite: CARLA Leaderboard 1.0 driving score = route completion x infraction penalty (penalties: "
         + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in PENALTY.items())
-        + "; at-fault collisions only, nuPlan's rule). Comfort bounds (nuPlan): "
+        + "; at-fault collisions only, nuPlan's rule): the episodes are CARLA-style routes with a time limit through "
+        "signals and past pedestrians, and CARLA's score penalises exactly those infractions, while nuPlan's CLS has "
+        "no red-light term and measures progress against an expert. Comfort bounds (nuPlan): "
         + ", ".join(f"{k} {v}" for k, v in COMFORT.items())
         + ". Formulas: docs/closed_loop.md section 4.",
     ]
