@@ -255,6 +255,14 @@ def test_drive_with_a_missing_bag_exits_2_before_ros(tmp_path):
     assert "terminate called" not in proc.stderr and not (tmp_path / "rec").exists()
 
 
+def test_play_warns_about_a_bag_without_camera_images(inputs):
+    """play still plays such a bag (its other topics may be useful) but says that a driving node gets nothing."""
+    proc = _run([*SPARSEOCCVLA, "play", str(inputs["bag_no_cameras"]), "--delay", "0", "--quiet", "--rate", "4"])
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "no camera image topics" in warnings[0] and "/odom" in warnings[0], proc.stderr
+
+
 def test_driving_node_with_a_broken_calibration_file_is_one_line(inputs):
     """The node itself: a calibration YAML with a syntax error -> one line naming file and line, exit 2."""
     proc = _run(

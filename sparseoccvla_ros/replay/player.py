@@ -241,6 +241,11 @@ class BagPlayer:
         return int(statistics.median(gaps)) if gaps else NS_PER_S // 2
 
     @property
+    def camera_images(self) -> int:
+        """Camera image messages (CompressedImage / Image) the bag will play."""
+        return sum(c.msgcount for c in self._connections if c.msgtype in SENSOR_TYPES[:2])
+
+    @property
     def input_topics(self) -> list[str]:
         """Topics of the bag that the driving node subscribes to (targets of :func:`topics.node_remaps`, and
         ``/tf_static``: the camera extrinsics must be there before the first camera set)."""
@@ -526,9 +531,9 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         install_stop_signals(player.stop_event.set)
-        if not any(t.msgtype in SENSOR_TYPES[:2] for t in player._topics.values()):
+        if not player.camera_images:
             print(
-                f"sparseoccvla play: warning: {player.path} has no camera image topics (it has: "
+                f"sparseoccvla play: warning: {player.path} has no camera image topics with messages (it has: "
                 f"{', '.join(sorted(player._topics))}); a driving node will produce nothing from it",
                 file=sys.stderr,
             )
