@@ -170,8 +170,11 @@ def check_dataset(path: str | Path, what: str = "dataset root") -> Path:
     if not versions:
         raise InputError(f"{what} {p} has no version folder with nuScenes tables (e.g. v1.0-mini/*.json); {hint}")
     for version in versions:
+        kind = "nuScenes table" if version.name.startswith("v1.0") else "JSON file"
         for table in sorted(version.glob("*.json")):
-            check_json_table(table, "nuScenes table", "restore the dataset's tables (download or 'sparseoccvla synth')")
+            check_json_table(table, kind, "restore the dataset's files (download or 'sparseoccvla synth')")
+    if (p / "splits.json").exists():
+        check_json_table(p / "splits.json", "split file", "fix it or delete it to use the official splits")
     return p
 
 

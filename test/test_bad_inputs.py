@@ -101,6 +101,7 @@ def inputs(tmp_path_factory, mini_nuscenes):  # noqa: F811
     for name, mutate in {
         "data_truncated_table": lambda t: t.write_bytes(t.read_bytes()[: t.stat().st_size // 2]),
         "data_empty_table": lambda t: t.write_bytes(b""),
+        "data_truncated_splits": lambda t: (t.parents[1] / "splits.json").write_text('{"train": ["scene-a"'),
     }.items():
         shutil.copytree(mini_nuscenes.root, root / name)
         mutate(root / name / mini_nuscenes.version / "sample.json")
@@ -181,6 +182,18 @@ CASES = [
     ("synth-out-exists", "synth --out {out_exists}", "--overwrite"),
     ("inspect-data-missing", "inspect-data --data {missing}", "does not exist"),
     ("info-config-syntax", "info --config {yaml_syntax}", "not valid YAML"),
+    ("info-config-empty", "info --config {yaml_empty}", "is empty"),
+    (
+        "train-anchors-dir",
+        "train --stage 1 --config tiny --data {data} --anchors {dir} --out {fresh}",
+        "is a directory, not a file",
+    ),
+    (
+        "drive-calibration-dir",
+        "drive --bag {bag} --checkpoint {ckpt} --calibration-file {dir}",
+        "is a directory, not a file",
+    ),
+    ("eval-data-truncated-splits", "eval --ckpt {ckpt} --data {data_truncated_splits} --out {fresh}", "split file"),
     ("demo-truncated-ckpt", "demo --ckpt {ckpt_truncated} --out {fresh}", "truncated or not safetensors"),
     ("demo-truncated-bag", "demo --ckpt {ckpt} --bag {bag_truncated} --out {fresh}", "cannot be read"),
     ("demo-out-exists", "demo --ckpt {ckpt} --out {out_exists}", "--overwrite"),
