@@ -221,8 +221,9 @@ OUTPUTS: dict[str, list[tuple[str, str, Optional[str]]]] = {
     "closed-loop": [("out", "output folder", None)],
 }
 
-#: Commands whose partial output is worth keeping after Ctrl-C or a failure (resumable checkpoints, a finalized
-#: recording); for the others an output this run created is removed when the command does not finish.
+#: Commands whose partial output is worth keeping after Ctrl-C or a failure (resumable checkpoints; closed-loop
+#: finalizes its recording and metrics of the episodes run); for the others an output this run created is removed
+#: when the command does not finish.  An output holding no file at all is removed in every case.
 KEEP_PARTIAL = frozenset({"train", "pretrain-llm", "closed-loop"})
 
 
