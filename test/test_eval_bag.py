@@ -315,6 +315,11 @@ def test_missed_unmatched_duplicates_and_node_counters(gt, tmp_path):
     files = write_bag_report(results, tmp_path / "report")
     md = (tmp_path / "report" / "metrics.md").read_text()
     assert "## Replay (eval-bag)" in md and "| occupancy | 13 | 2 | 1 | 1 |" in md
+    # completeness (issue 22): two sets lack their occupancy, the unmatched occupancy has no forecast / plan
+    comp = rep["completeness"]
+    assert comp["incomplete_sets"] == 3 and comp["missing_by_kind"] == {"occupancy": 2, "forecast": 1, "plan": 1}
+    assert comp["frames_published"] is None and comp["not_recorded"] is None  # no inference status recorded
+    assert "**Warning:** 3 camera sets have incomplete outputs" in md
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["replay"]["missed"]["occupancy"] == 2
     assert {p.name for p in files} >= {"metrics.json", "metrics.md"}
 
