@@ -264,6 +264,8 @@ class Bringup:
                 return 1
             stats = self.play()
             self.wait_outputs_done()
+            if not self.node.flush_outputs(timeout_s=5.0):  # recorders in other processes have the last outputs
+                self.node.get_logger().warning("some outputs were not acknowledged by every subscriber within 5 s")
             self.record_final_diagnostics()
             s = self.node.stats
             print(

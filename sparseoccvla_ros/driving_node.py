@@ -501,6 +501,34 @@ class DrivingNode(Node):
             finally:
                 self._busy = False
 
+    def flush_outputs(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every reliable subscriber acknowledged every output published so far (at most ``timeout_s``
+        in all), so a bringup that stops the node does not take re-sends still due with it.
+
+        Returns:
+            True when everything was acknowledged in time.
+        """
+        from rclpy.duration import Duration
+
+        deadline = time.monotonic() + timeout_s
+        publishers = (
+            self._pub_occupancy,
+            self._pub_forecast,
+            self._pub_forecast_cloud,
+            self._pub_plan,
+            self._pub_path,
+            self._pub_explanation,
+            self._pub_markers,
+        )
+        acked = True
+        for pub in publishers:
+            left = max(0.0, deadline - time.monotonic())
+            try:
+                acked = pub.wait_for_all_acked(Duration(seconds=left)) and acked
+            except Exception:  # noqa: BLE001 - a context already shut down (Ctrl-C): nothing left to deliver
+                return False
+        return acked
+
     @property
     def pipeline(self) -> Optional[SparseOccVLAPipeline]:
         """The loaded pipeline (None while the model loads or after it failed to load)."""
