@@ -148,6 +148,14 @@ def check_bag(path: str | Path, what: str = "bag") -> list[tuple[str, str, int]]
     return conns
 
 
+def bag_span_s(path: str | Path) -> float:
+    """Seconds from the first to the last message of a readable bag."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag_folder(path)) as reader:
+        return max(0, int(reader.end_time) - int(reader.start_time)) / 1e9
+
+
 def check_camera_bag(path: str | Path, what: str = "bag") -> list[tuple[str, str, int]]:
     """A readable bag that holds camera images (``sensor_msgs`` Image / CompressedImage with messages)."""
     conns = check_bag(path, what)
@@ -258,6 +266,11 @@ def check_inputs(command: str, args: argparse.Namespace) -> None:
             check_dataset(values[name], what)
     if values.get("bag") and not (command == "demo" and values.get("data")):
         _bag_checker(command)(values["bag"], "bag")
+        start = values.get("start")
+        if command in ("play", "drive") and isinstance(start, (int, float)) and start > 0:
+            span = bag_span_s(values["bag"])
+            if start > span:
+                raise InputError(f"--start {start:g} s is past the end of bag {values['bag']} ({span:.2f} s long)")
     for name, what in _BAG_ARGS.items():
         if values.get(name):
             check_bag(values[name], what)

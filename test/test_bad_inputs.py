@@ -139,6 +139,7 @@ CASES = [
     ),
     ("drive-params-dir", "drive --bag {bag} --checkpoint {ckpt} --params-file {dir}", "is a directory, not a file"),
     ("drive-params-syntax", "drive --bag {bag} --checkpoint {ckpt} --params-file {yaml_syntax}", "not valid YAML"),
+    ("drive-start-past-end", "drive --bag {bag} --checkpoint {ckpt} --start 1000 --record {fresh}", "past the end"),
     ("drive-record-exists", "drive --bag {bag} --checkpoint {ckpt} --record {out_exists}", "already exists"),
     # play / record
     ("play-missing", "play {missing}", "does not exist"),
