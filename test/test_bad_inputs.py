@@ -297,6 +297,27 @@ def test_driving_node_with_a_broken_calibration_file_is_one_line(inputs):
     assert "Traceback" not in proc.stderr
 
 
+def test_driving_node_with_a_truncated_checkpoint_is_one_line(inputs):
+    """The node itself: a checkpoint whose weights are cut short -> one line naming the file, exit 2 (it used to stay
+    up with only a model ERROR diagnostic, doing nothing)."""
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "sparseoccvla_ros.driving_node",
+            "--ros-args",
+            "-p",
+            f"checkpoint:={inputs['ckpt_truncated']}",
+            "-p",
+            f"calibration_file:={inputs['calibration']}",
+        ]
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("driving_node: error:")]
+    assert len(lines) == 1 and "model.safetensors" in lines[0] and "truncated" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_ctrl_c_midway_removes_the_unfinished_output(tmp_path):
     """Ctrl-C while ``synth`` writes: exit 130, one line, and the half-written dataset is removed."""
     out = tmp_path / "world"
