@@ -113,7 +113,7 @@ SHUTDOWN_JOIN_S = 1.0
 
 #: Questions that ask what the ego vehicle should do: the planning prompt asks exactly this every frame, so when the
 #: LLM generates nothing for one, AskScene answers with the frame's planning explanation.
-ACTION_QUESTION = re.compile(
+ACTION_QUESTION_PATTERN = re.compile(
     r"\b(should|action|do next|next move|plan(ned|ning)?|going to do|manoeuv\w*|maneuv\w*|what (to|will) (it )?do)\b",
     re.IGNORECASE,
 )
@@ -743,7 +743,7 @@ class DrivingNode(Node):
         answered with the explanation published for the same camera set; any other question fails with a message.
         """
         explanation = self._explanations.get(stamp_ns, "").strip()
-        if explanation and ACTION_QUESTION.search(question):
+        if explanation and ACTION_QUESTION_PATTERN.search(question):
             return explanation, ""
         return "", (
             "the model generated an empty answer to this question (the checkpoint has no answer for it); "
