@@ -137,6 +137,12 @@ class SparseOccVLAConfig(PresetYamlMixin):
             centre plus this times the head output (OPUS / SparseWorld scale 0.5, [§2.4]).
         projection_min_depth: camera-frame depth (m) below which a projected point counts as behind the
             camera (OPUS 1e-5, [§2.2]).
+        point_class_features: each decoded point also reads the current frame's image features where it projects,
+            and a small MLP of them adds to the point's class logits (0 = off: classes from the query alone, as
+            OPUS).  A query's per-slot logits cannot tell which of its points lie on a car and which on the road
+            under it; the point's own pixel can (docs/experiments.md §10).  The value is the MLP's hidden width.
+        occ_closing: the occupancy read-out closes the decoded voxels with a 3x3x3 dilation + erosion, as OPUS pads
+            its output (``decode_occupancy``; docs/reference_choices.md §2.8).
         occ_gt: GT of the encoder's occupancy loss (eq. 10): "current" (the current frame's labels; each query
             set is scored against the scene it sees now, as SparseWorld scores its current-stamp queries) or
             "concat" (current + future frames warped into the current frame, appendix A's extended-range GT;
@@ -255,6 +261,8 @@ class SparseOccVLAConfig(PresetYamlMixin):
     adaptive_scale_range: tuple[float, float] = (0.8, 1.5)
     point_offset_scale: float = 0.5
     projection_min_depth: float = 1e-5
+    point_class_features: int = 0
+    occ_closing: bool = False
     # --- losses (part 3) ---
     occ_gt: str = "current"
     point_loss: str = "l2"

@@ -101,10 +101,10 @@ class PredictOutput:
         forecast_points: per item, T tensors [M_t, 3] (frame t's own ego frame).
         forecast_classes: per item, T tensors [M_t].
         forecast_scores: per item, T tensors [M_t].
-        plan: [B, T_plan, 2] planned waypoints (x, y).
-        anchor_trajectories: [B, K, T_plan, 2] denoised trajectory of every anchor.
-        anchor_scores: [B, K] anchor probabilities from the LLM-guided scorer.
-        chosen_anchor: [B] int64 index of the selected anchor.
+        plan: [B, T_plan, 2] planned waypoints (x, y); None when ``predict(plan=False)``.
+        anchor_trajectories: [B, K, T_plan, 2] denoised trajectory of every anchor (None without a plan).
+        anchor_scores: [B, K] anchor probabilities from the LLM-guided scorer (None without a plan).
+        chosen_anchor: [B] int64 index of the selected anchor (None without a plan).
         reasoning: per item, the generated driving reasoning (its hidden states guided the planner) when
             ``generate_text`` was set, else None.
         answer: per item, the answer to ``question`` when one was asked, else None.
@@ -116,10 +116,10 @@ class PredictOutput:
     forecast_points: list[list[torch.Tensor]]
     forecast_classes: list[list[torch.Tensor]]
     forecast_scores: list[list[torch.Tensor]]
-    plan: torch.Tensor
-    anchor_trajectories: torch.Tensor
-    anchor_scores: torch.Tensor
-    chosen_anchor: torch.Tensor
+    plan: Optional[torch.Tensor]
+    anchor_trajectories: Optional[torch.Tensor]
+    anchor_scores: Optional[torch.Tensor]
+    chosen_anchor: Optional[torch.Tensor]
     reasoning: Optional[list[str]] = None
     answer: Optional[list[str]] = None
 
@@ -561,6 +561,7 @@ class SparseOccVLA(nn.Module):
         question: Union[str, Sequence[str], None] = None,
         generator: Optional[torch.Generator] = None,
         score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        plan: bool = True,
     ) -> PredictOutput:
         """Occupancy, T forecast frames, the plan and optionally text for a batch of key frames.
 
@@ -574,9 +575,14 @@ class SparseOccVLA(nn.Module):
             question: a question (one for all items, or one per item) to answer about the scene.
             generator: RNG of the diffusion noise (deterministic plans with a seeded generator).
             score_threshold: occupancy score threshold of :func:`decode_occupancy`.
+            plan: generate the driving reasoning and plan.  False skips both (the reasoning's greedy generation is
+                most of a step's time; occupancy and forecast do not read it): the plan fields are None and
+                ``generate_text`` must be False.
         Returns:
             :class:`PredictOutput`.
         """
+        if generate_text and not plan:
+            raise ValueError("generate_text needs plan=True: the reasoning text is generated for the plan")
         was_training = self.training
         self.eval()
         try:
@@ -586,7 +592,7 @@ class SparseOccVLA(nn.Module):
                 enc.layer_points[-1], enc.layer_logits[-1], score_threshold
             )
 
-            reasoning = self.reason(prefix)
+            reasoning = self.reason(prefix) if plan else None
             answer = None
             if question is not None:
                 questions = [question] * batch.batch_size if isinstance(question, str) else list(question)
@@ -594,7 +600,11 @@ class SparseOccVLA(nn.Module):
 
             forecast = self.forecast(prefix, enc, batch.ego_state, batch.command)
             per_frame = [self._decode_sets(p, l, score_threshold) for p, l in zip(forecast.points, forecast.logits)]
-            plan = self.plan(prefix, enc, reasoning, batch.ego_state, batch.command, generator=generator)
+            planned = (
+                self.plan(prefix, enc, reasoning, batch.ego_state, batch.command, generator=generator)
+                if reasoning is not None
+                else None
+            )
             b_range = range(batch.batch_size)
             return PredictOutput(
                 occupancy_points=occ_points,
@@ -603,11 +613,11 @@ class SparseOccVLA(nn.Module):
                 forecast_points=[[f[0][b] for f in per_frame] for b in b_range],
                 forecast_classes=[[f[1][b] for f in per_frame] for b in b_range],
                 forecast_scores=[[f[2][b] for f in per_frame] for b in b_range],
-                plan=plan.plan,
-                anchor_trajectories=plan.trajectories,
-                anchor_scores=plan.scores,
-                chosen_anchor=plan.chosen,
-                reasoning=reasoning.texts if generate_text else None,
+                plan=planned.plan if planned is not None else None,
+                anchor_trajectories=planned.trajectories if planned is not None else None,
+                anchor_scores=planned.scores if planned is not None else None,
+                chosen_anchor=planned.chosen if planned is not None else None,
+                reasoning=reasoning.texts if generate_text and reasoning is not None else None,
                 answer=answer,
             )
         finally:

@@ -35,7 +35,12 @@ import torch.nn.functional as F
 
 from .batch import EGO_STATE_DIM, CameraRig
 from .config import SparseOccVLAConfig
-from .sampling import ego_to_camera_matrices, group_feature_volumes, sample_multiview_features
+from .sampling import (
+    ego_to_camera_matrices,
+    group_feature_volumes,
+    sample_multiview_features,
+    sample_points_current_frame,
+)
 
 #: prior probability of the class-logit bias at init (focal-loss practice; OPUS cls head,
 #: docs/reference_choices.md §2.4).
@@ -265,6 +270,21 @@ class OccupancyEncoderLayer(nn.Module):
             nn.Linear(d, self.num_classes * out_points),
         )
         nn.init.constant_(self.cls_head[-1].bias, -math.log((1.0 - CLS_PRIOR_PROB) / CLS_PRIOR_PROB))
+        # cfg.point_class_features: class evidence under each decoded point (docs/experiments.md §10); the last layer
+        # starts at zero so the logits start as the query head's alone
+        self.point_cls = None
+        if cfg.point_class_features > 0:
+            hidden = cfg.point_class_features
+            self.point_level_logits = nn.Parameter(torch.zeros(cfg.num_levels))
+            # first layer split into a per-point part (image features) and a per-query part added by broadcasting
+            # (no [B, N, P, C + D] concatenation)
+            self.point_feat_proj = nn.Linear(cfg.fpn_dim, hidden)
+            self.point_query_proj = nn.Linear(d, hidden, bias=False)
+            self.point_cls = nn.Sequential(
+                nn.LayerNorm(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, self.num_classes)
+            )
+            nn.init.zeros_(self.point_cls[-1].weight)
+            nn.init.zeros_(self.point_cls[-1].bias)
         self.reg_head = nn.Sequential(
             nn.Linear(d, d),
             nn.ReLU(inplace=True),
@@ -322,7 +342,35 @@ class OccupancyEncoderLayer(nn.Module):
         logits = self.cls_head(query).reshape(b, n, self.out_points, self.num_classes)
         offsets = self.reg_head(query).reshape(b, n, self.out_points, 3)
         new_points = centre[:, :, None] + self.cfg.point_offset_scale * offsets  # [B, N, P_out, 3]
+        if self.point_cls is not None:
+            logits = logits + self._point_logits(query, new_points.detach(), volumes, ego2cam, intrinsics, image_size)
         return query, new_points, logits
+
+    def _point_logits(
+        self,
+        query: torch.Tensor,
+        points: torch.Tensor,
+        volumes: Sequence[torch.Tensor],
+        ego2cam: torch.Tensor,
+        intrinsics: torch.Tensor,
+        image_size: Sequence[int],
+    ) -> torch.Tensor:
+        """Class logits from the image features under each point (current frame) and its query: [B, N, P, C].
+
+        The points are detached: their positions are trained by the Chamfer terms only.
+        """
+        b, n, p, _ = points.shape
+        feats = sample_points_current_frame(
+            volumes,
+            points.reshape(b, n * p, 3),
+            self.point_level_logits.softmax(dim=0),
+            ego2cam,
+            intrinsics,
+            image_size,
+            self.cfg.projection_min_depth,
+        ).reshape(b, n, p, -1)  # [B, N, P, C_fpn]
+        hidden = self.point_feat_proj(feats.to(query.dtype)) + self.point_query_proj(query)[:, :, None]
+        return self.point_cls(hidden)
 
 
 class SparseOccupancyEncoder(nn.Module):
@@ -433,7 +481,8 @@ def decode_occupancy(
     Scores are sigmoid class probabilities; a point keeps its best class when that score reaches
     ``score_threshold``; points outside ``cfg.point_cloud_range`` are dropped; points are voxelised on the
     Occ3D grid (``cfg.voxel_size``) and each voxel keeps its best-scoring point, returned at the voxel centre.
-    Simplifications vs OPUS: no distance-to-centre filter, no per-voxel score averaging, no closing.
+    With ``cfg.occ_closing`` the occupied set is closed with a 3x3x3 dilation + erosion as OPUS pads its output
+    (:func:`_close_voxels`).  Simplifications vs OPUS: no distance-to-centre filter, no per-voxel score averaging.
 
     Args:
         points: [N, P, 3] (or [..., 3]) ego-frame points, m.
@@ -458,5 +507,83 @@ def decode_occupancy(
     key, ijk, scores, classes = key[order], ijk[order], scores[order], classes[order]
     first = torch.ones_like(key, dtype=torch.bool)
     first[1:] = key[1:] != key[:-1]
-    centres = lo + (ijk[first].float() + 0.5) * cfg.voxel_size
-    return centres, classes[first], scores[first]
+    ijk, classes, scores = ijk[first], classes[first], scores[first]
+    if cfg.occ_closing:
+        ijk, classes, scores = _close_voxels(ijk, classes, scores, tuple(cfg.grid_shape))
+    centres = lo + (ijk.float() + 0.5) * cfg.voxel_size
+    return centres, classes, scores
+
+
+def _box3_columns(bits: torch.Tensor, nz: int, outside: int, op: str) -> torch.Tensor:
+    """3x3x3 box dilation (``op`` "or") or erosion ("and") of a grid stored as one bit mask per (x, y) column.
+
+    ``bits`` [X, Y] int64 holds voxel (i, j, k) as bit k; ``outside`` (0 or 1) is the value beyond the grid.  A box
+    filter is separable: along z it is a shift of the bit mask, along x and y a combine of the 3 x 3 shifted columns
+    - 11 element-wise operations on [X, Y] instead of a filter over X x Y x Z voxels.
+    """
+    full = (1 << nz) - 1
+    combine = torch.bitwise_or if op == "or" else torch.bitwise_and
+    fill_lo, fill_hi = (1, 1 << (nz - 1)) if outside else (0, 0)  # what shifts in at the bottom / top layer
+    up = torch.bitwise_or(torch.bitwise_left_shift(bits, 1), fill_lo) & full
+    down = torch.bitwise_or(torch.bitwise_right_shift(bits, 1), fill_hi)
+    bits = combine(combine(bits, up), down)
+    pad = F.pad(bits, (1, 1, 1, 1), value=full if outside else 0)
+    x, y = bits.shape
+    out = bits
+    for di in range(3):
+        for dj in range(3):
+            if di != 1 or dj != 1:
+                out = combine(out, pad[di : di + x, dj : dj + y])
+    return out
+
+
+#: the 27 offsets of a voxel's 3x3x3 neighbourhood (itself included).
+_NEIGHBOURS = torch.stack(torch.meshgrid(*(torch.arange(-1, 2),) * 3, indexing="ij"), dim=-1).reshape(-1, 3)
+
+
+def _close_voxels(
+    ijk: torch.Tensor, classes: torch.Tensor, scores: torch.Tensor, shape: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """OPUS's read-out padding: a 3x3x3 closing (dilation then erosion) of the occupied voxels.
+
+    A free voxel that the closing fills takes the class and score of the best-scoring decoded voxel among its 26
+    neighbours (OPUS closes each class's score grid; one score grid gives the same filled set for the best class at
+    1/C of the cost).  Decoded voxels are kept as they are.  Outside the grid counts as free for the dilation and
+    as occupied for the erosion (a max filter that ignores what lies beyond the grid).  The grid is held as one bit
+    mask per (x, y) column (:func:`_box3_columns`).  Output sorted by voxel index.
+    """
+    if len(ijk) == 0:
+        return ijk, classes, scores
+    x, y, z = shape
+    if z > 62:
+        raise ValueError(f"occ_closing packs a column's {z} voxels into one int64: at most 62 layers")
+    bits = torch.zeros(x * y, dtype=torch.int64, device=ijk.device)
+    # voxels are unique, so summing their distinct bits is OR-ing them
+    bits.index_put_(
+        (ijk[:, 0] * y + ijk[:, 1],), torch.bitwise_left_shift(torch.ones_like(ijk[:, 2]), ijk[:, 2]), accumulate=True
+    )
+    bits = bits.reshape(x, y)
+    closed = _box3_columns(_box3_columns(bits, z, 0, "or"), z, 1, "and")  # erosion of the dilation
+    new = closed & ~bits
+    fill_ijk = torch.cat(
+        [
+            torch.nn.functional.pad(((torch.bitwise_right_shift(new, k) & 1) > 0).nonzero(), (0, 1), value=k)
+            for k in range(z)
+        ]
+    )  # [M_f, 3]
+    if len(fill_ijk):
+        # best decoded neighbour of each filled voxel: one gather over the 27 offsets
+        score_grid = torch.zeros(x + 2, y + 2, z + 2, device=ijk.device)  # one voxel of zero padding
+        class_grid = torch.zeros(x + 2, y + 2, z + 2, dtype=classes.dtype, device=ijk.device)
+        score_grid[ijk[:, 0] + 1, ijk[:, 1] + 1, ijk[:, 2] + 1] = scores.float()
+        class_grid[ijk[:, 0] + 1, ijk[:, 1] + 1, ijk[:, 2] + 1] = classes
+        nb = fill_ijk[:, None, :] + 1 + _NEIGHBOURS.to(ijk.device)[None]  # [M_f, 27, 3] in the padded grid
+        nb_scores = score_grid[nb[..., 0], nb[..., 1], nb[..., 2]]  # [M_f, 27]
+        best_score, best = nb_scores.max(dim=1)
+        src = nb[torch.arange(len(nb), device=ijk.device), best]
+        fill_cls = class_grid[src[:, 0], src[:, 1], src[:, 2]]
+        ijk = torch.cat([ijk, fill_ijk])
+        classes = torch.cat([classes, fill_cls])
+        scores = torch.cat([scores, best_score.to(scores.dtype)])
+    order = torch.argsort((ijk[:, 0] * y + ijk[:, 1]) * z + ijk[:, 2])
+    return ijk[order], classes[order], scores[order]

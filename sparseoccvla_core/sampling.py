@@ -187,3 +187,58 @@ def sample_multiview_features(
     out = out * keep[:, :, :, None].to(out.dtype)  # [B, F, G, C/G, N, S]
     out = out.permute(0, 4, 2, 1, 5, 3)  # [B, N, G, F, S, C/G]
     return out.reshape(b, n, g, f * s, out.shape[-1])  # [B, N, G, F*S, C/G]
+
+
+def sample_points_current_frame(
+    volumes: Sequence[torch.Tensor],
+    points: torch.Tensor,
+    level_weights: torch.Tensor,
+    ego2cam: torch.Tensor,
+    intrinsics: torch.Tensor,
+    image_size: Sequence[int],
+    min_depth: float,
+) -> torch.Tensor:
+    """All feature channels of the current frame (frame 0) at each 3D point: one bilinear read per point and level.
+
+    The per-point counterpart of :func:`sample_multiview_features` (same projection, view choice and pixel
+    convention), for reading the evidence under every decoded point rather than around a query.
+
+    Args:
+        volumes: per level [B * F * G, C / G, V, H_s, W_s] from :func:`group_feature_volumes`.
+        points: [B, M, 3] current ego frame, m.
+        level_weights: [L] non-negative weights of the levels (summing to 1).
+        ego2cam: [B, F, V, 4, 4]; intrinsics: [B, F, V, 3, 3] (only frame 0 is read).
+        image_size: (H, W) of the input images.
+        min_depth: depth threshold, m.
+
+    Returns:
+        [B, M, C] features (zeros where no camera sees the point).
+    """
+    b, m, _ = points.shape
+    f, v = ego2cam.shape[1], ego2cam.shape[2]
+    dtype = torch.promote_types(points.dtype, torch.float32)
+    pts = points.to(dtype)
+    e2c = ego2cam[:, 0].to(dtype)  # [B, V, 4, 4]
+    cam = torch.einsum("bvij,bmj->bvmi", e2c[..., :3, :3], pts) + e2c[:, :, None, :3, 3]  # [B, V, M, 3]
+    depth = cam[..., 2]
+    pix = torch.einsum("bvij,bvmj->bvmi", intrinsics[:, 0].to(dtype), cam)
+    uv = pix[..., :2] / depth.clamp(min=min_depth)[..., None]
+    grid_uv = pixels_to_grid(uv, image_size)  # [B, V, M, 2]
+    valid = (depth > min_depth) & (grid_uv.abs() <= 1.0).all(-1)  # [B, V, M]
+    view = valid.to(torch.uint8).argmax(dim=1)  # [B, M]
+    seen = valid.any(dim=1)  # [B, M]
+    chosen = torch.gather(grid_uv, 1, view[:, None, :, None].expand(b, 1, m, 2)).squeeze(1)  # [B, M, 2]
+    view_coord = (view.to(dtype) + 0.5) * (2.0 / v) - 1.0
+    grid = torch.cat([chosen, view_coord[..., None]], dim=-1).reshape(b, m, 1, 1, 3)
+    out = None
+    for lvl, vol in enumerate(volumes):
+        bfg, cg, vv, h, w = vol.shape
+        g = bfg // (b * f)
+        current = vol.reshape(b, f, g * cg, vv, h, w)[:, 0]  # [B, C, V, H, W] (groups are adjacent channels)
+        sampled = F.grid_sample(
+            current, grid.to(current.dtype), mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+        term = sampled.reshape(b, g * cg, m) * level_weights[lvl].to(sampled.dtype)
+        out = term if out is None else out + term
+    assert out is not None
+    return (out * seen[:, None].to(out.dtype)).transpose(1, 2)  # [B, M, C]

@@ -576,3 +576,31 @@ def test_qa_question_prior_baseline_answers_each_question_with_its_training_answ
     acc2 = E.MetricAccumulator(_tiny_cfg(), stats)
     acc2.add_qa("no", "no", "exist", 0)
     assert acc2.finalize("val", num_samples=1, meteor=False).baselines.qa_question_prior is None
+
+
+@pytest.mark.slow
+def test_eval_without_plan_generates_nothing_and_scores_occupancy(tiny_world_and_ckpt, monkeypatch):
+    """``--no-plan --no-text --no-qa`` (a stage-1 checkpoint's check): no reasoning is generated, occupancy and
+    forecast are scored, the planning table is absent and the qualitative frame still plots."""
+    from sparseoccvla_core.evaluation.loop import EvalOptions, evaluate
+    from sparseoccvla_core.evaluation.report import write_report
+    from sparseoccvla_core.model import SparseOccVLA
+
+    data, ckpt, base = tiny_world_and_ckpt
+    model = SparseOccVLA.from_pretrained(ckpt)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the reasoning was generated although plan=False")
+
+    monkeypatch.setattr(model, "reason", no_generation)
+    opts = EvalOptions(
+        plan=False, text=False, qa=False, meteor=False, max_samples=8, batch_size=2, num_qualitative=1, device="cpu"
+    )
+    report = evaluate(model, data, opts)
+    metrics = report.metrics.to_dict()
+    assert metrics["occupancy"]["camera_mask"]["num_frames"] == 8
+    assert metrics["forecasting"]["num_frames"] == 2
+    assert metrics["planning"]["num_samples"] == 0 and metrics["planning"]["l2"] is None
+    assert len(report.qualitative) == 1 and len(report.qualitative[0].plan) == 0
+    write_report(report.metrics, base / "eval_no_plan", report.qualitative, model.cfg.point_cloud_range)
+    assert any(p.name.startswith("bev_") for p in (base / "eval_no_plan").glob("*.png"))

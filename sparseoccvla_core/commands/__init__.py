@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "sparseoccvla_core.commands.pretrain_llm",
         "train a random-init LLM on the training text before stage 2",
     ),
+    "overfit": (
+        "sparseoccvla_core.commands.overfit",
+        "train stage 1 on a few key frames and score the same frames (encoder check)",
+    ),
     "eval": ("sparseoccvla_core.evaluation.command", "the paper's metrics of a checkpoint on a split (Tables 1, 2, 5)"),
     "export": (
         "sparseoccvla_core.commands.export",

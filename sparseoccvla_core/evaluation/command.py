@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-text", action="store_true", help="skip the OmniDrive understanding metrics")
     parser.add_argument("--no-qa", action="store_true", help="skip nuScenes-QA")
+    parser.add_argument(
+        "--no-plan",
+        action="store_true",
+        help="skip the driving reasoning and the plan (no planning metrics); with --no-text --no-qa nothing is "
+        "generated: occupancy and forecast only, e.g. for a stage-1 checkpoint",
+    )
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (NLTK's and the Java one)")
     parser.add_argument(
         "--max-text-samples", type=int, default=None, help="key frames whose questions are asked (default: all)"
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         max_samples=args.max_samples,
         text=not args.no_text,
+        plan=not args.no_plan,
         qa=not args.no_qa,
         meteor=not args.no_meteor,
         max_text_samples=args.max_text_samples,

@@ -66,6 +66,9 @@ class EvalOptions:
         max_samples: evaluate only the first N key frames of the split (None = all; the protocols' numbers
             need all).
         text: OmniDrive-nuScenes understanding metrics (generation; the slowest part).
+        plan: the driving reasoning and the plan (planning metrics).  False skips the reasoning's generation too:
+            with ``text`` and ``qa`` off, nothing is generated and only occupancy and forecast are scored (a
+            stage-1 checkpoint's check).
         qa: nuScenes-QA accuracy.
         meteor: compute METEOR (NLTK's needs WordNet, the Java one beside it needs java).
         max_text_samples: key frames whose questions are asked (None = all evaluated frames).
@@ -88,6 +91,7 @@ class EvalOptions:
     device: str = "auto"
     max_samples: Optional[int] = None
     text: bool = True
+    plan: bool = True
     qa: bool = True
     meteor: bool = True
     max_text_samples: Optional[int] = None
@@ -241,28 +245,21 @@ class _SplitScorer:
         gt_traj = batch.gt_trajectory[i].float().cpu().numpy()
         gt_mask = batch.gt_trajectory_mask[i].cpu().numpy().astype(bool)
         boxes, box_mask = np.zeros((cfg.plan_horizon, 0, 5)), np.zeros((cfg.plan_horizon, 0), dtype=bool)
-        if gt_mask.all() or g in self.qual_idx:
+        planned = out.plan is not None
+        if planned and (gt_mask.all() or g in self.qual_idx):
             step = self.dataset.plan_step  # key frames per waypoint
             fut_tokens = [
                 scene.sample_tokens[fi + s * step] if fi + s * step < len(scene) else None
                 for s in range(1, cfg.plan_horizon + 1)
             ]
             boxes, box_mask = future_agent_boxes(self.nusc, fut_tokens, scene.ego2global[fi])
-        acc.add_plan(
-            out.plan[i],
-            gt_traj,
-            gt_mask,
-            batch.ego_state[i, :2],  # (vx, vy), ego frame
-            boxes,
-            box_mask,
-            command=int(batch.command[i]),
-            planned_command=self._anchor_command(int(out.chosen_anchor[i])),
-            scenario=self._scenario(token),
-        )
+        if planned:
+            self._add_plan(out, i, batch, gt_traj, gt_mask, boxes, box_mask, token)
         reasoning = out.reasoning[i] if out.reasoning is not None else None
         if reasoning is not None:
             acc.add_reasoning(token, reasoning)
         if g in self.qual_idx:
+            no_plan = np.zeros((0, 2), np.float32)
             self.qualitative.append(
                 QualitativeFrame(
                     sample_token=token,
@@ -273,16 +270,31 @@ class _SplitScorer:
                     pred_top=top_view(pred_grid),
                     gt_trajectory=gt_traj,
                     gt_trajectory_mask=gt_mask,
-                    plan=out.plan[i].float().cpu().numpy(),
-                    anchors=out.anchor_trajectories[i].float().cpu().numpy(),
-                    anchor_scores=out.anchor_scores[i].float().cpu().numpy(),
-                    chosen_anchor=int(out.chosen_anchor[i]),
+                    plan=out.plan[i].float().cpu().numpy() if planned else no_plan,
+                    anchors=out.anchor_trajectories[i].float().cpu().numpy()
+                    if planned
+                    else np.zeros((0, cfg.plan_horizon, 2), np.float32),
+                    anchor_scores=out.anchor_scores[i].float().cpu().numpy() if planned else np.zeros(0),
+                    chosen_anchor=int(out.chosen_anchor[i]) if planned else -1,
                     agent_boxes=boxes,
                     agent_mask=box_mask,
                     reasoning=reasoning,
                 )
             )
         return self._questions(token)
+
+    def _add_plan(self, out, i, batch, gt_traj, gt_mask, boxes, box_mask, token) -> None:
+        self.acc.add_plan(
+            out.plan[i],
+            gt_traj,
+            gt_mask,
+            batch.ego_state[i, :2],  # (vx, vy), ego frame
+            boxes,
+            box_mask,
+            command=int(batch.command[i]),
+            planned_command=self._anchor_command(int(out.chosen_anchor[i])),
+            scenario=self._scenario(token),
+        )
 
     def _anchor_command(self, chosen: int) -> int:
         """Command of the chosen anchor: the planner's ``anchor_commands``, else command-major blocks."""
@@ -454,7 +466,7 @@ def evaluate(model: "SparseOccVLA", data: str | Path, options: Optional[EvalOpti
         for batch in _progress(loader, n_d, opt.batch_size):
             t = time.perf_counter()
             batch = batch.to(device)
-            out = model.predict(batch, generate_text=True, generator=generator, **thr)
+            out = model.predict(batch, generate_text=opt.plan, generator=generator, plan=opt.plan, **thr)
             seconds["predict"] += time.perf_counter() - t
             t = time.perf_counter()
             asked = [scorer.frame(index + i, i, batch, out) for i in range(batch.batch_size)]

@@ -181,8 +181,11 @@ def plot_bev(frame: QualitativeFrame, pc_range: Sequence[float], path: Path) -> 
     for k, traj in enumerate(frame.anchors):
         pts = np.vstack([[0.0, 0.0], traj])
         axes[2].plot(pts[:, 1], pts[:, 0], "-", color="gray", lw=0.7, alpha=0.3 + 0.7 * float(frame.anchor_scores[k]))
-    plan = np.vstack([[0.0, 0.0], frame.plan])
-    axes[2].plot(plan[:, 1], plan[:, 0], "-o", color="orange", lw=2, ms=4, label=f"plan (anchor {frame.chosen_anchor})")
+    if len(frame.plan):  # evaluated with plan=False: no plan to draw
+        plan = np.vstack([[0.0, 0.0], frame.plan])
+        axes[2].plot(
+            plan[:, 1], plan[:, 0], "-o", color="orange", lw=2, ms=4, label=f"plan (anchor {frame.chosen_anchor})"
+        )
     axes[2].plot(gt[:, 1], gt[:, 0], "--", color="lime", lw=1, label="GT")
     axes[1].legend(loc="lower left", fontsize=8)
     axes[2].legend(loc="lower left", fontsize=8)
