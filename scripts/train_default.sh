@@ -34,4 +34,4 @@ step text "$W/s1_text/model.safetensors" "$CLI" pretrain-llm --init "$W/s1" --da
   --train-config config/train_default.yaml --epochs 4 --out "$W/s1_text"
 step stage2 "$W/s2/model.safetensors" "$CLI" train --stage 2 --init "$W/s1_text" "${common[@]}" --out "$W/s2" $(resume "$W/s2")
 step stage3 "$W/s3/model.safetensors" "$CLI" train --stage 3 --init "$W/s2" "${common[@]}" --out "$W/s3" $(resume "$W/s3")
-echo "[train_default] done; export with: $CLI export --ckpt $W/s3 --out checkpoints/default --dtype float16"
+echo "[train_default] done; export with: $CLI export --ckpt $W/s3 --out checkpoints/default --dtype float16 --overwrite"

@@ -213,18 +213,19 @@ _YAML_ARGS = {
 }
 
 #: command -> [(output argument, what, overwrite flag or None)] that must not exist unless the flag is given.
+#: ``train`` and ``pretrain-llm`` are left to themselves: they refuse another run's checkpoints or continue their
+#: own (``--resume``), and scripts/train_default.sh re-runs an interrupted step into the same folder.
 OUTPUTS: dict[str, list[tuple[str, str, Optional[str]]]] = {
     "synth": [("out", "output dataset root", "--overwrite")],
     "anchors": [("out", "anchors file", None)],
     "eval": [("out", "output folder", None)],
-    "export": [("out", "output folder", None)],
+    "export": [("out", "output folder", "--overwrite")],
     "bag": [("out", "output bag", "--overwrite")],
     "eval-bag": [("out", "output folder", None)],
     "calibration": [("out", "calibration file", "--overwrite")],
     "record": [("out", "recording", None)],
     "drive": [("record", "recording", None)],
     "demo": [("out", "output folder", "--overwrite")],
-    "pretrain-llm": [("out", "output folder", None)],
     "bench": [("json", "JSON report", None)],
     "closed-loop": [("out", "output folder", None)],
 }
@@ -296,7 +297,7 @@ def created_outputs(command: str, args: argparse.Namespace) -> list[Path]:
     """The output paths of ``command`` that do not exist yet (so a failed run can remove what it created)."""
     values = vars(args)
     names = [name for name, _, _ in OUTPUTS.get(command, [])]
-    if command == "train":
+    if command in ("train", "pretrain-llm"):
         names.append("out")
     out = []
     for name in names:

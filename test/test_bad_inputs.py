@@ -163,7 +163,7 @@ CASES = [
     ("eval-out-exists", "eval --ckpt {ckpt} --data {data} --out {out_exists}", "already exists"),
     ("export-empty-weights", "export --ckpt {ckpt_empty} --out {fresh}", "is empty"),
     ("export-wrong-kind-weights", "export --ckpt {ckpt_wrong_kind} --out {fresh}", "not safetensors"),
-    ("export-out-exists", "export --ckpt {ckpt} --out {out_exists}", "already exists"),
+    ("export-out-exists", "export --ckpt {ckpt} --out {out_exists}", "--overwrite"),
     ("train-config-syntax", "train --stage 1 --config {yaml_syntax} --data {data} --out {fresh}", "not valid YAML"),
     ("train-config-binary", "train --stage 1 --config {yaml_binary} --data {data} --out {fresh}", "not a text file"),
     ("train-data-empty-table", "train --stage 1 --config tiny --data {data_empty_table} --out {fresh}", "is empty"),

@@ -1,6 +1,6 @@
 """``sparseoccvla export``: re-save a checkpoint with half-precision parameters (distribution).
 
-    sparseoccvla export --ckpt runs/default/s3 --out checkpoints/default --dtype float16
+    sparseoccvla export --ckpt runs/default/s3 --out checkpoints/default --dtype float16 --overwrite
 
 What the copy is: :mod:`sparseoccvla_core.export`.
 """
@@ -14,7 +14,12 @@ from ..export import DTYPES, export_checkpoint
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", required=True, help="checkpoint folder to export")
-    parser.add_argument("--out", required=True, help="output folder (created; files in it are replaced)")
+    parser.add_argument("--out", required=True, help="output folder (a new path or an empty folder, see --overwrite)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the checkpoint files of an existing --out (e.g. checkpoints/default)",
+    )
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float16", help="storage dtype of parameters")
 
 
