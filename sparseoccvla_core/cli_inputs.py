@@ -174,13 +174,16 @@ def check_dataset(path: str | Path, what: str = "dataset root") -> Path:
     """A nuScenes-layout root: a folder with a version folder of JSON tables, none empty or cut short."""
     hint = "give a nuScenes dataroot or a synthetic world written by 'sparseoccvla synth'"
     p = check_dir(path, what, hint)
-    versions = [d for d in sorted(p.iterdir()) if d.is_dir() and any(d.glob("*.json"))]
+    # version folders hold the tables (scene.json, sample.json, ...); other folders with JSON files (can_bus/, QA
+    # annotations) can hold thousands and are read lazily by the loaders, so they are not checked here
+    versions = [
+        d for d in sorted(p.iterdir()) if d.is_dir() and ((d / "scene.json").exists() or (d / "sample.json").exists())
+    ]
     if not versions:
         raise InputError(f"{what} {p} has no version folder with nuScenes tables (e.g. v1.0-mini/*.json); {hint}")
     for version in versions:
-        kind = "nuScenes table" if version.name.startswith("v1.0") else "JSON file"
         for table in sorted(version.glob("*.json")):
-            check_json_table(table, kind, "restore the dataset's files (download or 'sparseoccvla synth')")
+            check_json_table(table, "nuScenes table", "restore the dataset's tables (download or 'sparseoccvla synth')")
     if (p / "splits.json").exists():
         check_json_table(p / "splits.json", "split file", "fix it or delete it to use the official splits")
     return p
