@@ -95,7 +95,9 @@ def summarise(metrics: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # ~13-15 min alone on 2 cores (docs/training.md §3); pytest.ini's 900 s hang guard is for the rest
+@pytest.mark.timeout(
+    1800
+)  # ~13-15 min alone on 2 cores (docs/training.md §3); pytest.ini's 900 s hang guard is for the rest
 def test_tiny_model_beats_trivial_baselines(tmp_path):
     from sparseoccvla_core.cli import main
 
