@@ -222,31 +222,28 @@ def _last_losses(out: Path) -> dict[str, float]:
     return out_row
 
 
-def overfit_world(
+def build_overfit(
     data: str | Path,
     config: str | Path,
     train_config: str | Path,
-    updates: int,
     frames: Optional[int] = None,
     split: str = "train",
     overrides: Optional[dict] = None,
-    score_threshold: float = OVERFIT_SCORE_THRESHOLD,
     seed: int = 0,
-    progress: bool = False,
-) -> OverfitResult:
-    """:func:`overfit_check` of a fresh model built from ``config`` on the first ``frames`` key frames of ``split``.
+):
+    """A fresh model from ``config`` and the first ``frames`` key frames of ``split`` of ``data``.
 
     Args:
         data: dataset root (usually a one-scene synthetic world).
         config: model config YAML (``preset`` + overrides).
         train_config: training config YAML (optimiser, batch size, GT cap, visibility); one loader worker.
-        updates: optimizer updates.
         frames: key frames used (None = the whole split).
         split: split read.
         overrides: model-config fields replacing the YAML's (the study's levers, e.g. ``{"points_per_layer": [4, 128]}``).
-        score_threshold: read-out threshold.
         seed: seed of the model initialisation and the data order.
-        progress: show the training progress bar.
+
+    Returns:
+        (model, frames dataset, collate function, training config).
     """
     from dataclasses import replace
 
@@ -268,16 +265,25 @@ def overfit_world(
     if len(dataset) == 0:
         raise ValueError(f"split {split!r} of {data} has no key frame")
     dataset.tokenizer = build_tokenizer(cfg, dataset)
-    frames_used = dataset if frames is None else torch.utils.data.Subset(dataset, range(min(frames, len(dataset))))
+    used = dataset
     if frames is not None:
-        frames_used.layout = dataset.layout  # score_frames reads the labels through the dataset's layout
-    model = SparseOccVLA(cfg, dataset.tokenizer)
-    return overfit_check(
-        model,
-        frames_used,
-        make_collate(dataset.tokenizer),
-        tcfg,
-        updates,
-        score_threshold=score_threshold,
-        progress=progress,
-    )
+        used = torch.utils.data.Subset(dataset, range(min(frames, len(dataset))))
+        used.layout = dataset.layout  # score_frames reads the labels through the dataset's layout
+    return SparseOccVLA(cfg, dataset.tokenizer), used, make_collate(dataset.tokenizer), tcfg
+
+
+def overfit_world(
+    data: str | Path,
+    config: str | Path,
+    train_config: str | Path,
+    updates: int,
+    frames: Optional[int] = None,
+    split: str = "train",
+    overrides: Optional[dict] = None,
+    score_threshold: float = OVERFIT_SCORE_THRESHOLD,
+    seed: int = 0,
+    progress: bool = False,
+) -> OverfitResult:
+    """:func:`overfit_check` of a fresh model (:func:`build_overfit`) on the first ``frames`` key frames."""
+    model, used, collate_fn, tcfg = build_overfit(data, config, train_config, frames, split, overrides, seed)
+    return overfit_check(model, used, collate_fn, tcfg, updates, score_threshold=score_threshold, progress=progress)

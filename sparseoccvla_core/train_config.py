@@ -62,6 +62,9 @@ class TrainConfig(PresetYamlMixin):
             default: every source present; see ``sparseoccvla_core.data.qa.QA_SOURCES``).
         max_gt_points: keep at most this many points of each GT occupancy set per item (None = all; a cap bounds
             the Chamfer cost on dense real labels).
+        gt_keep_classes: Occ3D classes whose GT points the cap never drops (the cap subsamples the others):
+            uniform subsampling leaves a car ~30 of its ~120 visible voxels, so a decoded point inside a car voxel
+            finds a road point nearer than any car point and learns "road" (docs/experiments.md §10).
         augment: image augmentation in the loader (random resize / crop / colour, ``DatasetOptions``).
         occ_visibility: which labelled voxels supervise the occupancy: "none" (all, as OPUS / SparseWorld train),
             "camera" or "lidar" (Occ3D visibility masks; training with the camera mask raises the camera-masked
@@ -93,6 +96,7 @@ class TrainConfig(PresetYamlMixin):
     log_every: int = 1
     qa_sources: Optional[tuple[str, ...]] = None
     max_gt_points: Optional[int] = None
+    gt_keep_classes: tuple[int, ...] = ()
     augment: bool = False
     occ_visibility: str = "none"
     train_llm_base: bool = False

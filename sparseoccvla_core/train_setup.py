@@ -91,6 +91,7 @@ def dataset_options(
 
     extra: dict[str, Any] = {
         "max_gt_points": tcfg.max_gt_points,
+        "gt_keep_classes": tuple(tcfg.gt_keep_classes),
         "augment": tcfg.augment,
         "seed": tcfg.seed,
         "occ_visibility": tcfg.occ_visibility,

@@ -85,6 +85,8 @@ class DatasetOptions:
         concat_range: range of the concatenated GT in ego metres (default SparseWorld's extended range,
             z-shifted like the Occ3D grid); must align with the voxel grid.
         max_gt_points: randomly keep at most this many points of each GT point set (None = all).
+        gt_keep_classes: labels whose points the cap always keeps (the other points are subsampled to fill the
+            rest of ``max_gt_points``; when the kept points alone exceed it, all of them are kept).
         qa_sources: QA sources the understanding pair is drawn from (see :data:`.qa.QA_SOURCES`).
         qa_choice: "random" (a random pair per item) or "first" (deterministic, for evaluation).
         require_text: raise when an item has no QA pair or plan text (else the item gets the prompt with no
@@ -114,6 +116,7 @@ class DatasetOptions:
     occ_visibility: str = "none"
     concat_range: tuple[float, float, float, float, float, float] = EXTENDED_RANGE_EGO  # type: ignore[assignment]
     max_gt_points: Optional[int] = None
+    gt_keep_classes: tuple[int, ...] = ()
     qa_sources: tuple[str, ...] = ("desc", "conv", "vqa", "keywords", "nuscenes_qa", "drivelm")
     qa_choice: str = "random"
     require_text: bool = False
@@ -463,7 +466,14 @@ class DrivingDataset(Dataset):
         m = self.options.max_gt_points
         if m is None or len(pts) <= m:
             return pts, lab
-        keep = np.sort(np.random.default_rng(rng.getrandbits(63)).choice(len(pts), m, replace=False))
+        pick = np.random.default_rng(rng.getrandbits(63))
+        if self.options.gt_keep_classes:
+            kept = np.isin(lab, np.asarray(self.options.gt_keep_classes))
+            rest = np.flatnonzero(~kept)
+            n_rest = min(len(rest), max(m - int(kept.sum()), 0))
+            keep = np.sort(np.concatenate([np.flatnonzero(kept), pick.choice(rest, n_rest, replace=False)]))
+        else:
+            keep = np.sort(pick.choice(len(pts), m, replace=False))
         return pts[keep], lab[keep]
 
     def _occupancy(self, scene: SceneFrames, i: int, rng):
