@@ -572,16 +572,19 @@ def _close_voxels(
         ]
     )  # [M_f, 3]
     if len(fill_ijk):
-        # best decoded neighbour of each filled voxel: one gather over the 27 offsets
-        score_grid = torch.zeros(x + 2, y + 2, z + 2, device=ijk.device)  # one voxel of zero padding
-        class_grid = torch.zeros(x + 2, y + 2, z + 2, dtype=classes.dtype, device=ijk.device)
-        score_grid[ijk[:, 0] + 1, ijk[:, 1] + 1, ijk[:, 2] + 1] = scores.float()
-        class_grid[ijk[:, 0] + 1, ijk[:, 1] + 1, ijk[:, 2] + 1] = classes
-        nb = fill_ijk[:, None, :] + 1 + _NEIGHBOURS.to(ijk.device)[None]  # [M_f, 27, 3] in the padded grid
-        nb_scores = score_grid[nb[..., 0], nb[..., 1], nb[..., 2]]  # [M_f, 27]
-        best_score, best = nb_scores.max(dim=1)
-        src = nb[torch.arange(len(nb), device=ijk.device), best]
-        fill_cls = class_grid[src[:, 0], src[:, 1], src[:, 2]]
+        # best decoded neighbour of each filled voxel: flat indices into a grid padded by one free voxel per side, so
+        # the 27 neighbours are the voxel's index plus 27 constant strides (one add and one gather)
+        py, pz = y + 2, z + 2
+        strides = torch.tensor([py * pz, pz, 1], device=ijk.device)
+        score_grid = torch.zeros((x + 2) * py * pz, device=ijk.device)
+        class_grid = torch.zeros((x + 2) * py * pz, dtype=classes.dtype, device=ijk.device)
+        decoded = ((ijk + 1) * strides).sum(dim=1)
+        score_grid[decoded] = scores.float()
+        class_grid[decoded] = classes
+        offsets = (_NEIGHBOURS.to(ijk.device) * strides).sum(dim=1)  # [27]
+        nb = ((fill_ijk + 1) * strides).sum(dim=1)[:, None] + offsets[None]  # [M_f, 27]
+        best_score, best = score_grid[nb].max(dim=1)
+        fill_cls = class_grid[nb.gather(1, best[:, None]).squeeze(1)]
         ijk = torch.cat([ijk, fill_ijk])
         classes = torch.cat([classes, fill_cls])
         scores = torch.cat([scores, best_score.to(scores.dtype)])
