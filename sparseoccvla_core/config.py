@@ -430,8 +430,9 @@ class SparseOccVLAConfig(PresetYamlMixin):
     # ------------------------------------------------------------------ presets
     @classmethod
     def paper(cls, **overrides: Any) -> "SparseOccVLAConfig":
-        """The paper's configuration (sec. 4.2, appendix A).  All defaults of this class are the paper's."""
-        return cls(**overrides)
+        """The paper's configuration (sec. 4.2, appendix A).  All defaults of this class are the paper's, plus OPUS's
+        read-out closing (``occ_closing``; the paper does not describe its read-out, docs/experiments.md §10)."""
+        return cls(**{"occ_closing": True, **overrides})
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "SparseOccVLAConfig":
