@@ -110,6 +110,13 @@ CAMERA_SILENT_S = 1.0
 SPIN_WAKE_S = 0.1
 #: Shutdown waits this long for a step in progress before leaving the daemon worker behind, s.
 SHUTDOWN_JOIN_S = 1.0
+#: Poll interval while waiting for odometry or calibration to catch up with the cameras, s (short: it adds
+#: at most this much latency to a frame; long enough not to spin a core).
+ODOMETRY_POLL_S = 0.005
+#: Frame latencies kept for the health report's latency percentiles (the last this many frames).
+LATENCY_HISTORY = 100
+#: Publish times kept for the health report's output rate (the last this many frames).
+RATE_HISTORY = 50
 
 #: Questions that ask what the ego vehicle should do: the planning prompt asks exactly this every frame, so when the
 #: LLM generates nothing for one, AskScene answers with the frame's planning explanation.
@@ -576,7 +583,7 @@ class DrivingNode(Node):
             except OdometryLookupError:
                 if time.monotonic() >= deadline or self._stop.is_set():
                     raise
-                time.sleep(0.005)
+                time.sleep(ODOMETRY_POLL_S)
 
     def camera_models(self) -> dict[str, Any]:
         """The calibration of every camera under the precedence rule (raises CalibrationIncompleteError)."""
@@ -600,7 +607,7 @@ class DrivingNode(Node):
             except CalibrationIncompleteError:
                 if time.monotonic() >= deadline or self._stop.is_set():
                     raise
-                time.sleep(0.005)
+                time.sleep(ODOMETRY_POLL_S)
         self._calibration_sources = {cam: f"{m.extrinsics_source}+{m.intrinsics_source}" for cam, m in models.items()}
         cameras = []
         for cam in CAMERA_NAMES:
@@ -682,10 +689,10 @@ class DrivingNode(Node):
             s.frames_published += 1
             s.last_timings = {"decode": t_decode, **result.timings_s, "publish": t_publish}
             s.last_latency_s = latency
-            s.latencies_s = (s.latencies_s + [latency])[-100:]
+            s.latencies_s = (s.latencies_s + [latency])[-LATENCY_HISTORY:]
             s.last_age_s, s.age_time_base = age_s, base
             s.last_stamp_ns = cset.stamp_ns
-            s.publish_times = (s.publish_times + [time.monotonic()])[-50:]
+            s.publish_times = (s.publish_times + [time.monotonic()])[-RATE_HISTORY:]
         return None
 
     def _publish_result(self, pipe: SparseOccVLAPipeline, result: StepResult) -> None:
