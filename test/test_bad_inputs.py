@@ -323,7 +323,16 @@ def test_ctrl_c_midway_removes_the_unfinished_output(tmp_path):
     out = tmp_path / "world"
     cmd = [*SPARSEOCCVLA, "synth", "--out", str(out), "--scenes", "4", "--frames", "40"]
     cmd += ["--width", "160", "--height", "96", "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    # A runner started in the background (nohup, `cmd &`) ignores SIGINT and its children inherit that: give the
+    # command the default disposition, as a terminal's Ctrl-C finds it.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 90
     while not (out / "samples").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
