@@ -2,7 +2,7 @@
 
 Every command module provides ``add_arguments(parser)`` (its flags) and ``run(args) -> int`` (turn the parsed
 flags into the library function's typed arguments, call it, print the outcome).  The work itself lives in the
-library (``training.run_stage``, ``text_pretraining.pretrain_llm_from_stage1``, ``evaluation.evaluate_checkpoint``,
+library (``train_setup.run_stage``, ``text_pretraining.text_pretrain_from_stage1``, ``evaluation.evaluate_checkpoint``,
 ``synthetic.generate_dataset``, ...), which never sees an ``argparse.Namespace``.
 
 :data:`COMMANDS` lists this package's commands; other packages add theirs through the ``sparseoccvla.commands``

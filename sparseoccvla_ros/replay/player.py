@@ -169,7 +169,8 @@ class BagPlayer:
         self.stop_event = threading.Event()
         self._clock_ns: Optional[int] = None  # bag time shown on /clock; None = not started
         self._clock_lock = threading.Lock()
-        self._clock_anchor: Optional[tuple[float, int]] = None  # (wall monotonic, bag ns) while playing
+        # (wall monotonic, bag ns, cap ns) while playing: /clock runs from the anchor and stops at the pass's end
+        self._clock_anchor: Optional[tuple[float, int, int]] = None
         try:
             self._reader = Reader(path)
             self._reader.open()
@@ -310,16 +311,18 @@ class BagPlayer:
             self._clock_ns = bag_ns
         self._ensure_clock_thread()
 
-    def _run_clock_from(self, wall: float, bag_ns: int) -> None:
+    def _run_clock_from(self, wall: float, bag_ns: int, cap_ns: int) -> None:
+        """Run ``/clock`` from ``bag_ns`` at ``wall`` at the playback rate, never past ``cap_ns`` (the pass's end: a
+        pass that lags behind wall time, e.g. on a loaded machine, must not show a time the bag never reaches)."""
         with self._clock_lock:
-            self._clock_anchor = (wall, bag_ns)
+            self._clock_anchor = (wall, bag_ns, cap_ns)
 
     def clock_now_ns(self) -> Optional[int]:
         """The bag time ``/clock`` shows now (None before the player started)."""
         with self._clock_lock:
             if self._clock_anchor is not None:
-                wall, bag_ns = self._clock_anchor
-                return bag_ns + int((time.monotonic() - wall) * self.rate * NS_PER_S)
+                wall, bag_ns, cap_ns = self._clock_anchor
+                return min(cap_ns, bag_ns + int((time.monotonic() - wall) * self.rate * NS_PER_S))
             return self._clock_ns
 
     def _ensure_clock_thread(self) -> None:
@@ -378,7 +381,7 @@ class BagPlayer:
             while not self.stop_event.is_set():
                 offset = span * stats.passes if self.loop_time == "shift" else 0
                 wall0 = time.monotonic()
-                self._run_clock_from(wall0, self.first_ns + offset)
+                self._run_clock_from(wall0, self.first_ns + offset, self.end_ns + offset + self._period_ns)
                 for conn, ts, raw in self._reader.messages(connections=others, start=self.first_ns):
                     due = wall0 + (ts - self.first_ns) / self.rate / NS_PER_S
                     self._sleep(due - time.monotonic())
